@@ -1,0 +1,653 @@
+"""Cartridge configuration: one hierarchical settings model (global → schema → table).
+
+Files are YAML or JSON and are validated strictly: an unknown key or a bad value fails with the
+file, the dotted path of the field and the reason. Environment variables override files, with the
+``CARTRIDGE_`` prefix and ``__`` for nesting (``CARTRIDGE_DESTINATION__CONNECTION_STRING``); the
+seed's ``CARTRIDGE_WARP_`` prefix works too (``CARTRIDGE_WARP_SOURCE__CONNECTION_STRING``).
+
+Defaults flow down: ``defaults.*`` fill every schema's sections, and a schema's ``deletes`` fill
+its tables, so consumers read resolved values (``schema.batching.max_batch_size``,
+``schema.table("orders").delete_mode``) without merging anything themselves.
+
+This module never imports dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import quote_plus, urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from cartridge_dagster.errors import ConfigError, redact_url
+
+__all__ = [
+    "AIConfig",
+    "AnalyticsConfig",
+    "BatchingConfig",
+    "CartridgeSettings",
+    "DbtConfig",
+    "DeadLetterConfig",
+    "Defaults",
+    "DestinationConfig",
+    "EvolutionConfig",
+    "SamplingConfig",
+    "SchemaConfig",
+    "SourceConfig",
+    "TableConfig",
+    "WarpConfig",
+    "find_config_file",
+    "load_settings",
+]
+
+ENV_PREFIX = "CARTRIDGE_"
+SEED_ENV_PREFIX = "CARTRIDGE_WARP_"
+LOCAL_POSTGRES = "local"
+
+SchemaName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="Lower-case letters, digits and underscores; used in asset keys and job names.",
+    ),
+]
+FieldType = Literal[
+    "text", "integer", "bigint", "numeric", "double", "boolean", "timestamp", "date", "jsonb"
+]
+
+
+class StrictModel(BaseModel):
+    """Every section forbids unknown keys, so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def _inject_credentials(url: str, username: str | None, password: SecretStr | None) -> str:
+    if username is None and password is None:
+        return url
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "give credentials either inside the connection string or as username/password, "
+            "not both"
+        )
+    userinfo = quote_plus(username or "")
+    if password is not None:
+        userinfo += ":" + quote_plus(password.get_secret_value())
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+
+
+def _check_url(url: str, schemes: tuple[str, ...], what: str) -> None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise ValueError(f"{what} must start with one of {allowed} (got {redact_url(url)!r})")
+    if scheme == "mongoeco":
+        if not rest:
+            raise ValueError("mongoeco:// needs a path to a SQLite file, or :memory:")
+        return
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if netloc.count("@") > 1:
+        raise ValueError(
+            "the credentials contain an unescaped '@'; URL-encode user and password "
+            "(urllib.parse.quote_plus: '@' → %40, ':' → %3A, '/' → %2F) or set "
+            "username/password separately"
+        )
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        if userinfo.count(":") > 1:
+            raise ValueError(
+                "the password contains an unescaped ':'; URL-encode it (':' → %3A) or set "
+                "username/password separately"
+            )
+        if re.search(r"%(?![0-9A-Fa-f]{2})", userinfo):
+            raise ValueError("the credentials contain a '%' that is not URL-encoded (use %25)")
+    if "@" not in netloc and "/" in rest.split("?", 1)[0] and "@" in rest:
+        raise ValueError(
+            "the credentials contain an unescaped '/'; URL-encode it (%2F) or set "
+            "username/password separately"
+        )
+
+
+class SourceConfig(StrictModel):
+    """Where data is read from."""
+
+    type: Literal["mongodb", "postgresql"] = Field(
+        "mongodb", description="Source kind. `mongodb` also covers the embedded engine."
+    )
+    connection_string: SecretStr = Field(
+        description=(
+            "`mongodb://…`, `mongodb+srv://…`, `mongoeco://PATH` (embedded engine, a SQLite file; "
+            "`mongoeco://:memory:` in memory) or `postgresql://…`. Credentials must be "
+            "URL-encoded, or given as `username`/`password`."
+        ),
+        examples=["mongodb://user:p%40ss@db1:27017,db2:27017/?replicaSet=rs0"],
+    )
+    username: str | None = Field(None, description="User name, URL-encoded for you.")
+    password: SecretStr | None = Field(None, description="Password, URL-encoded for you.")
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="Timeout for connecting.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        schemes = (
+            ("mongodb", "mongodb+srv", "mongoeco")
+            if self.type == "mongodb"
+            else ("postgresql", "postgres")
+        )
+        _check_url(self.connection_string.get_secret_value(), schemes, "connection_string")
+        _inject_credentials(self.connection_string.get_secret_value(), self.username, self.password)
+        return self
+
+    def url(self) -> str:
+        """The connection string with credentials injected. Secret: never log it."""
+        return _inject_credentials(
+            self.connection_string.get_secret_value(), self.username, self.password
+        )
+
+    def display_url(self) -> str:
+        return redact_url(self.url())
+
+
+class DestinationConfig(StrictModel):
+    """Where data is written (the warehouse)."""
+
+    type: Literal["postgresql"] = Field("postgresql", description="Destination kind.")
+    connection_string: SecretStr = Field(
+        SecretStr(LOCAL_POSTGRES),
+        description=(
+            "`postgresql://user:password@host:port/db`, or `local` for the server started by "
+            "`cartridge services up` (its address is read from the state directory)."
+        ),
+        examples=["postgresql://cartridge:s3cr%2Ft@warehouse:5432/analytics", "local"],
+    )
+    username: str | None = Field(None, description="User name, URL-encoded for you.")
+    password: SecretStr | None = Field(None, description="Password, URL-encoded for you.")
+    pool_min_size: int = Field(1, ge=0, description="Smallest asyncpg pool size.")
+    pool_max_size: int = Field(4, ge=1, description="Largest asyncpg pool size.")
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="Timeout for connecting.")
+    command_timeout_seconds: float = Field(300.0, gt=0, description="Timeout for one statement.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        raw = self.connection_string.get_secret_value()
+        if raw != LOCAL_POSTGRES:
+            _check_url(raw, ("postgresql", "postgres"), "connection_string")
+            _inject_credentials(raw, self.username, self.password)
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.connection_string.get_secret_value() == LOCAL_POSTGRES
+
+    def url(self, state_dir: Path | None = None) -> str:
+        """The connection string. ``local`` resolves through the local service's state file."""
+        raw = self.connection_string.get_secret_value()
+        if raw == LOCAL_POSTGRES:
+            from cartridge_dagster.services.postgres import LocalPostgres
+
+            return LocalPostgres(Path(state_dir or ".cartridge") / "postgres").require_url()
+        return _inject_credentials(raw, self.username, self.password)
+
+    def display_url(self, state_dir: Path | None = None) -> str:
+        if self.is_local:
+            return "local (cartridge services)"
+        return redact_url(self.url(state_dir))
+
+
+# --------------------------------------------------------------------------- behaviour sections
+
+
+class SamplingConfig(StrictModel):
+    """How `init` samples collections to infer schemas."""
+
+    sample_size: int = Field(1000, ge=1, description="Documents per `$sample` round.")
+    max_sample_size: int = Field(
+        20000, ge=1, description="Adaptive sampling stops at this many documents."
+    )
+    adaptive: bool = Field(
+        True, description="Keep sampling while new field paths or types still appear."
+    )
+    full_scan_below: int = Field(
+        5000, ge=0, description="Collections with fewer documents are read whole."
+    )
+    max_depth: int = Field(8, ge=1, le=100, description="Deepest nesting level inferred.")
+    example_values: int = Field(
+        3, ge=0, le=20, description="Example values kept per field (0 disables)."
+    )
+    enum_max_distinct: int = Field(
+        12, ge=0, description="A string field with at most this many values is an enum."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.sample_size > self.max_sample_size:
+            raise ValueError("sample_size must not exceed max_sample_size")
+        return self
+
+
+class BatchingConfig(StrictModel):
+    """How `warp` groups changes into transactions."""
+
+    max_batch_size: int = Field(5000, ge=1, description="A batch closes at this many events.")
+    max_batch_seconds: float = Field(1.0, gt=0, description="…or after this many seconds.")
+    queue_max_batches: int = Field(
+        4, ge=1, description="Batches buffered between reader and writer (bounds memory)."
+    )
+    snapshot_chunk_size: int = Field(
+        10000, ge=1, description="Documents per `_id` range during the initial snapshot."
+    )
+
+
+class DeadLetterConfig(StrictModel):
+    """What happens to values PostgreSQL cannot store, and to documents that cannot be landed."""
+
+    nul_in_strings: Literal["strip", "dead_letter"] = Field(
+        "strip", description="NUL (U+0000) in strings: remove it (counted) or dead-letter the row."
+    )
+    non_finite_numbers: Literal["string", "null", "dead_letter"] = Field(
+        "string",
+        description="NaN/Infinity (JSON cannot hold them): store as a string, as null, or dead-letter.",
+    )
+    max_document_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Documents larger than this are dead-lettered."
+    )
+    max_attempts: int = Field(5, ge=1, description="Retries of a dead letter before it is parked.")
+
+
+class EvolutionConfig(StrictModel):
+    """What a schema change does."""
+
+    policy: Literal["auto", "approve"] = Field(
+        "auto",
+        description="`auto` regenerates models on a schema change; `approve` waits for "
+        "`cartridge schema approve`.",
+    )
+
+
+class WarpConfig(StrictModel):
+    """Change-data-capture behaviour."""
+
+    full_document: Literal["updateLookup", "whenAvailable", "required"] = Field(
+        "updateLookup", description="How update events carry the document."
+    )
+    history_lost_policy: Literal["fail", "resnapshot"] = Field(
+        "fail", description="When the resume token is gone: stop loudly, or re-snapshot."
+    )
+    drop_policy: Literal["tombstone", "ignore", "fail"] = Field(
+        "tombstone", description="A dropped collection: mark its rows deleted, ignore, or stop."
+    )
+    idle_checkpoint_seconds: float = Field(
+        10.0, gt=0, description="Persist the stream position this often while idle."
+    )
+    metrics_port: int = Field(
+        8000, ge=0, le=65535, description="Prometheus `/metrics` and `/health` (0 disables)."
+    )
+    materialization_interval_seconds: float = Field(
+        5.0, ge=0, description="Minimum interval between raw-table materializations per table."
+    )
+    lag_threshold_seconds: float = Field(
+        300.0, gt=0, description="Asset check: lag above this fails."
+    )
+
+
+class AnalyticsConfig(StrictModel):
+    """Summaries, reconciliation and checks."""
+
+    reconcile_sample_size: int = Field(
+        1000, ge=0, description="Documents compared by hash per collection."
+    )
+    reconcile_tolerance: float = Field(
+        0.0, ge=0, le=1, description="Allowed share of mismatched counts or hashes."
+    )
+    max_null_ratio: float | None = Field(
+        None, ge=0, le=1, description="Check: a column's null ratio above this fails."
+    )
+    max_row_count_change: float | None = Field(
+        None, ge=0, description="Check: a relative row-count change above this fails."
+    )
+    top_values: int = Field(10, ge=1, le=100, description="Top values kept per text column.")
+    histogram_buckets: int = Field(10, ge=2, le=100, description="Buckets per numeric histogram.")
+
+
+class Defaults(StrictModel):
+    """Defaults for every schema; a schema overrides any key of any section."""
+
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    deletes: Literal["soft", "hard"] = Field(
+        "soft", description="`soft` keeps a tombstone row; `hard` deletes the row."
+    )
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    warp: WarpConfig = Field(default_factory=WarpConfig)
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+
+
+_SECTIONS = ("sampling", "batching", "evolution", "dead_letter", "warp", "analytics")
+
+
+class TableConfig(StrictModel):
+    """Per-collection overrides."""
+
+    delete_mode: Literal["soft", "hard"] | None = Field(
+        None, description="Overrides the schema's `deletes`."
+    )
+    history: bool = Field(False, description="Also keep an append-only history table.")
+    exclude_fields: list[str] = Field(
+        default_factory=list,
+        description="Field paths never landed nor modelled (PII), e.g. `customer.email`.",
+    )
+    sensitive_fields: list[str] = Field(
+        default_factory=list, description="Field paths whose example values are never kept."
+    )
+    type_overrides: dict[str, FieldType] = Field(
+        default_factory=dict, description="Field path → SQL type for the staging model."
+    )
+    max_null_ratio: float | None = Field(None, ge=0, le=1, description="Overrides analytics.")
+    max_row_count_change: float | None = Field(None, ge=0, description="Overrides analytics.")
+
+
+class SchemaConfig(StrictModel):
+    """One source database (or PostgreSQL schema) and where it lands."""
+
+    name: SchemaName = Field(description="Cartridge's name for this schema (asset keys, jobs).")
+    source_database: str = Field(description="MongoDB database (or PostgreSQL schema) to read.")
+    target_schema: str | None = Field(
+        None, description="PostgreSQL schema for the raw tables; defaults to `raw_<name>`."
+    )
+    include: list[str] = Field(
+        default_factory=list, description="Collections to include (empty: all)."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Collections to leave out.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    deletes: Literal["soft", "hard"] = "soft"
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    warp: WarpConfig = Field(default_factory=WarpConfig)
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+    tables: dict[str, TableConfig] = Field(
+        default_factory=dict, description="Per-collection overrides, by collection name."
+    )
+    k8s_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "250m", "memory": "512Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
+        description="Kubernetes requests/limits for this schema's warp run pod.",
+    )
+
+    @field_validator("target_schema")
+    @classmethod
+    def _check_target(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value.encode()) > 63 or "\x00" in value):
+            raise ValueError("must be 1 to 63 bytes, without NUL")
+        return value
+
+    @property
+    def raw_schema(self) -> str:
+        """PostgreSQL schema of the raw tables."""
+        return self.target_schema or f"raw_{self.name}"
+
+    def selects(self, collection: str) -> bool:
+        """Whether ``collection`` is in scope (include/exclude, system collections never)."""
+        if collection.startswith("system."):
+            return False
+        if self.include and collection not in self.include:
+            return False
+        return collection not in self.exclude
+
+    def table(self, collection: str) -> TableConfig:
+        """Resolved per-table settings (schema defaults applied)."""
+        table = self.tables.get(collection, TableConfig())
+        if table.delete_mode is None:
+            table = table.model_copy(update={"delete_mode": self.deletes})
+        return table
+
+
+class DbtConfig(StrictModel):
+    """The dbt project Cartridge generates into."""
+
+    project_dir: str = Field("dbt_project", description="dbt project directory.")
+    target: str = Field("cartridge", description="dbt target name in the generated profile.")
+    staging_schema: str = Field(
+        "staging", description="PostgreSQL schema suffix for the staging models."
+    )
+    threads: int = Field(2, ge=1, le=32, description="dbt threads.")
+
+
+class AIConfig(StrictModel):
+    """AI prose for generated docs. `none` is deterministic, offline and the default."""
+
+    provider: Literal["none", "openai", "anthropic", "gemini"] = Field(
+        "none", description="Who writes descriptions."
+    )
+    model: str | None = Field(None, description="Provider model name; a sensible default if unset.")
+    api_key: SecretStr | None = Field(
+        None, description="API key; by default the provider's usual environment variable."
+    )
+    business_context: str | None = Field(
+        None, description="YAML file with a glossary, table purposes and owners."
+    )
+    timeout_seconds: float = Field(60.0, gt=0, description="Per request.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries on transient errors.")
+
+
+class ObservabilityConfig(StrictModel):
+    """Logs."""
+
+    log_format: Literal["console", "json"] = Field(
+        "console", description="`console` locally, `json` in production."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
+
+
+class CartridgeSettings(BaseSettings):
+    """The whole Cartridge configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        case_sensitive=False,
+    )
+
+    source: SourceConfig = Field(description="The operational database to read.")
+    destination: DestinationConfig = Field(
+        default_factory=lambda: DestinationConfig(), description="The warehouse to write."
+    )
+    mode: Literal["single", "multi"] = Field(
+        "multi",
+        description="`single`: one schema per warp process (Kubernetes); `multi`: all in one.",
+    )
+    state_dir: str = Field(
+        ".cartridge", description="Local state: services, schema versions, reports."
+    )
+    defaults: Defaults = Field(default_factory=Defaults)
+    schemas: list[SchemaConfig] = Field(min_length=1, description="The schemas to manage.")
+    dbt: DbtConfig = Field(default_factory=DbtConfig)
+    ai: AIConfig = Field(default_factory=AIConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: Any) -> Any:
+        """Fill every schema's sections from ``defaults``, key by key."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        defaults = data.get("defaults") or {}
+        if isinstance(defaults, BaseModel):
+            defaults = defaults.model_dump()
+        if not isinstance(defaults, Mapping) or not isinstance(data.get("schemas"), list):
+            return data
+        schemas = []
+        for schema in data["schemas"]:
+            if isinstance(schema, BaseModel):
+                schema = schema.model_dump(exclude_unset=True)
+            if isinstance(schema, Mapping):
+                schema = dict(schema)
+                for section in _SECTIONS:
+                    base = defaults.get(section)
+                    own = schema.get(section)
+                    if isinstance(base, Mapping) and (own is None or isinstance(own, Mapping)):
+                        schema[section] = {**base, **(own or {})}
+                if "deletes" in defaults and "deletes" not in schema:
+                    schema["deletes"] = defaults["deletes"]
+            schemas.append(schema)
+        data["schemas"] = schemas
+        return data
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> Self:
+        seen: set[str] = set()
+        for schema in self.schemas:
+            if schema.name in seen:
+                raise ValueError(f"schema name {schema.name!r} is used twice")
+            seen.add(schema.name)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (the file arrives as init kwargs); the seed's prefix last.
+        seed_env = EnvSettingsSource(
+            settings_cls, env_prefix=SEED_ENV_PREFIX, env_nested_delimiter="__"
+        )
+        return (env_settings, seed_env, init_settings)
+
+    def schema(self, name: str) -> SchemaConfig:
+        for schema in self.schemas:
+            if schema.name == name:
+                return schema
+        known = ", ".join(s.name for s in self.schemas)
+        raise ConfigError(f"no schema named {name!r} in the configuration (known: {known})")
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    def destination_url(self) -> str:
+        """The warehouse connection string (secret)."""
+        return self.destination.url(self.state_path)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: explicit → ``$CARTRIDGE_CONFIG`` → ``./cartridge.yaml``."""
+    candidate = explicit or os.environ.get("CARTRIDGE_CONFIG")
+    if candidate:
+        path = Path(candidate)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        return path
+    for name in ("cartridge.yaml", "cartridge.yml", "cartridge.json"):
+        if Path(name).is_file():
+            return Path(name)
+    raise ConfigError(
+        "no configuration file: pass --config FILE, set CARTRIDGE_CONFIG, or create cartridge.yaml",
+        hint="examples/demo.yaml is a working configuration for the embedded demo",
+    )
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or part.startswith("function-"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _env_names_for(path: str) -> list[str]:
+    flat = re.sub(r"\[(\d+)\]", r".\1", path).replace(".", "__").upper()
+    return [p + flat for p in (ENV_PREFIX, SEED_ENV_PREFIX) if (p + flat) in os.environ]
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    """One line per problem: ``origin: dotted.path: reason`` (values never echoed)."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = _dotted(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/configuration.md)"
+        env = _env_names_for(path)
+        where = f" (set by environment variable {env[0]})" if env else ""
+        lines.append(f"{origin}: {path}: {msg}{where}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> CartridgeSettings:
+    """Load, merge with the environment, and validate. Raises :class:`ConfigError`."""
+    file = find_config_file(path)
+    data = _read_file(file)
+    if overrides:
+        data = {**data, **overrides}
+    try:
+        return CartridgeSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(file))) from None
+
+
+def settings_from_mapping(data: Mapping[str, Any], origin: str = "<config>") -> CartridgeSettings:
+    """Validate an in-memory configuration (tests, generated configs)."""
+    try:
+        return CartridgeSettings(**dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin)) from None

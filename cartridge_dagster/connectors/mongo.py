@@ -1,0 +1,331 @@
+"""One small interface to MongoDB, whatever serves it.
+
+``open_mongo(url)`` maps ``mongodb://`` and ``mongodb+srv://`` to PyMongo's async client
+(``pymongo.AsyncMongoClient``; Motor is end-of-life) and ``mongoeco://PATH`` to the embedded
+engine's in-process async client over a SQLite file. The rest of Cartridge uses
+:class:`MongoConnection` and :class:`ChangeStream` and never asks which one it got.
+
+Embedded engine notes (mongoeco 4.11): change events persist, and become visible to other
+processes, only through a journal file, which this module always configures next to the SQLite
+file (``PATH.changes.*``); a stream sees another process's writes when it is re-opened from its
+last token, so :class:`ChangeStream` re-opens itself when idle. The journal is capped: resuming
+from a token older than the cap raises an ``OperationFailure`` without code 286, which this module
+maps to :class:`~cartridge_dagster.errors.ResumeTokenLost` like the real server's code 286.
+Query options on the URL: ``journal_max_bytes`` (default 64 MiB) and ``history_size``
+(default 200000 events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+from cartridge_dagster.errors import (
+    ConfigError,
+    ConnectionFailed,
+    ResumeTokenLost,
+    redact_url,
+)
+
+__all__ = ["ChangeStream", "MongoConnection", "mongoeco_paths", "open_mongo"]
+
+MongoKind = Literal["pymongo", "mongoeco"]
+FullDocument = Literal["default", "updateLookup", "whenAvailable", "required"]
+
+DEFAULT_JOURNAL_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_HISTORY_SIZE = 200_000
+
+
+@dataclass(frozen=True)
+class MongoecoPaths:
+    database: str  # SQLite file, or ":memory:"
+    journal: str | None
+    journal_max_bytes: int
+    history_size: int
+
+
+def mongoeco_paths(url: str) -> MongoecoPaths:
+    """Parse ``mongoeco://PATH[?journal_max_bytes=N&history_size=N]``.
+
+    ``PATH`` is a file path, relative to the working directory unless absolute
+    (``mongoeco:///abs/file.sqlite`` or ``mongoeco://rel/file.sqlite``).
+    """
+    rest = url.split("://", 1)[1]
+    path, _, query = rest.partition("?")
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(params) - {"journal_max_bytes", "history_size"}
+    if unknown:
+        raise ConfigError(f"mongoeco URL: unknown option(s) {sorted(unknown)}")
+    try:
+        max_bytes = int(params.get("journal_max_bytes", DEFAULT_JOURNAL_MAX_BYTES))
+        history = int(params.get("history_size", DEFAULT_HISTORY_SIZE))
+    except ValueError:
+        raise ConfigError("mongoeco URL: journal_max_bytes and history_size must be integers")
+    if not path:
+        raise ConfigError("mongoeco URL needs a path: mongoeco://PATH/TO/source.sqlite")
+    if path == ":memory:":
+        return MongoecoPaths(":memory:", None, max_bytes, history)
+    file = str(Path(path).expanduser().resolve())
+    return MongoecoPaths(file, file + ".changes", max_bytes, history)
+
+
+def _translate_error(exc: BaseException) -> BaseException:
+    """Map driver errors about lost history onto :class:`ResumeTokenLost`."""
+    import pymongo.errors as pme
+
+    if isinstance(exc, pme.OperationFailure):
+        text = str(exc).lower()
+        if exc.code in (286, 280) or "resume token is no longer available" in text or (
+            "resume" in text and "no longer" in text
+        ):
+            return ResumeTokenLost(
+                f"change stream history lost: {exc}",
+                hint="the stored resume token is older than the source keeps; re-snapshot "
+                "(warp.history_lost_policy: resnapshot) or raise the oplog size",
+            )
+    return exc
+
+
+def _reraise(exc: BaseException) -> Any:
+    translated = _translate_error(exc)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
+class ChangeStream:
+    """A change stream with one behaviour for both clients.
+
+    ``try_next()`` returns the next event or ``None`` when nothing arrived within
+    ``max_await_time_ms``; ``resume_token`` is the position after the last returned event (or
+    the server's post-batch token while idle, where the driver has one).
+    """
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        database: str | None,
+        pipeline: Sequence[Mapping[str, Any]],
+        *,
+        resume_after: Mapping[str, Any] | None,
+        start_after: Mapping[str, Any] | None,
+        full_document: FullDocument,
+        max_await_time_ms: int,
+    ) -> None:
+        self._conn = connection
+        self._database = database
+        self._pipeline = [dict(stage) for stage in pipeline]
+        self._resume_after = dict(resume_after) if resume_after else None
+        self._start_after = dict(start_after) if start_after else None
+        self._full_document = full_document
+        self._max_await_ms = max_await_time_ms
+        self._cursor: Any = None
+        self._last_token: dict[str, Any] | None = None
+        self._idle_polls = 0
+
+    async def _open(self) -> None:
+        kwargs: dict[str, Any] = {"max_await_time_ms": self._max_await_ms}
+        if self._full_document != "default":
+            kwargs["full_document"] = self._full_document
+        if self._last_token is not None:
+            kwargs["resume_after"] = self._last_token
+        elif self._start_after is not None:
+            kwargs["start_after"] = self._start_after
+        elif self._resume_after is not None:
+            kwargs["resume_after"] = self._resume_after
+        target = (
+            self._conn.client[self._database] if self._database is not None else self._conn.client
+        )
+        try:
+            if self._conn.kind == "pymongo":
+                self._cursor = await target.watch(self._pipeline, **kwargs)
+            else:
+                self._cursor = target.watch(self._pipeline, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised, translated when recognised
+            _reraise(exc)
+
+    async def try_next(self) -> dict[str, Any] | None:
+        if self._cursor is None:
+            await self._open()
+        try:
+            event = await self._cursor.try_next()
+        except Exception as exc:  # noqa: BLE001 - re-raised, translated when recognised
+            _reraise(exc)
+        if event is not None:
+            self._idle_polls = 0
+            self._last_token = dict(event["_id"])
+            return dict(event)
+        if self._conn.kind == "pymongo":
+            token = getattr(self._cursor, "resume_token", None)
+            if token is not None:
+                self._last_token = dict(token)
+        else:
+            # The embedded engine shows other processes' writes only to a re-opened stream.
+            self._idle_polls += 1
+            await self._close_cursor()
+        return None
+
+    @property
+    def resume_token(self) -> dict[str, Any] | None:
+        if self._last_token is not None:
+            return self._last_token
+        return self._start_after or self._resume_after
+
+    async def _close_cursor(self) -> None:
+        cursor, self._cursor = self._cursor, None
+        if cursor is None:
+            return
+        result = cursor.close()
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def close(self) -> None:
+        await self._close_cursor()
+
+    async def __aenter__(self) -> ChangeStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@dataclass
+class MongoConnection:
+    """An open MongoDB client and what kind it is."""
+
+    kind: MongoKind
+    client: Any
+    display_url: str
+    _closed: bool = field(default=False, repr=False)
+
+    def database(self, name: str) -> Any:
+        return self.client[name]
+
+    async def connect(self) -> None:
+        """Open the underlying client (the embedded engine must be connected before use)."""
+        if self.kind == "mongoeco":
+            await self.client.__aenter__()
+
+    async def ping(self) -> None:
+        try:
+            await self.connect()
+            if self.kind == "pymongo":
+                await self.client.admin.command("ping")
+            else:
+                await self.client.server_info()
+        except Exception as exc:  # noqa: BLE001 - mapped to one clear error
+            raise ConnectionFailed(
+                f"cannot reach MongoDB at {self.display_url}: {type(exc).__name__}: "
+                f"{redact_url(str(exc))[:300]}"
+            ) from None
+
+    async def list_collection_names(self, database: str) -> list[str]:
+        names = await self.client[database].list_collection_names()
+        return sorted(str(n) for n in names)
+
+    async def list_database_names(self) -> list[str]:
+        return sorted(str(n) for n in await self.client.list_database_names())
+
+    def watch(
+        self,
+        database: str | None = None,
+        pipeline: Sequence[Mapping[str, Any]] = (),
+        *,
+        resume_after: Mapping[str, Any] | None = None,
+        start_after: Mapping[str, Any] | None = None,
+        full_document: FullDocument = "updateLookup",
+        max_await_time_ms: int = 500,
+    ) -> ChangeStream:
+        """A change stream on one database (or the whole deployment when ``database`` is None)."""
+        return ChangeStream(
+            self,
+            database,
+            pipeline,
+            resume_after=resume_after,
+            start_after=start_after,
+            full_document=full_document,
+            max_await_time_ms=max_await_time_ms,
+        )
+
+    @property
+    def supports_server_change_streams(self) -> bool:
+        """True for a real server (a replica set is still needed for streams to open)."""
+        return self.kind == "pymongo"
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        result = self.client.close()
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def __aenter__(self) -> MongoConnection:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
+    """Open a client for ``url`` (no I/O happens until first use; call ``ping()`` to check)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    display = redact_url(url)
+    if scheme in ("mongodb", "mongodb+srv"):
+        import pymongo
+
+        timeout_ms = int(timeout_seconds * 1000)
+        try:
+            client = pymongo.AsyncMongoClient(
+                url,
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                tz_aware=True,
+                uuidRepresentation="standard",
+                appname="cartridge",
+            )
+        except pymongo.errors.ConfigurationError as exc:
+            raise ConfigError(f"invalid MongoDB connection string {display}: {exc}") from None
+        except pymongo.errors.InvalidURI as exc:
+            raise ConfigError(f"invalid MongoDB connection string {display}: {exc}") from None
+        return MongoConnection("pymongo", client, display)
+    if scheme == "mongoeco":
+        try:
+            from mongoeco import AsyncMongoClient
+            from mongoeco.engines import SQLiteEngine
+        except ImportError:
+            raise ConfigError(
+                "mongoeco:// needs the embedded engine: pip install 'cartridge-dagster[demo]'"
+            ) from None
+        paths = mongoeco_paths(url)
+        if paths.database == ":memory:":
+            client = AsyncMongoClient(change_stream_history_size=paths.history_size)
+        else:
+            Path(paths.database).parent.mkdir(parents=True, exist_ok=True)
+            client = AsyncMongoClient(
+                SQLiteEngine(paths.database),
+                change_stream_history_size=paths.history_size,
+                change_stream_journal_path=paths.journal,
+                change_stream_journal_max_bytes=paths.journal_max_bytes,
+            )
+        return MongoConnection("mongoeco", client, display)
+    raise ConfigError(
+        f"unsupported MongoDB URL {display}: use mongodb://, mongodb+srv:// or mongoeco://PATH"
+    )
+
+
+@contextlib.asynccontextmanager
+async def mongo_session(url: str, *, timeout_seconds: float = 10.0) -> Any:
+    """``async with mongo_session(url) as conn:`` — opens, pings, always closes."""
+    conn = open_mongo(url, timeout_seconds=timeout_seconds)
+    try:
+        await conn.ping()
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,119 @@
+"""Cartridge's error vocabulary.
+
+Every error the core raises is a :class:`CartridgeError`. Two mixins split them by what a caller
+should do: :class:`TransientError` (retry with backoff) and :class:`TerminalError` (stop and tell a
+person). :func:`classify` maps driver exceptions (PyMongo, asyncpg, OS) onto that split, so retry
+policies are written once.
+
+Messages never contain secrets: connection strings are redacted with :func:`redact_url` before
+they are put in a message.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "CartridgeError",
+    "ConfigError",
+    "ConnectionFailed",
+    "ResumeTokenLost",
+    "ServiceError",
+    "TerminalError",
+    "TransientError",
+    "classify",
+    "redact_url",
+]
+
+
+class CartridgeError(Exception):
+    """Root of every error Cartridge raises on purpose."""
+
+    #: A one-line hint for the person reading the error, shown by the CLI.
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class TransientError(CartridgeError):
+    """Worth retrying: the same call may succeed later (network blip, failover, lock timeout)."""
+
+
+class TerminalError(CartridgeError):
+    """Retrying will not help; a person or a policy must act."""
+
+
+class ConfigError(TerminalError):
+    """The configuration is invalid. The message names the file and the dotted field path."""
+
+
+class ServiceError(TerminalError):
+    """A local service (PostgreSQL, the embedded MongoDB engine) could not be started or found."""
+
+
+class ConnectionFailed(TransientError):
+    """A database could not be reached."""
+
+
+class ResumeTokenLost(TerminalError):
+    """The change stream cannot resume from the stored token: the history is gone."""
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<creds>[^/@\s]*@)")
+_PASSWORD_PARAM = re.compile(r"(?i)(password|passwd|pwd|secret|token|api_key)=([^&\s]+)")
+
+
+def redact_url(text: str) -> str:
+    """Hide credentials in any URL inside ``text`` (``user:pass@`` → ``***@``)."""
+    redacted = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
+    return _PASSWORD_PARAM.sub(lambda m: f"{m.group(1)}=***", redacted)
+
+
+def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
+    """Map a driver exception onto the transient/terminal split.
+
+    Imports are local so the core can classify without importing drivers it does not use.
+    """
+    if isinstance(exc, TransientError):
+        return TransientError
+    if isinstance(exc, TerminalError):
+        return TerminalError
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return TransientError
+    try:
+        import pymongo.errors as pme
+    except ImportError:  # pragma: no cover - pymongo is a hard dependency
+        pme = None  # type: ignore[assignment]
+    if pme is not None:
+        if isinstance(exc, pme.OperationFailure) and exc.code in (286, 280):
+            return TerminalError
+        if isinstance(exc, (pme.AutoReconnect, pme.NetworkTimeout, pme.ServerSelectionTimeoutError)):
+            return TransientError
+        if isinstance(exc, pme.PyMongoError) and exc.has_error_label("RetryableChangeStreamError"):
+            return TransientError
+        if isinstance(exc, pme.PyMongoError) and exc.has_error_label("TransientTransactionError"):
+            return TransientError
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        asyncpg = None  # type: ignore[assignment]
+    if asyncpg is not None:
+        transient_pg: tuple[type[BaseException], ...] = (
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+            asyncpg.exceptions.CannotConnectNowError,
+            asyncpg.exceptions.TooManyConnectionsError,
+            asyncpg.exceptions.SerializationError,
+            asyncpg.exceptions.DeadlockDetectedError,
+            asyncpg.exceptions.LockNotAvailableError,
+            asyncpg.exceptions.AdminShutdownError,
+            asyncpg.exceptions.CrashShutdownError,
+            asyncpg.exceptions.QueryCanceledError,
+        )
+        if isinstance(exc, transient_pg):
+            return TransientError
+        if isinstance(exc, asyncpg.exceptions.PostgresConnectionError):
+            return TransientError
+    return TerminalError
