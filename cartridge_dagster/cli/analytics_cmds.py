@@ -1,0 +1,9 @@
+"""`cartridge` commands of the analytics capability."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this capability's commands to ``app``."""

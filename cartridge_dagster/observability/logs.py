@@ -1,0 +1,77 @@
+"""structlog, configured once: console output locally, JSON lines in production.
+
+Context (``run_id``, ``schema``, ``table``, ``batch``) is bound with :func:`bind_context` and
+appears on every event logged inside it. Payloads and secrets are never logged: a processor
+redacts any URL credentials that slip into an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+from cartridge_dagster.errors import redact_url
+
+__all__ = ["bind_context", "configure_logging", "get_logger"]
+
+_configured: tuple[str, str] | None = None
+
+
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str) and "://" in value:
+            event_dict[key] = redact_url(value)
+    return event_dict
+
+
+def configure_logging(
+    fmt: Literal["console", "json"] = "console",
+    level: str = "info",
+    *,
+    force: bool = False,
+) -> None:
+    """Configure structlog (idempotent unless ``force``). Logs go to stderr."""
+    global _configured
+    if _configured == (fmt, level) and not force:
+        return
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = (fmt, level)
+
+
+def get_logger(name: str | None = None, **initial: Any) -> Any:
+    return structlog.get_logger(name, **initial)
+
+
+@contextlib.contextmanager
+def bind_context(**values: Any) -> Iterator[None]:
+    """Bind ``run_id``/``schema``/``table``/… for everything logged inside the block."""
+    tokens = structlog.contextvars.bind_contextvars(**values)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

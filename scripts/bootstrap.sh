@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Create .venv with Python 3.13 and install Cartridge from uv.lock. Idempotent and offline-safe:
+# it never downloads an interpreter; it finds an installed Python 3.13 (PATH, pyenv, common
+# prefixes, or $CARTRIDGE_PYTHON).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+  local cand
+  for cand in "${CARTRIDGE_PYTHON:-}" "$(command -v python3.13 || true)" \
+      "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 \
+      /root/.pyenv/versions/3.13*/bin/python3.13 \
+      /usr/local/bin/python3.13 /usr/bin/python3.13 \
+      /opt/homebrew/bin/python3.13 /opt/python/3.13*/bin/python3.13; do
+    [ -n "$cand" ] && [ -x "$cand" ] || continue
+    if "$cand" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 13) else 1)' 2>/dev/null; then
+      echo "$cand"; return 0
+    fi
+  done
+  return 1
+}
+
+stamp=.venv/.cartridge-installed
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$stamp" -nt uv.lock ] && [ "$stamp" -nt pyproject.toml ]; then
+  exit 0
+fi
+
+PY=$(find_python) || {
+  echo "error: Python 3.13 not found. Install it (pyenv install 3.13, brew install python@3.13," >&2
+  echo "       apt-get install python3.13) or set CARTRIDGE_PYTHON=/path/to/python3.13" >&2
+  exit 1
+}
+echo "==> Python: $PY"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if sys.version_info[:2]==(3,13) else 1)'; then
+  rm -rf .venv
+  "$PY" -m venv .venv
+fi
+UV=$(command -v uv || true)
+if [ -z "$UV" ]; then
+  if [ ! -x .venv/bin/uv ]; then
+    echo "==> installing uv into .venv"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check uv 2>&1 | grep -v "is ignored: it is neither" || true
+  fi
+  UV=.venv/bin/uv
+fi
+echo "==> installing from uv.lock"
+if UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never \
+    "$UV" sync --frozen --all-extras --inexact --python .venv/bin/python; then
+  :
+else
+  echo "==> uv sync failed; falling back to pip" >&2
+  .venv/bin/python -m pip install --quiet -e ".[dev,demo,bench]"
+fi
+touch "$stamp"
+echo "==> environment ready: .venv"

@@ -1,0 +1,1 @@
+"""Shared test support: real services, chosen in the order DESIGN.md gives."""
