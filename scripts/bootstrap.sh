@@ -39,6 +39,7 @@ UV=$(command -v uv || true)
 if [ -z "$UV" ]; then
   if [ ! -x .venv/bin/uv ]; then
     echo "==> installing uv into .venv"
+    .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip --upgrade >/dev/null
     .venv/bin/python -m pip install --quiet --disable-pip-version-check uv 2>&1 | grep -v "is ignored: it is neither" || true
   fi
   UV=.venv/bin/uv

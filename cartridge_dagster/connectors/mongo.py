@@ -32,10 +32,29 @@ from cartridge_dagster.errors import (
     redact_url,
 )
 
-__all__ = ["ChangeStream", "MongoConnection", "mongoeco_paths", "open_mongo"]
+__all__ = ["ChangeStream", "MongoConnection", "aggregate", "bson_options", "mongo_session", "mongoeco_paths", "open_mongo"]
 
 MongoKind = Literal["pymongo", "mongoeco"]
 FullDocument = Literal["default", "updateLookup", "whenAvailable", "required"]
+
+#: Codec options for encoding documents read from either client (UUIDs as standard subtype 4).
+BSON_OPTIONS: Any = None
+
+
+def bson_options() -> Any:
+    """``bson.CodecOptions`` with tz-aware UTC dates and standard UUIDs (cached)."""
+    global BSON_OPTIONS
+    if BSON_OPTIONS is None:
+        import datetime as dt
+
+        from bson.binary import UuidRepresentation
+        from bson.codec_options import CodecOptions
+
+        BSON_OPTIONS = CodecOptions(
+            tz_aware=True, tzinfo=dt.UTC, uuid_representation=UuidRepresentation.STANDARD
+        )
+    return BSON_OPTIONS
+
 
 DEFAULT_JOURNAL_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_HISTORY_SIZE = 200_000
@@ -329,3 +348,11 @@ async def mongo_session(url: str, *, timeout_seconds: float = 10.0) -> Any:
         yield conn
     finally:
         await conn.close()
+
+
+async def aggregate(collection: Any, pipeline: Sequence[Mapping[str, Any]], **kwargs: Any) -> Any:
+    """``collection.aggregate`` for both clients (PyMongo's async API returns an awaitable)."""
+    cursor = collection.aggregate(list(pipeline), **kwargs)
+    if asyncio.iscoroutine(cursor) or hasattr(cursor, "__await__"):
+        cursor = await cursor
+    return cursor

@@ -1,0 +1,1 @@
+"""analytics core (never imports dagster)."""

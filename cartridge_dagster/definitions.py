@@ -1,0 +1,32 @@
+"""The Cartridge code location. This module only assembles; builders live with their assets.
+
+The configuration file comes from ``$CARTRIDGE_CONFIG`` (``make demo`` points it at
+``examples/demo.yaml``) or ``./cartridge.yaml``. Loading reads that file (and the local schema
+state, to know each schema's collections); it connects to nothing.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cartridge_dagster.assets.catalog import build_catalog_defs
+from cartridge_dagster.config import find_config_file, load_settings
+from cartridge_dagster.resources import build_resources
+
+BUILDERS = [
+    build_catalog_defs,
+]
+
+
+def build_definitions(config_path: str | None = None) -> dg.Definitions:
+    path = str(find_config_file(config_path))
+    settings = load_settings(path)
+    return dg.Definitions.merge(
+        *(builder(settings) for builder in BUILDERS),
+        dg.Definitions(resources=build_resources(path)),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

@@ -1,0 +1,1 @@
+"""deploy core (never imports dagster)."""

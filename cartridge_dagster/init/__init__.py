@@ -1,0 +1,1 @@
+"""init core (never imports dagster)."""

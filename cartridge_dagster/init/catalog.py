@@ -1,0 +1,90 @@
+"""The source catalog: which collections a schema has, how many documents, how large.
+
+Plain core code (no dagster): used by the ``cartridge/<S>/catalog`` asset and the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import bson
+
+from cartridge_dagster.config import SchemaConfig
+from cartridge_dagster.connectors.mongo import MongoConnection, aggregate, bson_options
+
+__all__ = ["CollectionInfo", "SourceCatalog", "read_catalog"]
+
+SIZE_SAMPLE = 200
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    documents: int
+    avg_document_bytes: int
+    estimated_bytes: int
+    in_scope: bool
+
+
+@dataclass(frozen=True)
+class SourceCatalog:
+    schema: str
+    database: str
+    collections: dict[str, CollectionInfo]
+
+    @property
+    def total_documents(self) -> int:
+        return sum(c.documents for c in self.collections.values() if c.in_scope)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.estimated_bytes for c in self.collections.values() if c.in_scope)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "database": self.database,
+            "collections": {
+                name: asdict(info) for name, info in sorted(self.collections.items())
+                if info.in_scope
+            },
+            "out_of_scope": sorted(n for n, i in self.collections.items() if not i.in_scope),
+        }
+
+    def markdown(self) -> str:
+        lines = ["| collection | documents | avg size (bytes) | est. size (MB) |", "|---|---:|---:|---:|"]
+        for name, info in sorted(self.collections.items()):
+            if info.in_scope:
+                lines.append(
+                    f"| {name} | {info.documents:,} | {info.avg_document_bytes:,} | "
+                    f"{info.estimated_bytes / 1e6:,.2f} |"
+                )
+        excluded = [n for n, i in sorted(self.collections.items()) if not i.in_scope]
+        if excluded:
+            lines.append("")
+            lines.append("Out of scope (include/exclude): " + ", ".join(excluded))
+        return "\n".join(lines)
+
+
+async def _avg_size(coll: Any) -> int:
+    total = 0
+    n = 0
+    cursor = await aggregate(coll, [{"$sample": {"size": SIZE_SAMPLE}}])
+    async for doc in cursor:
+        total += len(bson.encode(doc, codec_options=bson_options()))
+        n += 1
+    return total // n if n else 0
+
+
+async def read_catalog(conn: MongoConnection, schema: SchemaConfig) -> SourceCatalog:
+    """Count and size every collection of ``schema.source_database``."""
+    db = conn.database(schema.source_database)
+    infos: dict[str, CollectionInfo] = {}
+    for name in await conn.list_collection_names(schema.source_database):
+        in_scope = schema.selects(name)
+        coll = db[name]
+        count = int(await coll.count_documents({})) if in_scope else 0
+        avg = await _avg_size(coll) if in_scope and count else 0
+        infos[name] = CollectionInfo(name, count, avg, avg * count, in_scope)
+    return SourceCatalog(schema.name, schema.source_database, infos)

@@ -1,0 +1,1 @@
+"""warp core (never imports dagster)."""
