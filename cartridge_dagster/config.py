@@ -91,8 +91,7 @@ def _inject_credentials(url: str, username: str | None, password: SecretStr | No
     parts = urlsplit(url)
     if "@" in parts.netloc:
         raise ValueError(
-            "give credentials either inside the connection string or as username/password, "
-            "not both"
+            "give credentials either inside the connection string or as username/password, not both"
         )
     userinfo = quote_plus(username or "")
     if password is not None:
@@ -271,7 +270,9 @@ class DeadLetterConfig(StrictModel):
     )
     non_finite_numbers: Literal["string", "null", "dead_letter"] = Field(
         "string",
-        description="NaN/Infinity (JSON cannot hold them): store as a string, as null, or dead-letter.",
+        description=(
+            "NaN/Infinity (JSON cannot hold them): store as a string, as null, or dead-letter."
+        ),
     )
     max_document_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Documents larger than this are dead-lettered."
@@ -548,7 +549,7 @@ class CartridgeSettings(BaseSettings):
         )
         return (env_settings, seed_env, init_settings)
 
-    def schema(self, name: str) -> SchemaConfig:
+    def get_schema(self, name: str) -> SchemaConfig:
         for schema in self.schemas:
             if schema.name == name:
                 return schema
@@ -592,7 +593,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}")
+        kind = path.suffix.lstrip(".").upper() or "YAML"
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

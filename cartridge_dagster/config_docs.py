@@ -89,9 +89,7 @@ def _rows(model: type[BaseModel], prefix: str, env_prefix: str | None) -> list[l
                 sub, path + ".", f"{env_prefix}{name.upper()}__" if env_prefix is not None else None
             )
             continue
-        rows.append(
-            [f"`{path}`", _type_name(field.annotation), _default(field), description, env]
-        )
+        rows.append([f"`{path}`", _type_name(field.annotation), _default(field), description, env])
     return rows
 
 
@@ -149,7 +147,7 @@ def render_config_reference() -> str:
         "the environment wins over the file: `CARTRIDGE_SOURCE__CONNECTION_STRING`, "
         "`CARTRIDGE_DESTINATION__PASSWORD`, `CARTRIDGE_MODE`. The `CARTRIDGE_WARP_` prefix of the "
         "original warp tool works too (`CARTRIDGE_WARP_SOURCE__CONNECTION_STRING`). Lists such "
-        "as `schemas` take JSON (`CARTRIDGE_SCHEMAS='[{\"name\": \"shop\", …}]'`).",
+        'as `schemas` take JSON (`CARTRIDGE_SCHEMAS=\'[{"name": "shop", …}]\'`).',
         "",
         "Other variables: `CARTRIDGE_CONFIG` (the config file), `CARTRIDGE_PG_BIN` (PostgreSQL "
         "server binaries for `cartridge services`), `CARTRIDGE_PYTHON` (the Python 3.13 used by "
@@ -158,7 +156,8 @@ def render_config_reference() -> str:
         "",
         "## Connection strings and special characters",
         "",
-        "Credentials inside a URL must be URL-encoded: `p@ss:w/rd%` is written `p%40ss%3Aw%2Frd%25` "
+        "Credentials inside a URL must be URL-encoded: `p@ss:w/rd%` is written "
+        "`p%40ss%3Aw%2Frd%25` "
         "(`python -c 'import urllib.parse,sys; print(urllib.parse.quote_plus(sys.argv[1]))' "
         "'p@ss:w/rd%'`). Cartridge rejects a connection string with an unescaped `@`, `:` or `/` "
         "in its credentials with a message saying so. Alternatively give `username` and "

@@ -90,7 +90,9 @@ def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
     if pme is not None:
         if isinstance(exc, pme.OperationFailure) and exc.code in (286, 280):
             return TerminalError
-        if isinstance(exc, (pme.AutoReconnect, pme.NetworkTimeout, pme.ServerSelectionTimeoutError)):
+        if isinstance(
+            exc, (pme.AutoReconnect, pme.NetworkTimeout, pme.ServerSelectionTimeoutError)
+        ):
             return TransientError
         if isinstance(exc, pme.PyMongoError) and exc.has_error_label("RetryableChangeStreamError"):
             return TransientError

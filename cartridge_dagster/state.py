@@ -55,7 +55,7 @@ def known_collections(settings: CartridgeSettings, schema: str) -> list[str]:
     (``schemas/<schema>/latest.json``, key ``collections``) and the last catalog. Used to build
     per-collection assets at code-location load time (a reload picks up new collections).
     """
-    cfg = settings.schema(schema)
+    cfg = settings.get_schema(schema)
     if cfg.include:
         return sorted(c for c in cfg.include if cfg.selects(c))
     names: set[str] = set()

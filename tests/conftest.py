@@ -31,7 +31,9 @@ def pg_server_url() -> Iterator[str]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
-    server = LocalPostgres(REPO / ".cartridge" / "test-postgres", preferred_port=None, durable=False)
+    server = LocalPostgres(
+        REPO / ".cartridge" / "test-postgres", preferred_port=None, durable=False
+    )
     was_running = server.status().running
     status = server.up()
     assert status.url is not None

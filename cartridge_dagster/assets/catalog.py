@@ -1,7 +1,7 @@
 """``cartridge/<S>/catalog``: the collections of each source schema, with counts and sizes."""
 
-
 import asyncio
+from typing import Any
 
 import dagster as dg
 
@@ -30,9 +30,9 @@ def _catalog_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         settings = cartridge.settings()
 
-        async def read() -> dict[str, object]:
+        async def read() -> dict[str, Any]:
             async with mongo.connection() as conn:
-                found = await read_catalog(conn, settings.schema(schema.name))
+                found = await read_catalog(conn, settings.get_schema(schema.name))
             write_json_atomic(catalog_file(settings, schema.name), found.to_json())
             return {
                 "collections": dg.MetadataValue.int(
@@ -49,8 +49,8 @@ def _catalog_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
 
         metadata = asyncio.run(read())
         context.log.info(
-            f"{schema.name}: {metadata['collections'].value} collections, "  # type: ignore[attr-defined]
-            f"{metadata['documents'].value} documents"  # type: ignore[attr-defined]
+            f"{schema.name}: {metadata['collections'].value} collections, "
+            f"{metadata['documents'].value} documents"
         )
         return dg.MaterializeResult(metadata=metadata)
 

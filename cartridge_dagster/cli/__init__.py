@@ -36,9 +36,7 @@ for module in (core_cmds, init_cmds, warp_cmds, analytics_cmds, deploy_cmds):
 
 def _run(argv: list[str] | None, prog: str) -> int:
     try:
-        rc = typer.main.get_command(app).main(
-            args=argv, prog_name=prog, standalone_mode=False
-        )
+        rc = typer.main.get_command(app).main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Abort:
         console_err.print("aborted")
         return 130

@@ -33,7 +33,7 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         "-c",
-        help="Configuration file (YAML or JSON). Default: $CARTRIDGE_CONFIG, then ./cartridge.yaml.",
+        help="Configuration file (YAML or JSON). Default: $CARTRIDGE_CONFIG, ./cartridge.yaml.",
         show_default=False,
     ),
 ]
@@ -46,7 +46,7 @@ def load(config: Path | None) -> CartridgeSettings:
     return settings
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
+def run_async[R](coro: Coroutine[Any, Any, R]) -> R:
     return asyncio.run(coro)
 
 

@@ -82,8 +82,9 @@ def validate(
 
 
 def _pg(state_dir: Path, ephemeral: bool = False) -> LocalPostgres:
-    return LocalPostgres(state_dir / "postgres", durable=not ephemeral,
-                         preferred_port=None if ephemeral else 55432)
+    return LocalPostgres(
+        state_dir / "postgres", durable=not ephemeral, preferred_port=None if ephemeral else 55432
+    )
 
 
 def services_up(
@@ -145,7 +146,7 @@ def demo_seed(
     if scale <= 0:
         raise ConfigError("--scale must be positive")
     settings = load(config)
-    target = settings.schema(schema) if schema else settings.schemas[0]
+    target = settings.get_schema(schema) if schema else settings.schemas[0]
     sizes = DemoSizes.scaled(scale)
 
     async def go() -> None:
@@ -167,11 +168,14 @@ def demo_seed(
             ) as progress:
                 task = progress.add_task(target.source_database, total=sizes.total)
                 counts = await seed_demo(
-                    db, sizes=sizes, seed=seed,
+                    db,
+                    sizes=sizes,
+                    seed=seed,
                     progress=lambda _c, n: progress.advance(task, n),
                 )
             console.print(
-                "seeded " + ", ".join(f"{name}={n}" for name, n in counts.items())
+                "seeded "
+                + ", ".join(f"{name}={n}" for name, n in counts.items())
                 + f" into {target.source_database!r}"
             )
 
@@ -190,7 +194,7 @@ def demo_traffic(
     from cartridge_dagster.demo.traffic import run_traffic
 
     settings = load(config)
-    target = settings.schema(schema) if schema else settings.schemas[0]
+    target = settings.get_schema(schema) if schema else settings.schemas[0]
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -202,8 +206,11 @@ def demo_traffic(
                 f"traffic on {target.source_database!r} at {rate:g} ops/s (Ctrl-C to stop)"
             )
             counts = await run_traffic(
-                conn.database(target.source_database), rate=rate, duration=duration,
-                max_ops=max_ops, stop=stop,
+                conn.database(target.source_database),
+                rate=rate,
+                duration=duration,
+                max_ops=max_ops,
+                stop=stop,
             )
         console.print("traffic: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 

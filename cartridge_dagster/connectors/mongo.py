@@ -32,7 +32,15 @@ from cartridge_dagster.errors import (
     redact_url,
 )
 
-__all__ = ["ChangeStream", "MongoConnection", "aggregate", "bson_options", "mongo_session", "mongoeco_paths", "open_mongo"]
+__all__ = [
+    "ChangeStream",
+    "MongoConnection",
+    "aggregate",
+    "bson_options",
+    "mongo_session",
+    "mongoeco_paths",
+    "open_mongo",
+]
 
 MongoKind = Literal["pymongo", "mongoeco"]
 FullDocument = Literal["default", "updateLookup", "whenAvailable", "required"]
@@ -84,7 +92,9 @@ def mongoeco_paths(url: str) -> MongoecoPaths:
         max_bytes = int(params.get("journal_max_bytes", DEFAULT_JOURNAL_MAX_BYTES))
         history = int(params.get("history_size", DEFAULT_HISTORY_SIZE))
     except ValueError:
-        raise ConfigError("mongoeco URL: journal_max_bytes and history_size must be integers")
+        raise ConfigError(
+            "mongoeco URL: journal_max_bytes and history_size must be integers"
+        ) from None
     if not path:
         raise ConfigError("mongoeco URL needs a path: mongoeco://PATH/TO/source.sqlite")
     if path == ":memory:":
@@ -99,8 +109,10 @@ def _translate_error(exc: BaseException) -> BaseException:
 
     if isinstance(exc, pme.OperationFailure):
         text = str(exc).lower()
-        if exc.code in (286, 280) or "resume token is no longer available" in text or (
-            "resume" in text and "no longer" in text
+        if (
+            exc.code in (286, 280)
+            or "resume token is no longer available" in text
+            or ("resume" in text and "no longer" in text)
         ):
             return ResumeTokenLost(
                 f"change stream history lost: {exc}",
@@ -300,6 +312,7 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
         import pymongo
 
         timeout_ms = int(timeout_seconds * 1000)
+        client: Any
         try:
             client = pymongo.AsyncMongoClient(
                 url,

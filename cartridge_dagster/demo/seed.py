@@ -25,17 +25,57 @@ from typing import Any
 
 from bson import Decimal128, ObjectId
 
-__all__ = ["DemoSizes", "DemoGenerator", "seed_demo"]
+__all__ = ["DemoGenerator", "DemoSizes", "seed_demo"]
 
 BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CITIES = [
-    ("Lisbon", "PT"), ("Porto", "PT"), ("Madrid", "ES"), ("Berlin", "DE"), ("Paris", "FR"),
-    ("Lyon", "FR"), ("Amsterdam", "NL"), ("Dublin", "IE"), ("Milan", "IT"), ("Vienna", "AT"),
+    ("Lisbon", "PT"),
+    ("Porto", "PT"),
+    ("Madrid", "ES"),
+    ("Berlin", "DE"),
+    ("Paris", "FR"),
+    ("Lyon", "FR"),
+    ("Amsterdam", "NL"),
+    ("Dublin", "IE"),
+    ("Milan", "IT"),
+    ("Vienna", "AT"),
 ]
-FIRST = ["Ada", "Alan", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Edsger", "Frances", "Dennis",
-         "Radia", "Guido", "Sophie", "Tim", "Joan", "Niklaus"]
-LAST = ["Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Dijkstra",
-        "Allen", "Ritchie", "Perlman", "van Rossum", "Wilson", "Berners-Lee", "Clarke", "Wirth"]
+FIRST = [
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Edsger",
+    "Frances",
+    "Dennis",
+    "Radia",
+    "Guido",
+    "Sophie",
+    "Tim",
+    "Joan",
+    "Niklaus",
+]
+LAST = [
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Dijkstra",
+    "Allen",
+    "Ritchie",
+    "Perlman",
+    "van Rossum",
+    "Wilson",
+    "Berners-Lee",
+    "Clarke",
+    "Wirth",
+]
 CATEGORIES = ["electronics", "apparel", "books", "home", "grocery"]
 TIERS = ["bronze", "silver", "gold", "platinum"]
 STATUSES = ["pending", "paid", "shipped", "delivered", "cancelled", "returned"]
@@ -116,8 +156,9 @@ class DemoGenerator:
             "address": self._address(),
             "created_at": self._time(),
             "marketing_opt_in": self.rng.random() < 0.6,
-            "tags": self.rng.sample(["vip", "b2b", "newsletter", "returning", "mobile"],
-                                    self.rng.randint(0, 3)),
+            "tags": self.rng.sample(
+                ["vip", "b2b", "newsletter", "returning", "mobile"], self.rng.randint(0, 3)
+            ),
             "loyalty_points": self.rng.randint(0, 5000),
         }
         if self.rng.random() < 0.7:
@@ -134,21 +175,33 @@ class DemoGenerator:
         self.product_prices[_id] = price
         attributes: dict[str, Any]
         if category == "electronics":
-            attributes = {"voltage": self.rng.choice([110, 230]),
-                          "warranty_months": self.rng.choice([12, 24, 36])}
+            attributes = {
+                "voltage": self.rng.choice([110, 230]),
+                "warranty_months": self.rng.choice([12, 24, 36]),
+            }
         elif category == "apparel":
-            attributes = {"size": self.rng.choice(["XS", "S", "M", "L", "XL"]),
-                          "color": self.rng.choice(["black", "white", "navy", "red"])}
+            attributes = {
+                "size": self.rng.choice(["XS", "S", "M", "L", "XL"]),
+                "color": self.rng.choice(["black", "white", "navy", "red"]),
+            }
         elif category == "books":
-            attributes = {"isbn": f"978-{self.rng.randint(1000000000, 9999999999)}",
-                          "pages": self.rng.randint(80, 900),
-                          "authors": [f"{self.rng.choice(FIRST)} {self.rng.choice(LAST)}"
-                                      for _ in range(self.rng.randint(1, 3))]}
+            attributes = {
+                "isbn": f"978-{self.rng.randint(1000000000, 9999999999)}",
+                "pages": self.rng.randint(80, 900),
+                "authors": [
+                    f"{self.rng.choice(FIRST)} {self.rng.choice(LAST)}"
+                    for _ in range(self.rng.randint(1, 3))
+                ],
+            }
         elif category == "home":
-            attributes = {"material": self.rng.choice(["wood", "steel", "glass"]),
-                          "dimensions_cm": {"w": self.rng.randint(10, 200),
-                                            "h": self.rng.randint(10, 200),
-                                            "d": self.rng.randint(10, 100)}}
+            attributes = {
+                "material": self.rng.choice(["wood", "steel", "glass"]),
+                "dimensions_cm": {
+                    "w": self.rng.randint(10, 200),
+                    "h": self.rng.randint(10, 200),
+                    "d": self.rng.randint(10, 100),
+                },
+            }
         else:
             attributes = {"perishable": True, "weight_g": self.rng.randint(50, 5000)}
         return {
@@ -163,15 +216,19 @@ class DemoGenerator:
             "created_at": self._time(200),
         }
 
-    def order(self, _id: ObjectId | None = None, *, placed_at: dt.datetime | None = None
-              ) -> dict[str, Any]:
+    def order(
+        self, _id: ObjectId | None = None, *, placed_at: dt.datetime | None = None
+    ) -> dict[str, Any]:
         _id = _id or self._oid()
         items = []
         for _ in range(self.rng.randint(1, 5)):
             pid = self.rng.choice(self.product_ids)
             unit = self.product_prices.get(pid) or round(self.rng.uniform(2, 800), 2)
-            item: dict[str, Any] = {"product_id": pid, "quantity": self.rng.randint(1, 4),
-                                    "unit_price": _money(unit)}
+            item: dict[str, Any] = {
+                "product_id": pid,
+                "quantity": self.rng.randint(1, 4),
+                "unit_price": _money(unit),
+            }
             if self.rng.random() < 0.15:
                 item["discount_pct"] = self.rng.choice([5, 10, 15, 20])
             items.append(item)
@@ -200,20 +257,28 @@ class DemoGenerator:
         kind = self.rng.choice(EVENT_TYPES)
         payload: dict[str, Any]
         if kind == "page_view":
-            payload = {"url": f"/p/{self.rng.randint(1, 500)}",
-                       "referrer": self.rng.choice([None, "google", "newsletter", "direct"])}
+            payload = {
+                "url": f"/p/{self.rng.randint(1, 500)}",
+                "referrer": self.rng.choice([None, "google", "newsletter", "direct"]),
+            }
         elif kind == "search":
-            payload = {"query": self.rng.choice(["shoes", "usb cable", "novel", "lamp", "coffee"]),
-                       "results": self.rng.randint(0, 120)}
+            payload = {
+                "query": self.rng.choice(["shoes", "usb cable", "novel", "lamp", "coffee"]),
+                "results": self.rng.randint(0, 120),
+            }
         elif kind == "add_to_cart":
-            payload = {"product_id": self.rng.choice(self.product_ids),
-                       "quantity": self.rng.randint(1, 3)}
+            payload = {
+                "product_id": self.rng.choice(self.product_ids),
+                "quantity": self.rng.randint(1, 3),
+            }
         else:
             amount: float | str = round(self.rng.uniform(5, 900), 2)
             if self.rng.random() < 0.2:
                 amount = f"{amount:.2f}"  # drifting type: a number sent as text
-            payload = {"order_id": self.rng.choice(self.order_ids) if self.order_ids else None,
-                       "amount": amount}
+            payload = {
+                "order_id": self.rng.choice(self.order_ids) if self.order_ids else None,
+                "amount": amount,
+            }
         return {
             "_id": self._oid(),
             "type": kind,

@@ -43,9 +43,7 @@ async def run_traffic(
     if not gen.customer_ids or not gen.product_ids:
         from cartridge_dagster.errors import TerminalError
 
-        raise TerminalError(
-            "the demo source is empty", hint="seed it first: cartridge demo seed"
-        )
+        raise TerminalError("the demo source is empty", hint="seed it first: cartridge demo seed")
     counts: Counter[str] = Counter()
     started = time.monotonic()
     interval = 1.0 / rate if rate > 0 else 0.0

@@ -46,14 +46,18 @@ class SourceCatalog:
             "schema": self.schema,
             "database": self.database,
             "collections": {
-                name: asdict(info) for name, info in sorted(self.collections.items())
+                name: asdict(info)
+                for name, info in sorted(self.collections.items())
                 if info.in_scope
             },
             "out_of_scope": sorted(n for n, i in self.collections.items() if not i.in_scope),
         }
 
     def markdown(self) -> str:
-        lines = ["| collection | documents | avg size (bytes) | est. size (MB) |", "|---|---:|---:|---:|"]
+        lines = [
+            "| collection | documents | avg size (bytes) | est. size (MB) |",
+            "|---|---:|---:|---:|",
+        ]
         for name, info in sorted(self.collections.items()):
             if info.in_scope:
                 lines.append(

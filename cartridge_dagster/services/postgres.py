@@ -31,6 +31,8 @@ from cartridge_dagster.errors import ServiceError
 __all__ = ["LocalPostgres", "PostgresStatus", "find_bin_dir"]
 
 DEFAULT_PORT = 55432
+#: Where the data directory goes when the server's user cannot enter the project directory.
+ROOT_FALLBACK_DIR = "/var/tmp"  # noqa: S108 - a per-project, per-user directory, mode 0700
 SUPERUSER = "cartridge"
 DATABASE = "cartridge"
 
@@ -166,7 +168,7 @@ class LocalPostgres:
             return preferred
         # The project lives where the server's user cannot enter (e.g. under /root).
         digest = hashlib.sha1(str(self.base_dir).encode(), usedforsecurity=False).hexdigest()[:12]
-        return Path("/var/tmp") / f"cartridge-postgres-{digest}" / "data"
+        return Path(ROOT_FALLBACK_DIR) / f"cartridge-postgres-{digest}" / "data"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -291,7 +293,11 @@ class LocalPostgres:
         while True:
             try:
                 conn = psycopg2.connect(
-                    host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", connect_timeout=5
+                    host="127.0.0.1",
+                    port=port,
+                    user=SUPERUSER,
+                    dbname="postgres",
+                    connect_timeout=5,
                 )
                 break
             except psycopg2.OperationalError as exc:
@@ -342,7 +348,8 @@ class LocalPostgres:
         state = self._state()
         data_dir = state.get("data_dir")
         if isinstance(data_dir, str):
-            shutil.rmtree(Path(data_dir).parent if "/var/tmp/" in data_dir else data_dir, True)
+            fallback = data_dir.startswith(ROOT_FALLBACK_DIR + "/")
+            shutil.rmtree(Path(data_dir).parent if fallback else data_dir, True)
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
 
@@ -355,7 +362,10 @@ class LocalPostgres:
         port = state.get("port")
         url = f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}" if port else None
         return PostgresStatus(
-            running, port if isinstance(port, int) else None, str(data_dir), url,
+            running,
+            port if isinstance(port, int) else None,
+            str(data_dir),
+            url,
             str(state.get("log_file")),
         )
 

@@ -1,0 +1,247 @@
+"""BSON documents → analytics-friendly JSON (the raw landing contract in DESIGN.md).
+
+ObjectId → 24-hex string; datetime → ISO-8601 UTC string with milliseconds and ``Z``;
+Decimal128 → an exact JSON number; Binary → base64 string (UUID subtype → canonical UUID string);
+UUID → canonical string; Int64 → number; Timestamp → ``{"t": …, "i": …}``; Regex →
+``{"$regex": …, "$options": …}``; MinKey/MaxKey → ``{"$minKey": 1}``/``{"$maxKey": 1}``;
+Code → its source text; DBRef → ``{"$ref": …, "$id": …}``.
+
+Values PostgreSQL's ``jsonb`` cannot hold follow :class:`ValuePolicy` and are counted in
+:class:`ConversionStats`: NUL (U+0000) in strings is stripped or the document is rejected;
+NaN/±Infinity become strings (``"NaN"``, ``"Infinity"``), null, or reject the document.
+Rejected documents raise :class:`UnlandableDocument`, which names the field path, so the caller
+can dead-letter them; nothing is dropped silently.
+
+:func:`canonical_hash` gives the same digest for a document converted here and for the same
+document read back from ``jsonb``, which is what reconciliation compares.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+from bson import (
+    DBRef,
+    Decimal128,
+    MaxKey,
+    MinKey,
+    ObjectId,
+    Regex,
+    Timestamp,
+)
+from bson.binary import Binary
+from bson.code import Code
+from bson.datetime_ms import DatetimeMS
+
+from cartridge_dagster.errors import TerminalError
+
+__all__ = [
+    "ConversionStats",
+    "UnlandableDocument",
+    "ValuePolicy",
+    "canonical_hash",
+    "canonical_id",
+    "document_json",
+    "to_jsonable",
+]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class UnlandableDocument(TerminalError):
+    """A document that cannot be landed under the configured policy (goes to dead letters)."""
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ValuePolicy:
+    nul_in_strings: Literal["strip", "dead_letter"] = "strip"
+    non_finite_numbers: Literal["string", "null", "dead_letter"] = "string"
+
+
+@dataclass
+class ConversionStats:
+    nul_stripped: int = 0
+    non_finite: int = 0
+    out_of_range_dates: int = 0
+    by_field: dict[str, int] = field(default_factory=dict)
+
+    def note(self, path: str) -> None:
+        self.by_field[path] = self.by_field.get(path, 0) + 1
+
+
+def _iso(value: dt.datetime) -> str:
+    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _datetime_ms(value: DatetimeMS, stats: ConversionStats, path: str) -> str:
+    millis = int(value)
+    try:
+        return _iso(_EPOCH + dt.timedelta(milliseconds=millis))
+    except OverflowError:
+        stats.out_of_range_dates += 1
+        stats.note(path)
+        return f"{millis}ms"
+
+
+def canonical_id(value: Any) -> str:
+    """The ``_id`` column value: ObjectId as 24 hex chars, strings as is, others as JSON."""
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    jsonable = to_jsonable(value, ValuePolicy(), ConversionStats(), "_id")
+    return orjson.dumps(jsonable, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def to_jsonable(value: Any, policy: ValuePolicy, stats: ConversionStats, path: str = "") -> Any:
+    """Convert one BSON value (recursively) to JSON-able Python."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            if policy.nul_in_strings == "dead_letter":
+                raise UnlandableDocument(
+                    f"field {path or '(root)'!r} contains a NUL character",
+                    path=path,
+                    reason="nul_in_string",
+                )
+            stats.nul_stripped += 1
+            stats.note(path)
+            return value.replace("\x00", "")
+        return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):  # Int64 is an int
+        return int(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return _non_finite(str(value), policy, stats, path)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            skey = str(key)
+            if "\x00" in skey:
+                if policy.nul_in_strings == "dead_letter":
+                    raise UnlandableDocument(
+                        f"a field name under {path or '(root)'!r} contains a NUL character",
+                        path=path,
+                        reason="nul_in_key",
+                    )
+                stats.nul_stripped += 1
+                skey = skey.replace("\x00", "")
+            out[skey] = to_jsonable(item, policy, stats, f"{path}.{skey}" if path else skey)
+        return out
+    if isinstance(value, list | tuple):
+        child = f"{path}[]"
+        return [to_jsonable(item, policy, stats, child) for item in value]
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    if isinstance(value, Decimal128):
+        dec = value.to_decimal()
+        if not dec.is_finite():
+            text = "NaN" if dec.is_nan() else ("-Infinity" if dec.is_signed() else "Infinity")
+            return _non_finite(text, policy, stats, path)
+        return orjson.Fragment(_decimal_text(dec))
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return _non_finite(str(value), policy, stats, path)
+        return orjson.Fragment(_decimal_text(value))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Binary):
+        if value.subtype in (3, 4) and len(value) == 16:
+            return str(uuid.UUID(bytes=bytes(value)))
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, DatetimeMS):
+        return _datetime_ms(value, stats, path)
+    if isinstance(value, Timestamp):
+        return {"t": value.time, "i": value.inc}
+    if isinstance(value, Regex):
+        return {"$regex": to_jsonable(value.pattern, policy, stats, path), "$options": value.flags}
+    if isinstance(value, Code):
+        return str(value)
+    if isinstance(value, MinKey):
+        return {"$minKey": 1}
+    if isinstance(value, MaxKey):
+        return {"$maxKey": 1}
+    if isinstance(value, DBRef):
+        return {"$ref": value.collection, "$id": to_jsonable(value.id, policy, stats, path)}
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if hasattr(value, "pattern") and hasattr(value, "flags"):  # re.Pattern
+        return {"$regex": value.pattern, "$options": ""}
+    return str(value)
+
+
+def _decimal_text(dec: Decimal) -> str:
+    # JSON numbers have no "+" exponents issue; Decimal's str is valid JSON for finite values
+    # except forms like "1E+3", which JSON allows ("1E+3" is valid). Normalise "-0" too.
+    text = str(dec)
+    return "0" if text in ("-0", "0E-0") else text
+
+
+def _non_finite(text: str, policy: ValuePolicy, stats: ConversionStats, path: str) -> Any:
+    if policy.non_finite_numbers == "dead_letter":
+        raise UnlandableDocument(
+            f"field {path or '(root)'!r} holds {text}, which JSON cannot represent",
+            path=path,
+            reason="non_finite_number",
+        )
+    stats.non_finite += 1
+    stats.note(path)
+    if policy.non_finite_numbers == "null":
+        return None
+    return text.replace("inf", "Infinity").replace("nan", "NaN")
+
+
+def document_json(
+    document: dict[str, Any],
+    policy: ValuePolicy | None = None,
+    stats: ConversionStats | None = None,
+) -> bytes:
+    """The ``document`` column value (JSON bytes) for one BSON document."""
+    stats = stats if stats is not None else ConversionStats()
+    return orjson.dumps(to_jsonable(document, policy or ValuePolicy(), stats))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        return orjson.Fragment(format(value.normalize(), "f"))
+    if isinstance(value, float):
+        return _canonical(Decimal(repr(value)))
+    return value
+
+
+def canonical_hash(json_text: str | bytes) -> str:
+    """SHA-256 of a JSON document in canonical form (sorted keys, normalised numbers).
+
+    The same document gives the same digest whether it comes from :func:`document_json` or is
+    read back from PostgreSQL's ``jsonb`` (which reorders keys and keeps numbers exactly).
+    """
+    parsed = json.loads(json_text, parse_float=Decimal, parse_int=Decimal)
+    canonical = orjson.dumps(_canonical(parsed), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
