@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -99,35 +100,32 @@ def _inject_credentials(url: str, username: str | None, password: SecretStr | No
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
 
 
-def _check_url(url: str, schemes: tuple[str, ...], what: str) -> None:
+def _check_url(url: str, schemes: tuple[str, ...]) -> None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
-        raise ValueError(f"{what} must start with one of {allowed} (got {redact_url(url)!r})")
+        raise ValueError(f"must start with one of {allowed} (got {redact_url(url)!r})")
     if scheme == "mongoeco":
         if not rest:
             raise ValueError("mongoeco:// needs a path to a SQLite file, or :memory:")
         return
-    netloc = rest.split("/", 1)[0].split("?", 1)[0]
-    if netloc.count("@") > 1:
+    head = rest.split("?", 1)[0]
+    if "@" not in head:
+        return
+    userinfo = head.rsplit("@", 1)[0]
+    problems = []
+    if "@" in userinfo:
+        problems.append("'@' (%40)")
+    if userinfo.count(":") > 1:
+        problems.append("':' (%3A)")
+    if "/" in userinfo:
+        problems.append("'/' (%2F)")
+    if re.search(r"%(?![0-9A-Fa-f]{2})", userinfo):
+        problems.append("'%' (%25)")
+    if problems:
         raise ValueError(
-            "the credentials contain an unescaped '@'; URL-encode user and password "
-            "(urllib.parse.quote_plus: '@' → %40, ':' → %3A, '/' → %2F) or set "
-            "username/password separately"
-        )
-    if "@" in netloc:
-        userinfo = netloc.rsplit("@", 1)[0]
-        if userinfo.count(":") > 1:
-            raise ValueError(
-                "the password contains an unescaped ':'; URL-encode it (':' → %3A) or set "
-                "username/password separately"
-            )
-        if re.search(r"%(?![0-9A-Fa-f]{2})", userinfo):
-            raise ValueError("the credentials contain a '%' that is not URL-encoded (use %25)")
-    if "@" not in netloc and "/" in rest.split("?", 1)[0] and "@" in rest:
-        raise ValueError(
-            "the credentials contain an unescaped '/'; URL-encode it (%2F) or set "
-            "username/password separately"
+            "the credentials contain unescaped " + ", ".join(problems) + "; URL-encode user "
+            "and password (urllib.parse.quote_plus) or set username/password separately"
         )
 
 
@@ -149,14 +147,20 @@ class SourceConfig(StrictModel):
     password: SecretStr | None = Field(None, description="Password, URL-encoded for you.")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="Timeout for connecting.")
 
-    @model_validator(mode="after")
-    def _check(self) -> Self:
+    @field_validator("connection_string")
+    @classmethod
+    def _check_scheme(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        kind = info.data.get("type", "mongodb")
         schemes = (
             ("mongodb", "mongodb+srv", "mongoeco")
-            if self.type == "mongodb"
+            if kind == "mongodb"
             else ("postgresql", "postgres")
         )
-        _check_url(self.connection_string.get_secret_value(), schemes, "connection_string")
+        _check_url(value.get_secret_value(), schemes)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         _inject_credentials(self.connection_string.get_secret_value(), self.username, self.password)
         return self
 
@@ -189,11 +193,17 @@ class DestinationConfig(StrictModel):
     connect_timeout_seconds: float = Field(10.0, gt=0, description="Timeout for connecting.")
     command_timeout_seconds: float = Field(300.0, gt=0, description="Timeout for one statement.")
 
+    @field_validator("connection_string")
+    @classmethod
+    def _check_scheme(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() != LOCAL_POSTGRES:
+            _check_url(value.get_secret_value(), ("postgresql", "postgres"))
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         raw = self.connection_string.get_secret_value()
         if raw != LOCAL_POSTGRES:
-            _check_url(raw, ("postgresql", "postgres"), "connection_string")
             _inject_credentials(raw, self.username, self.password)
         if self.pool_min_size > self.pool_max_size:
             raise ValueError("pool_min_size must not exceed pool_max_size")

@@ -11,8 +11,8 @@ file (``PATH.changes.*``); a stream sees another process's writes when it is re-
 last token, so :class:`ChangeStream` re-opens itself when idle. The journal is capped: resuming
 from a token older than the cap raises an ``OperationFailure`` without code 286, which this module
 maps to :class:`~cartridge_dagster.errors.ResumeTokenLost` like the real server's code 286.
-Query options on the URL: ``journal_max_bytes`` (default 64 MiB) and ``history_size``
-(default 200000 events).
+Query options on the URL: ``journal_max_bytes`` (default 4 MiB) and ``history_size``
+(default 10000 events): a new client loads the retained history, so keep it modest.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def bson_options() -> Any:
     return BSON_OPTIONS
 
 
-DEFAULT_JOURNAL_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_HISTORY_SIZE = 200_000
+DEFAULT_JOURNAL_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_HISTORY_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -156,10 +156,31 @@ class ChangeStream:
         self._full_document = full_document
         self._max_await_ms = max_await_time_ms
         self._cursor: Any = None
+        self._stream_conn: MongoConnection | None = None
         self._last_token: dict[str, Any] | None = None
         self._idle_polls = 0
 
+    def _embedded_position(self, client: Any) -> dict[str, Any]:
+        """The embedded engine's current position as a resume token (no event needed)."""
+        state = client.change_stream_state()
+        return {"_data": str(max(int(state["nextToken"]) - 1, 0))}
+
     async def _open(self) -> None:
+        client = self._conn.client
+        if self._conn.kind == "mongoeco":
+            # The embedded engine loads other processes' events from its journal only when a
+            # client is created: stream through a private client, re-created when idle.
+            self._stream_conn = open_mongo(self._conn._url)
+            await self._stream_conn.connect()
+            client = self._stream_conn.client
+        if (
+            self._conn.kind == "mongoeco"
+            and self._last_token is None
+            and self._start_after is None
+            and self._resume_after is None
+        ):
+            # Pin "now" to a token, so re-opening when idle never skips an event.
+            self._last_token = self._embedded_position(client)
         kwargs: dict[str, Any] = {"max_await_time_ms": self._max_await_ms}
         if self._full_document != "default":
             kwargs["full_document"] = self._full_document
@@ -169,9 +190,7 @@ class ChangeStream:
             kwargs["start_after"] = self._start_after
         elif self._resume_after is not None:
             kwargs["resume_after"] = self._resume_after
-        target = (
-            self._conn.client[self._database] if self._database is not None else self._conn.client
-        )
+        target = client[self._database] if self._database is not None else client
         try:
             if self._conn.kind == "pymongo":
                 self._cursor = await target.watch(self._pipeline, **kwargs)
@@ -179,6 +198,16 @@ class ChangeStream:
                 self._cursor = target.watch(self._pipeline, **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised, translated when recognised
             _reraise(exc)
+        if self._last_token is None and self._conn.kind == "pymongo":
+            token = getattr(self._cursor, "resume_token", None)
+            if token is not None:
+                self._last_token = dict(token)
+
+    async def position(self) -> dict[str, Any] | None:
+        """Open the stream if needed and return its current resume token (the position)."""
+        if self._cursor is None:
+            await self._open()
+        return self.resume_token
 
     async def try_next(self) -> dict[str, Any] | None:
         if self._cursor is None:
@@ -209,11 +238,13 @@ class ChangeStream:
 
     async def _close_cursor(self) -> None:
         cursor, self._cursor = self._cursor, None
-        if cursor is None:
-            return
-        result = cursor.close()
-        if asyncio.iscoroutine(result):
-            await result
+        if cursor is not None:
+            result = cursor.close()
+            if asyncio.iscoroutine(result):
+                await result
+        stream_conn, self._stream_conn = self._stream_conn, None
+        if stream_conn is not None:
+            await stream_conn.close()
 
     async def close(self) -> None:
         await self._close_cursor()
@@ -232,6 +263,7 @@ class MongoConnection:
     kind: MongoKind
     client: Any
     display_url: str
+    _url: str = field(default="", repr=False)
     _closed: bool = field(default=False, repr=False)
 
     def database(self, name: str) -> Any:
@@ -304,8 +336,12 @@ class MongoConnection:
         await self.close()
 
 
-def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
-    """Open a client for ``url`` (no I/O happens until first use; call ``ping()`` to check)."""
+def open_mongo(url: str, *, timeout_seconds: float = 10.0, journal: bool = True) -> MongoConnection:
+    """Open a client for ``url`` (no I/O happens until first use; call ``ping()`` to check).
+
+    ``journal=False`` (embedded engine only) writes without recording change events: for bulk
+    loads such as the demo seed, which warp reads by snapshot, not by stream.
+    """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     display = redact_url(url)
     if scheme in ("mongodb", "mongodb+srv"):
@@ -326,7 +362,7 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
             raise ConfigError(f"invalid MongoDB connection string {display}: {exc}") from None
         except pymongo.errors.InvalidURI as exc:
             raise ConfigError(f"invalid MongoDB connection string {display}: {exc}") from None
-        return MongoConnection("pymongo", client, display)
+        return MongoConnection("pymongo", client, display, url)
     if scheme == "mongoeco":
         try:
             from mongoeco import AsyncMongoClient
@@ -343,19 +379,19 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
             client = AsyncMongoClient(
                 SQLiteEngine(paths.database),
                 change_stream_history_size=paths.history_size,
-                change_stream_journal_path=paths.journal,
+                change_stream_journal_path=paths.journal if journal else None,
                 change_stream_journal_max_bytes=paths.journal_max_bytes,
             )
-        return MongoConnection("mongoeco", client, display)
+        return MongoConnection("mongoeco", client, display, url)
     raise ConfigError(
         f"unsupported MongoDB URL {display}: use mongodb://, mongodb+srv:// or mongoeco://PATH"
     )
 
 
 @contextlib.asynccontextmanager
-async def mongo_session(url: str, *, timeout_seconds: float = 10.0) -> Any:
+async def mongo_session(url: str, *, timeout_seconds: float = 10.0, journal: bool = True) -> Any:
     """``async with mongo_session(url) as conn:`` — opens, pings, always closes."""
-    conn = open_mongo(url, timeout_seconds=timeout_seconds)
+    conn = open_mongo(url, timeout_seconds=timeout_seconds, journal=journal)
     try:
         await conn.ping()
         yield conn

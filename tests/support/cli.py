@@ -1,0 +1,31 @@
+"""Run the real ``cartridge`` command as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from tests.support.services import REPO
+
+
+def cartridge(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
+    full_env.update({"COLUMNS": "200", "NO_COLOR": "1"})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "cartridge_dagster", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
