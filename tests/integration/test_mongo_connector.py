@@ -115,7 +115,9 @@ def test_bad_urls_are_config_errors() -> None:
 
 
 async def test_unreachable_server_is_one_clear_error() -> None:
-    conn = open_mongo("mongodb://cartridge:secret@127.0.0.1:1/?directConnection=true", timeout_seconds=0.5)
+    conn = open_mongo(
+        "mongodb://cartridge:secret@127.0.0.1:1/?directConnection=true", timeout_seconds=0.5
+    )
     with pytest.raises(ConnectionFailed) as err:
         await conn.ping()
     await conn.close()

@@ -80,7 +80,10 @@ def test_defaults_flow_down_to_schemas_and_tables(tmp_path: Path) -> None:
         (lambda d: d.update(mode="both"), "mode: Input should be 'single' or 'multi'"),
         (lambda d: d["schemas"][0].update(name="Bad-Name"), "schemas[0].name:"),
         (lambda d: d.update(schemas=[]), "schemas: List should have at least 1 item"),
-        (lambda d: d["source"].pop("connection_string"), "source.connection_string: Field required"),
+        (
+            lambda d: d["source"].pop("connection_string"),
+            "source.connection_string: Field required",
+        ),
         (
             lambda d: d["source"].update(connection_string="http://x"),
             "source.connection_string",
@@ -149,9 +152,9 @@ PASSWORD = "p@ss:w/rd%"
 def test_special_characters_in_credentials() -> None:
     # Encoded in the URL: accepted and passed through unchanged.
     encoded = f"mongodb://user:{quote_plus(PASSWORD)}@db:27017/"
-    assert settings_from_mapping({**BASE, "source": {"connection_string": encoded}}).source.url() == (
-        encoded
-    )
+    assert settings_from_mapping(
+        {**BASE, "source": {"connection_string": encoded}}
+    ).source.url() == (encoded)
     # Raw in the URL: a clear message saying what to do.
     for raw in (f"mongodb://user:{PASSWORD}@db:27017/", "postgresql://u:a@b@h/db"):
         kind = "mongodb" if raw.startswith("mongodb") else "postgresql"
