@@ -1,0 +1,202 @@
+"""Values for Dagster's official Helm chart (``dagster/dagster``, user code as its subchart).
+
+The keys follow the chart's values schema (``helm/dagster/schema`` in dagster-io/dagster):
+``dagsterWebserver``, ``dagsterDaemon`` (run coordinator, run monitoring, run retries),
+``runLauncher`` (``K8sRunLauncher``), ``postgresql`` (Dagster's metadata database, external,
+with ``postgresqlScheme: postgresql+psycopg2``), and ``dagster-user-deployments`` for the
+Cartridge code location.
+
+What each part is for:
+
+- the user-code deployment serves ``cartridge_dagster.definitions`` over gRPC; with
+  ``includeConfigInLaunchedRuns`` its env (Secret, ConfigMap), volumes and resources are copied
+  into every run pod it launches, so runs see the same config as the code server;
+- the warp runs add their own pod spec through the ``dagster-k8s/config`` run tag (see
+  :func:`cartridge_dagster.deploy.k8s.warp_run_k8s_config`), and the queued run coordinator
+  allows one run per value of ``cartridge/warp_schema``;
+- run monitoring resumes a run whose pod died (the K8s launcher supports resume), and run retries
+  re-launch a failed run.
+
+This module never imports dagster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cartridge_dagster.config import CartridgeSettings
+from cartridge_dagster.deploy.k8s import (
+    CONFIG_FILE,
+    CONFIG_MOUNT_DIR,
+    STATE_DIR,
+    WARP_SCHEMA_TAG,
+    DeployOptions,
+    container_security_context,
+    pod_security_context,
+)
+
+__all__ = ["DAGSTER_PG_SCHEME", "helm_values", "tag_concurrency_limits"]
+
+#: SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3, which breaks dagster-postgres'
+#: LISTEN/NOTIFY; the explicit driver keeps psycopg2.
+DAGSTER_PG_SCHEME = "postgresql+psycopg2"
+
+
+def _resources(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dict[str, Any]:
+    return {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu_limit, "memory": memory_limit},
+    }
+
+
+def tag_concurrency_limits() -> list[dict[str, Any]]:
+    """Exactly one run per warp schema; one dbt run at a time (as in the local dagster.yaml)."""
+    return [
+        {"key": WARP_SCHEMA_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+        {"key": "cartridge/kind", "value": "dbt", "limit": 1},
+    ]
+
+
+def _user_deployment(settings: CartridgeSettings, options: DeployOptions) -> dict[str, Any]:
+    return {
+        "name": options.location_name,
+        "image": {
+            "repository": options.image_repository,
+            "tag": options.image_tag,
+            "pullPolicy": options.image_pull_policy,
+        },
+        "dagsterApiGrpcArgs": ["--module-name", "cartridge_dagster.definitions"],
+        "port": options.grpc_port,
+        "replicaCount": 1,
+        # Run pods get this deployment's env, Secret, ConfigMap, volumes and resources.
+        "includeConfigInLaunchedRuns": {"enabled": True},
+        "env": {
+            "CARTRIDGE_ENV": "prod",
+            "CARTRIDGE_CONFIG": CONFIG_FILE,
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+        },
+        "envSecrets": [{"name": options.secret_name}],
+        "volumes": [
+            {"name": "cartridge-config", "configMap": {"name": options.config_map_name}},
+            {"name": "cartridge-state", "emptyDir": {}},
+        ],
+        "volumeMounts": [
+            {"name": "cartridge-config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
+            {"name": "cartridge-state", "mountPath": STATE_DIR},
+        ],
+        # Sizes the code server, and every run pod that has no resources of its own (dbt,
+        # analytics); warp runs bring their schema's k8s_resources in their run tag.
+        "resources": _resources("250m", "512Mi", "1", "2Gi"),
+        "podSecurityContext": pod_security_context(),
+        "securityContext": container_security_context(read_only_root=False),
+        "labels": {"app.kubernetes.io/part-of": "cartridge", **options.labels},
+        # gRPC health (the chart's default exec probe: `dagster api grpc-health-check`).
+        "readinessProbe": {
+            "enabled": True,
+            "periodSeconds": 20,
+            "timeoutSeconds": 10,
+            "successThreshold": 1,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "periodSeconds": 30,
+            "timeoutSeconds": 10,
+            "successThreshold": 1,
+            "failureThreshold": 3,
+        },
+        "startupProbe": {
+            "enabled": True,
+            "periodSeconds": 10,
+            "timeoutSeconds": 10,
+            "successThreshold": 1,
+            "failureThreshold": 30,
+        },
+    }
+
+
+def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str, Any]:
+    """Complete values for ``helm upgrade --install dagster dagster/dagster -f values.yaml``."""
+    warp_runs = len(settings.schemas)
+    pod_sc = pod_security_context()
+    container_sc = container_security_context(read_only_root=False)
+    return {
+        "global": {"postgresqlSecretName": options.dagster_pg_secret_name},
+        "dagsterWebserver": {
+            "replicaCount": 1,
+            "resources": _resources("250m", "512Mi", "1", "1Gi"),
+            "podSecurityContext": pod_sc,
+            "securityContext": container_sc,
+            "env": {"DAGSTER_DISABLE_TELEMETRY": "1"},
+        },
+        "dagster-user-deployments": {
+            "enabled": True,
+            "enableSubchart": True,
+            "deployments": [_user_deployment(settings, options)],
+        },
+        "runLauncher": {
+            "type": "K8sRunLauncher",
+            "config": {
+                "k8sRunLauncher": {
+                    "imagePullPolicy": options.image_pull_policy,
+                    "loadInclusterConfig": True,
+                    "envConfigMaps": [],
+                    "envSecrets": [],
+                    "envVars": [],
+                    "volumeMounts": [],
+                    "volumes": [],
+                    "labels": {"app.kubernetes.io/part-of": "cartridge"},
+                    # Run pods launched without a code-location context still get limits.
+                    "resources": _resources("250m", "512Mi", "1", "2Gi"),
+                    "securityContext": container_sc,
+                    "runK8sConfig": {
+                        "podSpecConfig": {
+                            "securityContext": pod_sc,
+                            "automountServiceAccountToken": False,
+                        },
+                    },
+                }
+            },
+        },
+        "postgresql": {
+            # Dagster's metadata database (runs, events, schedules): bring your own.
+            "enabled": False,
+            "postgresqlHost": options.dagster_pg_host,
+            "postgresqlUsername": options.dagster_pg_user,
+            "postgresqlDatabase": options.dagster_pg_database,
+            "postgresqlScheme": DAGSTER_PG_SCHEME,
+            "postgresqlParams": {},
+            "service": {"port": options.dagster_pg_port},
+        },
+        # The password comes from the Secret named in global.postgresqlSecretName.
+        "generatePostgresqlPasswordSecret": False,
+        "dagsterDaemon": {
+            "enabled": True,
+            "resources": _resources("250m", "512Mi", "1", "1Gi"),
+            "podSecurityContext": pod_sc,
+            "securityContext": container_sc,
+            "runCoordinator": {
+                "enabled": True,
+                "type": "QueuedRunCoordinator",
+                "config": {
+                    "queuedRunCoordinator": {
+                        # Warp runs are long-lived: each holds a slot for as long as it streams.
+                        "maxConcurrentRuns": warp_runs + options.extra_concurrent_runs,
+                        "tagConcurrencyLimits": tag_concurrency_limits(),
+                    }
+                },
+            },
+            "runMonitoring": {
+                "enabled": True,
+                "startTimeoutSeconds": 300,
+                "pollIntervalSeconds": 60,
+                # A warp pod that dies (node drain, OOM) is resumed in a new pod; warp then
+                # continues from its checkpoint.
+                "maxResumeRunAttempts": 3,
+            },
+            "runRetries": {"enabled": True, "maxRetries": 3},
+            "sensors": {"useThreads": True, "numWorkers": 4},
+            "schedules": {"useThreads": True, "numWorkers": 2},
+        },
+        "telemetry": {"enabled": False},
+    }

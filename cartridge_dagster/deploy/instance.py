@@ -1,0 +1,112 @@
+"""A production ``dagster.yaml`` for running Dagster on Kubernetes without the Helm chart.
+
+With the chart, the same settings come from the values (:mod:`cartridge_dagster.deploy.helm`)
+and the chart writes the instance ConfigMap itself. Both use the same concurrency limits, run
+monitoring and retries, and the ``postgresql+psycopg2`` scheme.
+
+This module never imports dagster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cartridge_dagster.config import CartridgeSettings
+from cartridge_dagster.deploy.helm import DAGSTER_PG_SCHEME, tag_concurrency_limits
+from cartridge_dagster.deploy.k8s import (
+    CONFIG_FILE,
+    CONFIG_MOUNT_DIR,
+    STATE_DIR,
+    DeployOptions,
+    container_security_context,
+    pod_security_context,
+)
+
+__all__ = ["instance_config"]
+
+
+def _postgres_storage() -> dict[str, Any]:
+    return {
+        "postgres_db": {
+            "username": {"env": "DAGSTER_PG_USERNAME"},
+            "password": {"env": "DAGSTER_PG_PASSWORD"},
+            "hostname": {"env": "DAGSTER_PG_HOST"},
+            "db_name": {"env": "DAGSTER_PG_DB"},
+            "port": {"env": "DAGSTER_PG_PORT"},
+            "scheme": DAGSTER_PG_SCHEME,
+        }
+    }
+
+
+def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict[str, Any]:
+    """The instance config; connection details come from ``DAGSTER_PG_*`` environment variables."""
+    storage = _postgres_storage()
+    return {
+        "run_storage": {
+            "module": "dagster_postgres.run_storage",
+            "class": "PostgresRunStorage",
+            "config": storage,
+        },
+        "event_log_storage": {
+            "module": "dagster_postgres.event_log",
+            "class": "PostgresEventLogStorage",
+            "config": storage,
+        },
+        "schedule_storage": {
+            "module": "dagster_postgres.schedule_storage",
+            "class": "PostgresScheduleStorage",
+            "config": storage,
+        },
+        "run_launcher": {
+            "module": "dagster_k8s.launcher",
+            "class": "K8sRunLauncher",
+            "config": {
+                "load_incluster_config": True,
+                "job_namespace": options.namespace,
+                "service_account_name": "dagster",
+                "instance_config_map": "dagster-instance",
+                "postgres_password_secret": options.dagster_pg_secret_name,
+                "dagster_home": "/opt/dagster/dagster_home",
+                "image_pull_policy": options.image_pull_policy,
+                "env_secrets": [options.secret_name],
+                "env_vars": ["CARTRIDGE_ENV=prod", f"CARTRIDGE_CONFIG={CONFIG_FILE}"],
+                "volumes": [
+                    {"name": "cartridge-config", "configMap": {"name": options.config_map_name}},
+                    {"name": "cartridge-state", "emptyDir": {}},
+                ],
+                "volume_mounts": [
+                    {"name": "cartridge-config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
+                    {"name": "cartridge-state", "mountPath": STATE_DIR},
+                ],
+                "resources": {
+                    "requests": {"cpu": "250m", "memory": "512Mi"},
+                    "limits": {"cpu": "1", "memory": "2Gi"},
+                },
+                "security_context": container_security_context(read_only_root=False),
+                "run_k8s_config": {
+                    "pod_spec_config": {
+                        "security_context": pod_security_context(),
+                        "automount_service_account_token": False,
+                    }
+                },
+            },
+        },
+        "run_coordinator": {
+            "module": "dagster",
+            "class": "QueuedRunCoordinator",
+            "config": {
+                "max_concurrent_runs": len(settings.schemas) + options.extra_concurrent_runs,
+                "tag_concurrency_limits": tag_concurrency_limits(),
+            },
+        },
+        "run_monitoring": {
+            "enabled": True,
+            "start_timeout_seconds": 300,
+            "poll_interval_seconds": 60,
+            "max_resume_run_attempts": 3,
+        },
+        "run_retries": {"enabled": True, "max_retries": 3},
+        "sensors": {"use_threads": True, "num_workers": 4},
+        "schedules": {"use_threads": True, "num_workers": 2},
+        "telemetry": {"enabled": False},
+    }

@@ -1,0 +1,288 @@
+"""Kubernetes building blocks for Cartridge: names, security, probes, and the warp pod spec.
+
+Everything here returns plain dicts in the Kubernetes API's own camelCase shape (what
+``kubectl apply`` and Helm values take), except :func:`warp_run_k8s_config`, which returns the
+value of the ``dagster-k8s/config`` run tag in the snake_case shape dagster-k8s documents.
+
+One warp schema is one pod, whichever way it runs:
+
+- inside Dagster, the long-lived run of job ``warp_<schema>`` carries :func:`warp_run_tags`; the
+  K8s run launcher turns the ``dagster-k8s/config`` tag into that run's pod (resources, metrics
+  port, ``/health`` probes, Prometheus annotations), and the instance's tag concurrency limit on
+  ``cartridge/warp_schema`` keeps it to exactly one run per schema;
+- outside Dagster, :func:`warp_deployment` is a one-replica ``Recreate`` Deployment running
+  ``cartridge warp run --mode single --schema <schema>``.
+
+This module never imports dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cartridge_dagster.config import SchemaConfig
+
+__all__ = [
+    "APP_GID",
+    "APP_UID",
+    "CONFIG_FILE",
+    "CONFIG_MOUNT_DIR",
+    "STATE_DIR",
+    "WARP_SCHEMA_TAG",
+    "DeployOptions",
+    "container_security_context",
+    "dns_label",
+    "pod_security_context",
+    "prometheus_annotations",
+    "warp_deployment",
+    "warp_probes",
+    "warp_run_k8s_config",
+    "warp_run_tags",
+]
+
+#: The image's non-root user and group (the Dockerfile creates them with these ids).
+APP_UID = 10001
+APP_GID = 10001
+#: Where the Cartridge config file is mounted from its ConfigMap.
+CONFIG_MOUNT_DIR = "/etc/cartridge"
+CONFIG_FILE = f"{CONFIG_MOUNT_DIR}/cartridge.yaml"
+#: Writable scratch state inside pods (an emptyDir unless the operator mounts a volume).
+STATE_DIR = "/var/lib/cartridge"
+#: The run tag the instance's concurrency limit keys on: one run per unique value.
+WARP_SCHEMA_TAG = "cartridge/warp_schema"
+#: The run tag dagster-k8s reads per-run Kubernetes config from.
+DAGSTER_K8S_CONFIG_TAG = "dagster-k8s/config"
+#: Labels put on every warp pod.
+WARP_SCHEMA_LABEL = "cartridge.io/warp-schema"
+PART_OF = "cartridge"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What a deployment needs besides the Cartridge config (all have working defaults)."""
+
+    image_repository: str = "cartridge-dagster"
+    image_tag: str = "0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    namespace: str = "dagster"
+    #: Secret with the Cartridge connection strings (``CARTRIDGE_*`` keys), made by the operator.
+    secret_name: str = "cartridge-secrets"
+    #: ConfigMap holding the Cartridge config file, rendered by ``cartridge deploy render``.
+    config_map_name: str = "cartridge-config"
+    #: Name of the code location (the user-code deployment) in the Dagster workspace.
+    location_name: str = "cartridge"
+    grpc_port: int = 3030
+    #: Dagster's own metadata database (run, event and schedule storage): not the warehouse.
+    dagster_pg_host: str = "dagster-postgresql"
+    dagster_pg_port: int = 5432
+    dagster_pg_user: str = "dagster"
+    dagster_pg_database: str = "dagster"
+    #: Secret with key ``postgresql-password`` for Dagster's metadata database.
+    dagster_pg_secret_name: str = "dagster-postgresql-secret"
+    #: Runs allowed at once besides the long-lived warp runs (dbt, analytics, init).
+    extra_concurrent_runs: int = 4
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def image(self) -> str:
+        return f"{self.image_repository}:{self.image_tag}"
+
+    @classmethod
+    def with_image(cls, image: str | None, **kwargs: Any) -> DeployOptions:
+        """Options with ``REPO[:TAG]`` split (a registry port is not mistaken for a tag)."""
+        if image:
+            repo, sep, tag = image.rpartition(":")
+            if sep and "/" not in tag:
+                kwargs.update(image_repository=repo, image_tag=tag)
+            else:
+                kwargs.update(image_repository=image, image_tag="latest")
+        return cls(**kwargs)
+
+
+def dns_label(name: str, prefix: str = "") -> str:
+    """A Kubernetes object name (RFC 1123 label) for a schema: ``shop_eu`` → ``warp-shop-eu``."""
+    label = (prefix + name).lower().replace("_", "-")
+    if len(label) > 63 or not _DNS_LABEL.match(label):
+        raise ValueError(f"{label!r} is not a valid Kubernetes name")
+    return label
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level: non-root with the image's ids, the runtime's default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "runAsGroup": APP_GID,
+        "fsGroup": APP_GID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context(*, read_only_root: bool) -> dict[str, Any]:
+    """Container-level: no privilege escalation, no capabilities.
+
+    Dagster pods keep a writable root filesystem because dbt writes ``target/`` and logs inside
+    the project directory; the standalone warp pod needs only ``/tmp`` and its state dir.
+    """
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": read_only_root,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def prometheus_annotations(port: int) -> dict[str, str]:
+    """The ``prometheus.io/*`` annotations Prometheus' pod discovery conventionally reads."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def warp_probes(port: int) -> dict[str, dict[str, Any]]:
+    """Startup, liveness and readiness probes on warp's JSON ``/health`` (200 ok, 503 not).
+
+    The startup probe allows five minutes for imports, connections and the start of a snapshot;
+    after that, a minute of failed liveness restarts the container.
+    """
+
+    def http(**timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": "/health", "port": port}, "timeoutSeconds": 5, **timing}
+
+    return {
+        "startupProbe": http(periodSeconds=10, failureThreshold=30),
+        "livenessProbe": http(periodSeconds=15, failureThreshold=4),
+        "readinessProbe": http(periodSeconds=10, failureThreshold=3),
+    }
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _snake_keys(value: Any) -> Any:
+    """camelCase Kubernetes keys → the snake_case attribute names dagster-k8s documents.
+
+    Only keys are converted (annotation and label maps are passed as they are).
+    """
+    if isinstance(value, dict):
+        return {
+            key if "/" in key or "." in key else _snake(key): _snake_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_snake_keys(item) for item in value]
+    return value
+
+
+def _warp_labels(schema: SchemaConfig) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "cartridge-warp",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/component": "warp",
+        WARP_SCHEMA_LABEL: schema.name,
+    }
+
+
+def warp_run_k8s_config(schema: SchemaConfig) -> dict[str, Any]:
+    """The ``dagster-k8s/config`` tag value for the run of ``warp_<schema>``.
+
+    The schema's ``k8s_resources`` size the pod; the metrics port is exposed, probed on
+    ``/health`` and annotated for Prometheus (all three are left out when ``metrics_port`` is 0).
+    """
+    port = schema.warp.metrics_port
+    container: dict[str, Any] = {"resources": schema.k8s_resources}
+    annotations: dict[str, str] = {}
+    if port:
+        container["ports"] = [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+        container.update(warp_probes(port))
+        annotations = prometheus_annotations(port)
+    return {
+        "container_config": _snake_keys(container),
+        "pod_template_spec_metadata": {
+            "labels": _warp_labels(schema),
+            "annotations": annotations,
+        },
+        "pod_spec_config": {"termination_grace_period_seconds": 60},
+    }
+
+
+def warp_run_tags(schema: SchemaConfig) -> dict[str, str]:
+    """Tags for the run of ``warp_<schema>``: the concurrency key and the pod spec (JSON)."""
+    return {
+        WARP_SCHEMA_TAG: schema.name,
+        DAGSTER_K8S_CONFIG_TAG: json.dumps(warp_run_k8s_config(schema), sort_keys=True),
+    }
+
+
+def warp_deployment(schema: SchemaConfig, options: DeployOptions) -> dict[str, Any]:
+    """A standalone warp Deployment for one schema (single-schema mode, outside Dagster).
+
+    One replica with the ``Recreate`` strategy, so an old pod is gone before a new one starts
+    (the checkpoint's fencing epoch also stops a zombie from committing).
+    """
+    name = dns_label(schema.name, "cartridge-warp-")
+    port = schema.warp.metrics_port
+    labels = {**_warp_labels(schema), **options.labels}
+    selector = {"app.kubernetes.io/name": "cartridge-warp", WARP_SCHEMA_LABEL: schema.name}
+    container: dict[str, Any] = {
+        "name": "warp",
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": ["cartridge", "warp", "run"],
+        "args": ["--config", CONFIG_FILE, "--mode", "single", "--schema", schema.name],
+        "env": [
+            {"name": "CARTRIDGE_ENV", "value": "prod"},
+            {"name": "CARTRIDGE_CONFIG", "value": CONFIG_FILE},
+            {"name": "CARTRIDGE_HEALTHCHECK", "value": f"http://127.0.0.1:{port}/health"},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "envFrom": [{"secretRef": {"name": options.secret_name}}],
+        "resources": schema.k8s_resources,
+        "securityContext": container_security_context(read_only_root=True),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
+            {"name": "state", "mountPath": STATE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    annotations: dict[str, str] = {}
+    if port:
+        container["ports"] = [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+        container.update(warp_probes(port))
+        annotations = prometheus_annotations(port)
+    else:
+        container["env"] = [e for e in container["env"] if e["name"] != "CARTRIDGE_HEALTHCHECK"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(),
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": options.config_map_name}},
+                        {"name": "state", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
