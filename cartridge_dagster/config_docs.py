@@ -107,7 +107,7 @@ source:
   connection_string: mongodb://cartridge:s3cr%40t@db1:27017,db2:27017/?replicaSet=rs0
 destination:
   connection_string: postgresql://loader@warehouse:5432/analytics
-  password: ${WAREHOUSE_PASSWORD}   # or CARTRIDGE_DESTINATION__PASSWORD in the environment
+  # password: set CARTRIDGE_DESTINATION__PASSWORD in the environment, not here
 mode: single
 defaults:
   batching: {max_batch_size: 5000, max_batch_seconds: 1.0}

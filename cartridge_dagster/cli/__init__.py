@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from cartridge_dagster.cli import (
@@ -35,16 +34,13 @@ for module in (core_cmds, init_cmds, warp_cmds, analytics_cmds, deploy_cmds):
 
 
 def _run(argv: list[str] | None, prog: str) -> int:
+    command = typer.main.get_command(app)
     try:
-        rc = typer.main.get_command(app).main(args=argv, prog_name=prog, standalone_mode=False)
-    except click.exceptions.Abort:
-        console_err.print("aborted")
-        return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
+        # Standalone mode: usage errors print click's message and exit 2.
+        command.main(args=argv, prog_name=prog, standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except CartridgeError as exc:
         console_err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         if exc.hint:
@@ -53,7 +49,7 @@ def _run(argv: list[str] | None, prog: str) -> int:
     except KeyboardInterrupt:
         console_err.print("interrupted")
         return 130
-    return rc if isinstance(rc, int) else 0
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

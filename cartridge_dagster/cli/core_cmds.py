@@ -150,8 +150,7 @@ def demo_seed(
     sizes = DemoSizes.scaled(scale)
 
     async def go() -> None:
-        # Bulk load without change events: warp reads seeded data by snapshot.
-        async with mongo_session(settings.source.url(), journal=False) as conn:
+        async with mongo_session(settings.source.url()) as conn:
             db = conn.database(target.source_database)
             existing = await conn.list_collection_names(target.source_database)
             if if_empty and existing:

@@ -336,11 +336,11 @@ class MongoConnection:
         await self.close()
 
 
-def open_mongo(url: str, *, timeout_seconds: float = 10.0, journal: bool = True) -> MongoConnection:
+def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
     """Open a client for ``url`` (no I/O happens until first use; call ``ping()`` to check).
 
-    ``journal=False`` (embedded engine only) writes without recording change events: for bulk
-    loads such as the demo seed, which warp reads by snapshot, not by stream.
+    Every embedded-engine client records change events in the journal: the engine's outbox
+    refuses a journaled client after unjournaled writes, so there is no way around it.
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     display = redact_url(url)
@@ -379,7 +379,7 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0, journal: bool = True)
             client = AsyncMongoClient(
                 SQLiteEngine(paths.database),
                 change_stream_history_size=paths.history_size,
-                change_stream_journal_path=paths.journal if journal else None,
+                change_stream_journal_path=paths.journal,
                 change_stream_journal_max_bytes=paths.journal_max_bytes,
             )
         return MongoConnection("mongoeco", client, display, url)
@@ -389,9 +389,9 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0, journal: bool = True)
 
 
 @contextlib.asynccontextmanager
-async def mongo_session(url: str, *, timeout_seconds: float = 10.0, journal: bool = True) -> Any:
+async def mongo_session(url: str, *, timeout_seconds: float = 10.0) -> Any:
     """``async with mongo_session(url) as conn:`` — opens, pings, always closes."""
-    conn = open_mongo(url, timeout_seconds=timeout_seconds, journal=journal)
+    conn = open_mongo(url, timeout_seconds=timeout_seconds)
     try:
         await conn.ping()
         yield conn
