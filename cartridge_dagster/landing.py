@@ -21,7 +21,11 @@ from cartridge_dagster.identifiers import (
 __all__ = [
     "ANALYTICS_SCHEMA",
     "CONTROL_SCHEMA",
+    "HISTORY_SUFFIX",
     "RAW_COLUMNS",
+    "control_ddl",
+    "history_table_ddl",
+    "history_table_name",
     "raw_table_ddl",
     "raw_table_name",
 ]
@@ -63,4 +67,94 @@ def raw_table_ddl(raw_schema: str, collection: str) -> list[str]:
     return [
         f"CREATE SCHEMA IF NOT EXISTS {quote_ident(raw_schema)}",
         f"CREATE TABLE IF NOT EXISTS {table} (\n  {columns}\n)",
+    ]
+
+
+# --------------------------------------------------------------------------- warp additions
+
+#: Suffix of the append-only history table kept for tables with ``history: true``.
+HISTORY_SUFFIX = "__history"
+
+
+def history_table_name(collection: str) -> str:
+    """The append-only history table's name for ``collection`` (stable; hashed when long)."""
+    return raw_table_name(collection + HISTORY_SUFFIX)
+
+
+def history_table_ddl(raw_schema: str, collection: str) -> list[str]:
+    """The history table: every applied change, keyed by ``(_id, _cartridge_version)``."""
+    table = qualified(raw_schema, history_table_name(collection))
+    columns = ",\n  ".join(
+        f"{quote_ident(c)} {t.replace(' PRIMARY KEY', ' NOT NULL')}" for c, t in RAW_COLUMNS.items()
+    )
+    pk = f"PRIMARY KEY ({quote_ident('_id')}, {quote_ident('_cartridge_version')})"
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {quote_ident(raw_schema)}",
+        f"CREATE TABLE IF NOT EXISTS {table} (\n  {columns},\n  {pk}\n)",
+    ]
+
+
+def control_ddl() -> list[str]:
+    """Warp's control tables in ``cartridge_warp`` (idempotent).
+
+    - ``checkpoints``: one row per schema: resume token, last applied version, fencing epoch,
+      per-collection snapshot progress; written in the same transaction as the data.
+    - ``dead_letters``: changes that could not be landed: the raw event (BSON), its JSON for
+      reading, the error class and message, the resume token, attempts and status.
+    - ``name_map``: collection → raw (and history) table, with per-table progress.
+    - ``tombstones``: versions of hard-deleted documents, so a stale replay cannot resurrect them.
+    """
+    cs = quote_ident(CONTROL_SCHEMA)
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {cs}",
+        f"""CREATE TABLE IF NOT EXISTS {cs}.checkpoints (
+  schema_name text PRIMARY KEY,
+  epoch bigint NOT NULL DEFAULT 0,
+  owner text,
+  resume_token jsonb,
+  version numeric(39,0) NOT NULL DEFAULT 0,
+  snapshot jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+  events_applied bigint NOT NULL DEFAULT 0,
+  last_source_ts timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {cs}.dead_letters (
+  id bigserial PRIMARY KEY,
+  schema_name text NOT NULL,
+  collection text NOT NULL,
+  document_id text,
+  version numeric(39,0) NOT NULL,
+  op text NOT NULL,
+  error_class text NOT NULL,
+  error_message text NOT NULL,
+  raw_event bytea NOT NULL,
+  raw_event_json text NOT NULL,
+  resume_token jsonb,
+  attempts integer NOT NULL DEFAULT 1,
+  status text NOT NULL DEFAULT 'pending',
+  first_failed_at timestamptz NOT NULL DEFAULT now(),
+  last_failed_at timestamptz NOT NULL DEFAULT now(),
+  resolved_at timestamptz
+)""",
+        f"CREATE INDEX IF NOT EXISTS dead_letters_pending ON {cs}.dead_letters "
+        "(schema_name, status, collection)",
+        f"""CREATE TABLE IF NOT EXISTS {cs}.name_map (
+  schema_name text NOT NULL,
+  collection text NOT NULL,
+  raw_schema text NOT NULL,
+  table_name text NOT NULL,
+  history_table text,
+  version numeric(39,0) NOT NULL DEFAULT 0,
+  events_applied bigint NOT NULL DEFAULT 0,
+  last_source_ts timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (schema_name, collection)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {cs}.tombstones (
+  schema_name text NOT NULL,
+  collection text NOT NULL,
+  _id text NOT NULL,
+  version numeric(39,0) NOT NULL,
+  PRIMARY KEY (schema_name, collection, _id)
+)""",
     ]

@@ -1,0 +1,452 @@
+"""The warp runner: reader → bounded queue → writer, per schema.
+
+The reader (snapshot, then change stream) and the writer (one PostgreSQL transaction per batch)
+run as two tasks joined by an ``asyncio.Queue`` of at most ``batching.queue_max_batches``
+batches, so memory stays flat whatever the backlog: when PostgreSQL is slow, the reader waits.
+
+Transient errors (connection loss, failover, lock timeouts) are retried with tenacity: capped
+exponential backoff with jitter. The writer retries the same batch (its transaction rolled
+back); the reader re-opens the stream from the last position it handed over. Terminal errors
+(bad configuration, a fenced process, lost history with ``history_lost_policy: fail``) stop the
+runner with a clear message.
+
+Stopping (a stop event: SIGTERM in the CLI, run cancellation in Dagster, or ``stop_when_idle``)
+ends the reader at an event boundary; the writer applies what was already queued and exits, so
+the checkpoint always names the last applied change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from cartridge_dagster.config import CartridgeSettings, SchemaConfig
+from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.errors import (
+    CartridgeError,
+    ResumeTokenLost,
+    TerminalError,
+    TransientError,
+    classify,
+)
+from cartridge_dagster.observability import bind_context, get_logger
+from cartridge_dagster.warp import metrics
+from cartridge_dagster.warp.changes import Transformer
+from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, is_transient
+from cartridge_dagster.warp.source import SchemaSource
+
+__all__ = ["RunObserver", "RunSummary", "WarpRunner", "run_schemas"]
+
+log = get_logger("cartridge.warp.runner")
+
+_END = object()
+
+
+class RunObserver(Protocol):
+    """Hooks for a host (the Dagster op): hear about batches, ask to stop."""
+
+    def on_batch(self, schema: str, batch: Batch, result: BatchResult) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class NullObserver:
+    def on_batch(self, schema: str, batch: Batch, result: BatchResult) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class RunSummary:
+    schema: str
+    batches: int = 0
+    applied: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    snapshot_rows: Counter[str] = field(default_factory=Counter)
+    events_read: int = 0
+    retries: int = 0
+    resnapshots: int = 0
+    stop_reason: str = ""
+    checkpoint: Checkpoint | None = None
+    seconds: float = 0.0
+    last_lag_seconds: float | None = None
+    peak_queue: int = 0
+
+    @property
+    def total_applied(self) -> int:
+        return sum(self.applied.values())
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _mongo_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ResumeTokenLost):
+        return False
+    return classify(exc) is TransientError
+
+
+class WarpRunner:
+    """Runs warp for one schema until stopped."""
+
+    def __init__(
+        self,
+        settings: CartridgeSettings,
+        schema: SchemaConfig,
+        *,
+        pg_url: str | None = None,
+        mongo_url: str | None = None,
+        stop: asyncio.Event | None = None,
+        stop_when_idle: float | None = None,
+        observer: RunObserver | None = None,
+        max_retries: int = 8,
+        max_backoff: float = 30.0,
+        run_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.schema = schema
+        self.pg_url = pg_url or settings.destination_url()
+        self.mongo_url = mongo_url or settings.source.url()
+        self.stop = stop or asyncio.Event()
+        self.stop_when_idle = stop_when_idle
+        self.observer: RunObserver = observer or NullObserver()
+        self.max_retries = max_retries
+        self.max_backoff = max_backoff
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.summary = RunSummary(schema.name)
+        self._writer_busy = False
+        self._read_token: dict[str, Any] | None = None
+        self.sink: Sink | None = None
+        self.source: SchemaSource | None = None
+
+    # ------------------------------------------------------------------ retries
+
+    def _retrying(self, side: str, predicate: Callable[[BaseException], bool]) -> AsyncRetrying:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.summary.retries += 1
+            metrics.RETRIES.labels(self.schema.name, side).inc()
+            log.warning(
+                "warp.retry",
+                side=side,
+                attempt=state.attempt_number,
+                error=type(exc).__name__,
+                message=str(exc)[:300],
+            )
+
+        return AsyncRetrying(
+            retry=retry_if_exception(predicate),
+            wait=wait_exponential_jitter(initial=0.2, max=self.max_backoff, jitter=0.5),
+            stop=stop_after_attempt(self.max_retries),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    # ------------------------------------------------------------------ writer
+
+    async def _apply(self, sink: Sink, batch: Batch) -> BatchResult:
+        async for attempt in self._retrying("postgres", is_transient):
+            with attempt:
+                try:
+                    return await sink.apply(batch)
+                except BaseException as exc:
+                    if is_transient(exc):
+                        sink.drop_connection()
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _write(self, sink: Sink, queue: asyncio.Queue[Any]) -> None:
+        name = self.schema.name
+        while True:
+            item = await queue.get()
+            metrics.QUEUE_DEPTH.labels(name).set(queue.qsize())
+            if item is _END:
+                return
+            batch: Batch = item
+            self._writer_busy = True
+            try:
+                result = await self._apply(sink, batch)
+            finally:
+                self._writer_busy = False
+            self._record(batch, result)
+            self.observer.on_batch(name, batch, result)
+
+    def _record(self, batch: Batch, result: BatchResult) -> None:
+        name = self.schema.name
+        s = self.summary
+        s.batches += 1
+        s.applied.update(result.applied)
+        s.dead_letters.update(result.dead_letters)
+        if batch.kind == "snapshot":
+            s.snapshot_rows.update(result.applied)
+            for table, n in result.applied.items():
+                metrics.SNAPSHOT_ROWS.labels(name, table).inc(n)
+        for (table, op), n in result.ops.items():
+            metrics.EVENTS.labels(name, table, op).inc(n)
+        for table, n in result.dead_letters.items():
+            metrics.DEAD_LETTERS.labels(name, table).inc(n)
+        if len(batch):
+            metrics.BATCH_ROWS.labels(name).observe(len(batch))
+            metrics.BATCH_SECONDS.labels(name).observe(result.seconds)
+        if batch.kind == "stream" and batch.events:
+            lag = max(0.0, time.time() - batch.read_at)
+            if batch.source_ts is not None:
+                lag = max(lag, time.time() - batch.source_ts.timestamp())
+            s.last_lag_seconds = lag
+            metrics.LAG_SECONDS.labels(name).set(lag)
+        elif batch.kind == "idle":
+            s.last_lag_seconds = 0.0
+            metrics.LAG_SECONDS.labels(name).set(0.0)
+        if len(batch) or batch.wipes:
+            log.info(
+                "warp.batch",
+                kind=batch.kind,
+                rows=len(batch),
+                applied=sum(result.applied.values()),
+                dead=sum(result.dead_letters.values()),
+                seconds=round(result.seconds, 4),
+            )
+
+    # ------------------------------------------------------------------ reader
+
+    async def _put(self, queue: asyncio.Queue[Any], batch: Batch) -> None:
+        await queue.put(batch)
+        size = queue.qsize()
+        self.summary.peak_queue = max(self.summary.peak_queue, size)
+        metrics.QUEUE_DEPTH.labels(self.schema.name).set(size)
+        if batch.token is not None:
+            self._read_token = dict(batch.token)
+
+    async def _plan(self, source: SchemaSource, *, sweep: bool) -> Batch:
+        position = await source.position()
+        plan = {
+            name: {
+                "done": False,
+                "after": None,
+                "version": position.snapshot_version,
+                "sweep": sweep,
+                "copied": 0,
+            }
+            for name in await source.collections()
+        }
+        source.seed_version(position.snapshot_version)
+        log.info(
+            "warp.snapshot.plan",
+            collections=sorted(plan),
+            version=position.snapshot_version,
+            resnapshot=sweep,
+        )
+        return Batch(
+            kind="reset", token=position.token, snapshot=plan, version=position.snapshot_version
+        )
+
+    async def _snapshot(
+        self, source: SchemaSource, queue: asyncio.Queue[Any], plan: dict[str, dict[str, Any]]
+    ) -> None:
+        for name in sorted(plan):
+            state = plan[name]
+            if state.get("done"):
+                source.known.add(name)
+                continue
+            with bind_context(table=name):
+                log.info("warp.snapshot.start", copied=state.get("copied", 0))
+                async for batch in source.snapshot(name, state, self.stop):
+                    await self._put(queue, batch)
+
+    async def _read(self, source: SchemaSource, queue: asyncio.Queue[Any], cp: Checkpoint) -> None:
+        policy = self.schema.warp.history_lost_policy
+        plan = cp.snapshot
+        token = cp.resume_token
+        source.seed_version(cp.version)
+        if token is None or not plan:
+            reset = await self._plan(source, sweep=False)
+            await self._put(queue, reset)
+            plan, token = reset.snapshot or {}, dict(reset.token) if reset.token else None
+        while not self.stop.is_set():
+            await self._snapshot(source, queue, plan)
+            if self.stop.is_set():
+                return
+            try:
+                await self._stream(source, queue, token)
+                return
+            except ResumeTokenLost as exc:
+                metrics.HISTORY_LOST.labels(self.schema.name).inc()
+                if policy == "fail":
+                    raise ResumeTokenLost(
+                        f"schema {self.schema.name!r}: the change stream cannot resume from the "
+                        f"stored position ({exc}); nothing was applied past the checkpoint",
+                        hint="set warp.history_lost_policy: resnapshot to copy the collections "
+                        "again (rows deleted meanwhile are tombstoned), or raise the oplog size",
+                    ) from exc
+                log.warning("warp.history_lost.resnapshot", error=str(exc)[:300])
+                self.summary.resnapshots += 1
+                reset = await self._plan(source, sweep=True)
+                await self._put(queue, reset)
+                plan, token = reset.snapshot or {}, dict(reset.token) if reset.token else None
+
+    async def _stream(
+        self, source: SchemaSource, queue: asyncio.Queue[Any], token: dict[str, Any] | None
+    ) -> None:
+        self._read_token = dict(token) if token else None
+        async for attempt in self._retrying("mongodb", _mongo_transient):
+            with attempt:
+                async for batch in source.stream(self._read_token, self.stop):
+                    await self._put(queue, batch)
+
+    # ------------------------------------------------------------------ control
+
+    async def _watch_stop(self, source: SchemaSource, queue: asyncio.Queue[Any]) -> None:
+        while not self.stop.is_set():
+            await asyncio.sleep(0.2)
+            if self.observer.should_stop():
+                self.summary.stop_reason = self.summary.stop_reason or "requested"
+                self.stop.set()
+            idle = source.idle_since
+            if (
+                self.stop_when_idle is not None
+                and idle is not None
+                and time.monotonic() - idle >= self.stop_when_idle
+                and queue.empty()
+                and not self._writer_busy
+            ):
+                self.summary.stop_reason = "idle"
+                self.stop.set()
+
+    async def run(self) -> RunSummary:
+        started = time.perf_counter()
+        name = self.schema.name
+        with bind_context(schema=name, run_id=self.run_id):
+            sink = Sink(
+                self.pg_url,
+                self.schema,
+                owner=_owner(),
+                timeout=self.settings.destination.connect_timeout_seconds,
+                command_timeout=self.settings.destination.command_timeout_seconds,
+            )
+            self.sink = sink
+            try:
+                async for attempt in self._retrying("postgres", is_transient):
+                    with attempt:
+                        await sink.setup()
+                        cp = await sink.acquire()
+                async with mongo_session(
+                    self.mongo_url, timeout_seconds=self.settings.source.connect_timeout_seconds
+                ) as conn:
+                    source = SchemaSource(conn, self.schema, Transformer(self.schema))
+                    self.source = source
+                    source.known.update(sink._tables)
+                    await self._pipeline(sink, source, cp)
+                self.summary.checkpoint = await sink.checkpoint()
+            finally:
+                await sink.close()
+        self.summary.seconds = time.perf_counter() - started
+        self.summary.stop_reason = self.summary.stop_reason or "stopped"
+        log.info(
+            "warp.stopped",
+            schema=name,
+            reason=self.summary.stop_reason,
+            applied=self.summary.total_applied,
+            batches=self.summary.batches,
+        )
+        return self.summary
+
+    async def _pipeline(self, sink: Sink, source: SchemaSource, cp: Checkpoint) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.schema.batching.queue_max_batches)
+        writer = asyncio.create_task(self._write(sink, queue), name=f"warp-writer-{cp.schema_name}")
+        reader = asyncio.create_task(
+            self._read(source, queue, cp), name=f"warp-reader-{cp.schema_name}"
+        )
+        watcher = asyncio.create_task(self._watch_stop(source, queue))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done:
+                # The writer only ends early on an error: stop reading and report it.
+                self.stop.set()
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                writer.result()
+                return
+            exc = reader.exception()
+            if exc is not None:
+                self.stop.set()
+                self.summary.stop_reason = f"error: {type(exc).__name__}"
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+                raise exc
+            await queue.put(_END)  # drain what was queued, then stop
+            await writer
+        finally:
+            watcher.cancel()
+            for task in (reader, writer, watcher):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+async def run_schemas(
+    settings: CartridgeSettings,
+    schemas: list[SchemaConfig],
+    *,
+    stop: asyncio.Event,
+    stop_when_idle: float | None = None,
+    observer: RunObserver | None = None,
+) -> list[RunSummary]:
+    """Run several schemas in one process (``mode: multi``); the first terminal error stops all."""
+    runners = [
+        WarpRunner(settings, s, stop=stop, stop_when_idle=stop_when_idle, observer=observer)
+        for s in schemas
+    ]
+    if len(runners) == 1:
+        return [await runners[0].run()]
+    # Each runner has its own idle rule; share the stop event only for external stops.
+    for r in runners:
+        r.stop = asyncio.Event()
+
+    async def relay() -> None:
+        await stop.wait()
+        for r in runners:
+            r.stop.set()
+
+    relay_task = asyncio.create_task(relay())
+    tasks = [asyncio.create_task(r.run(), name=f"warp-{r.schema.name}") for r in runners]
+    try:
+        pending: set[asyncio.Task[RunSummary]] = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            if any(t.exception() is not None for t in done):
+                for r in runners:  # one schema failed: stop the others cleanly
+                    r.stop.set()
+                await asyncio.wait(pending)
+                break
+    finally:
+        relay_task.cancel()
+    errors = [t.exception() for t in tasks if t.done() and t.exception() is not None]
+    if errors:
+        first = errors[0]
+        assert first is not None
+        if isinstance(first, CartridgeError):
+            raise first
+        raise TerminalError(f"warp failed: {type(first).__name__}: {first}") from first
+    return [t.result() for t in tasks]

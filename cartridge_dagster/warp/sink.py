@@ -1,0 +1,581 @@
+"""The PostgreSQL sink: one transaction per batch, exactly-once effect.
+
+Each batch is applied in one transaction that
+
+1. checks the fence: ``SELECT epoch … FOR UPDATE`` on the schema's checkpoint row must still be
+   this process's epoch (a newer process bumped it: this one stops without committing);
+2. COPYs the changes into a temporary staging table and runs one set-based merge per table:
+   the newest change per ``_id`` wins (in-batch dedup), an upsert only moves
+   ``_cartridge_version`` forward, deletes are versioned tombstones (soft: the row stays with
+   ``_cartridge_deleted``; hard: the row goes and ``cartridge_warp.tombstones`` keeps the
+   version), and tables with ``history: true`` also get every change appended;
+3. isolates rows PostgreSQL rejects by bisecting the batch under savepoints and writes them,
+   with the batch's conversion failures, to ``cartridge_warp.dead_letters``;
+4. writes the checkpoint (resume token, version, snapshot progress).
+
+A crash anywhere rolls everything back, so a restart replays at most one batch, and a replay
+changes nothing (versions never move backwards).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+from cartridge_dagster.config import SchemaConfig
+from cartridge_dagster.connectors.postgres import connect
+from cartridge_dagster.errors import TerminalError, TransientError, classify
+from cartridge_dagster.identifiers import qualified, quote_ident
+from cartridge_dagster.landing import (
+    CONTROL_SCHEMA,
+    control_ddl,
+    history_table_ddl,
+    history_table_name,
+    raw_table_ddl,
+    raw_table_name,
+)
+from cartridge_dagster.observability import get_logger
+from cartridge_dagster.warp.changes import Change, DeadLetter, dedup_latest, event_summary
+
+__all__ = [
+    "POISON_MARK",
+    "Batch",
+    "BatchResult",
+    "Checkpoint",
+    "Fenced",
+    "Sink",
+    "Wipe",
+    "setup_jsonb_codec",
+]
+
+log = get_logger("cartridge.warp.sink")
+
+STAGE = "_cartridge_warp_stage"
+#: Key marking a dead letter's raw event as a row PostgreSQL rejected (not a source event).
+POISON_MARK = "cartridge_poison"
+_STAGE_COLUMNS = ["coll", "_id", "document", "deleted", "version", "op", "source_ts", "latest"]
+
+
+class Fenced(TerminalError):
+    """Another warp process took over this schema (its epoch is newer): this one must stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wipe:
+    """Mark every row of ``collection`` older than ``version`` deleted (drop, or a re-snapshot's
+    sweep of documents that no longer exist)."""
+
+    collection: str
+    version: int
+    op: Literal["drop", "sweep"]
+
+
+@dataclass
+class Batch:
+    """What the reader hands the writer: changes, dead letters and the position after them."""
+
+    changes: list[Change] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    token: Mapping[str, Any] | None = None
+    version: int | None = None
+    snapshot: dict[str, dict[str, Any]] | None = None
+    wipes: list[Wipe] = field(default_factory=list)
+    source_ts: dt.datetime | None = None
+    events: int = 0
+    kind: Literal["snapshot", "stream", "idle", "reset"] = "stream"
+    #: ``kind == "reset"``: replace the snapshot plan instead of merging into it.
+    created: float = field(default_factory=time.monotonic)
+    read_at: float = field(default_factory=time.time)
+
+    def __len__(self) -> int:
+        return len(self.changes) + len(self.dead)
+
+    def collections(self) -> list[str]:
+        names = {c.collection for c in self.changes}
+        names.update(w.collection for w in self.wipes)
+        return sorted(names)
+
+
+@dataclass
+class BatchResult:
+    applied: Counter[str] = field(default_factory=Counter)  # per collection
+    ops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (collection, op)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    poisoned: int = 0
+    wiped: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+@dataclass
+class Checkpoint:
+    schema_name: str
+    epoch: int
+    resume_token: dict[str, Any] | None
+    version: int
+    snapshot: dict[str, dict[str, Any]]
+    events_applied: int
+    last_source_ts: dt.datetime | None
+    updated_at: dt.datetime | None
+
+    @property
+    def snapshot_done(self) -> bool:
+        return bool(self.snapshot) and all(s.get("done") for s in self.snapshot.values())
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return b"\x01" + value
+    if isinstance(value, str):
+        return b"\x01" + value.encode("utf-8")
+    return b"\x01" + orjson.dumps(value)
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def setup_jsonb_codec(conn: asyncpg.Connection) -> None:
+    """``jsonb`` in binary: JSON bytes go to the server without a decode/encode round trip."""
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_jsonb_encode,
+        decoder=_jsonb_decode,
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+def _row_to_checkpoint(row: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(
+        schema_name=row["schema_name"],
+        epoch=int(row["epoch"]),
+        resume_token=row["resume_token"],
+        version=int(row["version"]),
+        snapshot=dict(row["snapshot"] or {}),
+        events_applied=int(row["events_applied"]),
+        last_source_ts=row["last_source_ts"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """A PostgreSQL error caused by the rows themselves (not the connection): bisect it."""
+    return isinstance(exc, asyncpg.PostgresError) and classify(exc) is TerminalError
+
+
+class Sink:
+    """Writes batches for one schema. One connection, one transaction per batch."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: SchemaConfig,
+        *,
+        owner: str = "",
+        timeout: float = 10.0,
+        command_timeout: float = 300.0,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.name = schema.name
+        self.raw_schema = schema.raw_schema
+        self.owner = owner
+        self.timeout = timeout
+        self.command_timeout = command_timeout
+        self.epoch: int | None = None
+        self.conn: asyncpg.Connection | None = None
+        self._tables: dict[str, str] = {}  # collection → raw table name (after commit)
+        self._history: dict[str, str] = {}
+        self._cs = quote_ident(CONTROL_SCHEMA)
+        self._merge_sql: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> asyncpg.Connection:
+        if self.conn is not None and not self.conn.is_closed():
+            return self.conn
+        conn = await connect(self.url, timeout=self.timeout, command_timeout=self.command_timeout)
+        await setup_jsonb_codec(conn)
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(STAGE)} ("
+            "coll text NOT NULL, _id text NOT NULL, document jsonb, deleted boolean NOT NULL, "
+            "version numeric(39,0) NOT NULL, op text NOT NULL, source_ts timestamptz, "
+            "latest boolean NOT NULL) ON COMMIT DELETE ROWS"
+        )
+        self.conn = conn
+        return conn
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=5)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+    def drop_connection(self) -> None:
+        """Forget a broken connection (the next call reconnects)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def setup(self) -> None:
+        """Create the control tables (idempotent; concurrent callers serialise on a lock)."""
+        conn = await self.connect()
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cartridge_warp.setup'))")
+            for stmt in control_ddl():
+                await conn.execute(stmt)
+
+    async def acquire(self) -> Checkpoint:
+        """Take the schema over: bump the fencing epoch. Returns the stored checkpoint."""
+        conn = await self.connect()
+        row = await conn.fetchrow(
+            f"INSERT INTO {self._cs}.checkpoints AS c (schema_name, epoch, owner) "
+            "VALUES ($1, 1, $2) ON CONFLICT (schema_name) DO UPDATE "
+            "SET epoch = c.epoch + 1, owner = EXCLUDED.owner, updated_at = now() RETURNING *",
+            self.name,
+            self.owner,
+        )
+        assert row is not None
+        cp = _row_to_checkpoint(row)
+        self.epoch = cp.epoch
+        rows = await conn.fetch(
+            f"SELECT collection, table_name, history_table FROM {self._cs}.name_map "
+            "WHERE schema_name = $1",
+            self.name,
+        )
+        for r in rows:
+            self._tables[r["collection"]] = r["table_name"]
+            if r["history_table"]:
+                self._history[r["collection"]] = r["history_table"]
+        log.info("warp.fence.acquired", schema=self.name, epoch=self.epoch)
+        return cp
+
+    async def checkpoint(self) -> Checkpoint | None:
+        conn = await self.connect()
+        row = await conn.fetchrow(
+            f"SELECT * FROM {self._cs}.checkpoints WHERE schema_name = $1", self.name
+        )
+        return _row_to_checkpoint(row) if row is not None else None
+
+    # ------------------------------------------------------------------ tables
+
+    async def _ensure_table(self, conn: asyncpg.Connection, collection: str) -> bool:
+        """Create the raw (and history) table inside the current transaction. New → True."""
+        if collection in self._tables:
+            return False
+        table = raw_table_name(collection)
+        for stmt in raw_table_ddl(self.raw_schema, collection):
+            await conn.execute(stmt)
+        history = None
+        if self.schema.table(collection).history:
+            history = history_table_name(collection)
+            for stmt in history_table_ddl(self.raw_schema, collection):
+                await conn.execute(stmt)
+        await conn.execute(
+            f"INSERT INTO {self._cs}.name_map (schema_name, collection, raw_schema, table_name, "
+            "history_table) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (schema_name, collection) "
+            "DO UPDATE SET table_name = EXCLUDED.table_name, "
+            "history_table = EXCLUDED.history_table, raw_schema = EXCLUDED.raw_schema",
+            self.name,
+            collection,
+            self.raw_schema,
+            table,
+            history,
+        )
+        return True
+
+    def _sql(self, collection: str) -> list[str]:
+        """Merge statements for one table ($1 = collection, $2 = schema name)."""
+        cached = self._merge_sql.get(collection)
+        if cached is not None:
+            return cached
+        table = qualified(self.raw_schema, raw_table_name(collection))
+        stage = quote_ident(STAGE)
+        cs = self._cs
+        cols = (
+            '"_id", "document", "_cartridge_deleted", "_cartridge_version", "_cartridge_op", '
+            '"_cartridge_source_ts", "_cartridge_synced_at"'
+        )
+        update = (
+            'ON CONFLICT ("_id") DO UPDATE SET "document" = EXCLUDED."document", '
+            '"_cartridge_deleted" = EXCLUDED."_cartridge_deleted", '
+            '"_cartridge_version" = EXCLUDED."_cartridge_version", '
+            '"_cartridge_op" = EXCLUDED."_cartridge_op", '
+            '"_cartridge_source_ts" = EXCLUDED."_cartridge_source_ts", '
+            '"_cartridge_synced_at" = EXCLUDED."_cartridge_synced_at" '
+            'WHERE t."_cartridge_version" <= EXCLUDED."_cartridge_version"'
+        )
+        hard = self.schema.table(collection).delete_mode == "hard"
+        stmts: list[str] = []
+        if not hard:
+            stmts.append(
+                f"INSERT INTO {table} AS t ({cols}) "
+                "SELECT s._id, s.document, s.deleted, s.version, s.op, s.source_ts, now() "
+                f"FROM {stage} s WHERE s.coll = $1 AND s.latest AND $2::text IS NOT NULL "
+                f"{update}"
+            )
+        else:
+            stmts.append(
+                f"INSERT INTO {table} AS t ({cols}) "
+                "SELECT s._id, s.document, false, s.version, s.op, s.source_ts, now() "
+                f"FROM {stage} s WHERE s.coll = $1 AND s.latest AND NOT s.deleted "
+                f"AND NOT EXISTS (SELECT 1 FROM {cs}.tombstones tb WHERE tb.schema_name = $2 "
+                "AND tb.collection = $1 AND tb._id = s._id AND tb.version >= s.version) "
+                f"{update}"
+            )
+            stmts.append(
+                f"WITH gone AS (DELETE FROM {table} t USING {stage} s "
+                "WHERE s.coll = $1 AND s.latest AND s.deleted AND t._id = s._id "
+                'AND t."_cartridge_version" <= s.version RETURNING t._id) '
+                f"INSERT INTO {cs}.tombstones AS tb (schema_name, collection, _id, version) "
+                f"SELECT $2, $1, s._id, s.version FROM {stage} s "
+                "WHERE s.coll = $1 AND s.latest AND s.deleted AND (SELECT count(*) FROM gone) >= 0 "
+                "ON CONFLICT (schema_name, collection, _id) DO UPDATE "
+                "SET version = GREATEST(tb.version, EXCLUDED.version)"
+            )
+        history = self._history.get(collection) or (
+            history_table_name(collection) if self.schema.table(collection).history else None
+        )
+        if history is not None:
+            stmts.append(
+                f"INSERT INTO {qualified(self.raw_schema, history)} ({cols}) "
+                "SELECT s._id, s.document, s.deleted, s.version, s.op, s.source_ts, now() "
+                f"FROM {stage} s WHERE s.coll = $1 AND $2::text IS NOT NULL "
+                'ON CONFLICT ("_id", "_cartridge_version") DO NOTHING'
+            )
+        self._merge_sql[collection] = stmts
+        return stmts
+
+    # ------------------------------------------------------------------ apply
+
+    async def _stage_and_merge(self, conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
+        latest = dedup_latest(changes)
+        history_colls = {
+            c
+            for c in {ch.collection for ch in changes}
+            if self._history.get(c) or self.schema.table(c).history
+        }
+        records = [
+            (
+                ch.collection,
+                ch.id,
+                ch.document,
+                ch.document is None,
+                ch.version,
+                ch.op,
+                ch.source_ts,
+                flag,
+            )
+            for ch, flag in zip(changes, latest, strict=True)
+            if flag or ch.collection in history_colls
+        ]
+        await conn.execute(f"TRUNCATE {quote_ident(STAGE)}")
+        await conn.copy_records_to_table(STAGE, records=records, columns=_STAGE_COLUMNS)
+        for collection in sorted({ch.collection for ch in changes}):
+            for stmt in self._sql(collection):
+                await conn.execute(stmt, collection, self.name)
+
+    async def _apply_isolating(
+        self, conn: asyncpg.Connection, changes: list[Change]
+    ) -> list[tuple[Change, BaseException]]:
+        """Apply ``changes``; bisect to find the rows PostgreSQL rejects. Returns the poison."""
+        if not changes:
+            return []
+        try:
+            async with conn.transaction():  # a savepoint inside the batch transaction
+                await self._stage_and_merge(conn, changes)
+            return []
+        except asyncpg.PostgresError as exc:
+            if not _is_data_error(exc):
+                raise
+            if len(changes) == 1:
+                return [(changes[0], exc)]
+            mid = len(changes) // 2
+            first = await self._apply_isolating(conn, changes[:mid])
+            return first + await self._apply_isolating(conn, changes[mid:])
+
+    async def _insert_dead(self, conn: asyncpg.Connection, dead: Sequence[DeadLetter]) -> None:
+        if not dead:
+            return
+        await conn.executemany(
+            f"INSERT INTO {self._cs}.dead_letters (schema_name, collection, document_id, "
+            "version, op, error_class, error_message, raw_event, raw_event_json, resume_token) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            [
+                (
+                    self.name,
+                    d.collection,
+                    d.document_id,
+                    d.version,
+                    d.op,
+                    d.error_class,
+                    d.error_message.replace("\x00", "\\u0000"),
+                    d.raw_event,
+                    event_summary(d.raw_event),
+                    orjson.dumps(d.token) if d.token is not None else None,
+                )
+                for d in dead
+            ],
+        )
+
+    async def _wipe(self, conn: asyncpg.Connection, wipe: Wipe) -> int:
+        table = qualified(self.raw_schema, raw_table_name(wipe.collection))
+        if self.schema.table(wipe.collection).delete_mode == "hard":
+            status = await conn.execute(
+                f"WITH gone AS (DELETE FROM {table} t WHERE t._cartridge_version < $1 "
+                "RETURNING t._id) "
+                f"INSERT INTO {self._cs}.tombstones AS tb (schema_name, collection, _id, version) "
+                "SELECT $2, $3, _id, $1 FROM gone ON CONFLICT (schema_name, collection, _id) "
+                "DO UPDATE SET version = GREATEST(tb.version, EXCLUDED.version)",
+                wipe.version,
+                self.name,
+                wipe.collection,
+            )
+        else:
+            status = await conn.execute(
+                f"UPDATE {table} SET document = NULL, _cartridge_deleted = true, "
+                "_cartridge_version = $1, _cartridge_op = $2, _cartridge_synced_at = now() "
+                "WHERE _cartridge_version < $1 AND NOT _cartridge_deleted",
+                wipe.version,
+                wipe.op,
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _check_fence(self, conn: asyncpg.Connection) -> None:
+        if self.epoch is None:
+            raise TerminalError("the sink has not acquired its schema (call acquire() first)")
+        current = await conn.fetchval(
+            f"SELECT epoch FROM {self._cs}.checkpoints WHERE schema_name = $1 FOR UPDATE",
+            self.name,
+        )
+        if current != self.epoch:
+            raise Fenced(
+                f"schema {self.name!r} was taken over by another warp process "
+                f"(epoch {current}, this process {self.epoch}); this one stops without "
+                "committing",
+                hint="run one warp process per schema (Dagster's warp sensor keeps exactly one)",
+            )
+
+    async def apply(self, batch: Batch) -> BatchResult:
+        """Apply ``batch`` and its checkpoint in one transaction."""
+        started = time.perf_counter()
+        conn = await self.connect()
+        result = BatchResult()
+        new_tables: list[str] = []
+        try:
+            async with conn.transaction():
+                await self._check_fence(conn)
+                for collection in batch.collections():
+                    if await self._ensure_table(conn, collection):
+                        new_tables.append(collection)
+                        self._tables[collection] = raw_table_name(collection)
+                        if self.schema.table(collection).history:
+                            self._history[collection] = history_table_name(collection)
+                poison = await self._apply_isolating(conn, batch.changes)
+                dead = list(batch.dead)
+                bad = {id(ch) for ch, _ in poison}
+                for ch, exc in poison:
+                    dead.append(_poison_letter(ch, exc))
+                await self._insert_dead(conn, dead)
+                for wipe in batch.wipes:
+                    result.wiped[wipe.collection] += await self._wipe(conn, wipe)
+                await self._write_checkpoint(conn, batch, result, bad)
+        except BaseException:
+            for collection in new_tables:  # the DDL rolled back with the batch
+                self._tables.pop(collection, None)
+                self._history.pop(collection, None)
+                self._merge_sql.pop(collection, None)
+            raise
+        result.poisoned = len(poison)
+        for d in dead:
+            result.dead_letters[d.collection] += 1
+        result.seconds = time.perf_counter() - started
+        return result
+
+    async def _write_checkpoint(
+        self, conn: asyncpg.Connection, batch: Batch, result: BatchResult, bad: set[int]
+    ) -> None:
+        per_table: Counter[str] = Counter()
+        top: dict[str, int] = {}
+        for ch in batch.changes:
+            if id(ch) in bad:
+                continue
+            per_table[ch.collection] += 1
+            result.ops[(ch.collection, ch.op)] += 1
+            top[ch.collection] = max(top.get(ch.collection, 0), ch.version)
+        result.applied = per_table
+        for collection, count in sorted(per_table.items()):
+            await conn.execute(
+                f"UPDATE {self._cs}.name_map SET version = GREATEST(version, $3), "
+                "events_applied = events_applied + $4, "
+                "last_source_ts = COALESCE($5, last_source_ts), updated_at = now() "
+                "WHERE schema_name = $1 AND collection = $2",
+                self.name,
+                collection,
+                top[collection],
+                count,
+                batch.source_ts,
+            )
+        snapshot_sql = (
+            "snapshot = $5::jsonb, "
+            if batch.kind == "reset"
+            else "snapshot = snapshot || $5::jsonb, "
+        )
+        status = await conn.execute(
+            f"UPDATE {self._cs}.checkpoints SET "
+            "resume_token = COALESCE($3::jsonb, resume_token), "
+            "version = GREATEST(version, $4), "
+            + snapshot_sql
+            + "events_applied = events_applied + $6, "
+            "last_source_ts = COALESCE($7, last_source_ts), "
+            "updated_at = now() WHERE schema_name = $1 AND epoch = $2",
+            self.name,
+            self.epoch,
+            orjson.dumps(dict(batch.token)) if batch.token is not None else None,
+            batch.version or 0,
+            orjson.dumps(batch.snapshot or {}),
+            sum(per_table.values()),
+            batch.source_ts,
+        )
+        if status != "UPDATE 1":
+            raise Fenced(f"schema {self.name!r}: checkpoint row lost its epoch {self.epoch}")
+
+
+def _poison_letter(change: Change, exc: BaseException) -> DeadLetter:
+    import bson
+
+    raw: dict[str, Any] = {
+        POISON_MARK: True,
+        "collection": change.collection,
+        "_id": change.id,
+        "op": change.op,
+        "document": change.document.decode("utf-8", "replace") if change.document else None,
+    }
+    return DeadLetter(
+        collection=change.collection,
+        document_id=change.id,
+        version=change.version,
+        op=change.op,
+        error_class=type(exc).__name__,
+        error_message=f"PostgreSQL rejected the row: {exc}"[:2000],
+        raw_event=bson.encode(raw),
+        token=None,
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the writer should retry ``exc`` (connection loss, failover, lock timeouts)."""
+    if isinstance(exc, Fenced):
+        return False
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "connection" in str(exc).lower() or "closed" in str(exc).lower()
+    return classify(exc) is TransientError

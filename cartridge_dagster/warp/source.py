@@ -1,0 +1,394 @@
+"""The MongoDB side of warp: a consistent snapshot, then one change stream per schema.
+
+Order of work for schema S (database D):
+
+1. Record the stream position first (a resume token and its cluster time), and a snapshot plan
+   (one entry per collection in scope, with the snapshot version = that position, ordinal 0).
+2. Copy each collection in ``_id`` order, in chunks; each batch carries the last ``_id`` copied,
+   so a crash resumes the copy where it stopped, per collection.
+3. Stream D's changes from the recorded position (``fullDocument: updateLookup`` by default),
+   routed per collection. Overlap with the copy is harmless: versions decide.
+
+Drop, rename and dropDatabase follow ``warp.drop_policy``; after an ``invalidate`` the stream is
+re-opened with ``startAfter``. The embedded engine does not emit rename or dropDatabase events
+(and reports a collection drop as an ``invalidate`` naming the collection), so while idle the
+source also reconciles the collection list: a collection that vanished is treated as dropped,
+one that appeared with documents but no events (a rename target) is copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson import Timestamp
+
+from cartridge_dagster.config import SchemaConfig
+from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection
+from cartridge_dagster.errors import TerminalError
+from cartridge_dagster.observability import get_logger
+from cartridge_dagster.warp.changes import (
+    Change,
+    DeadLetter,
+    Transformer,
+    cluster_base,
+    make_version,
+    split_version,
+)
+from cartridge_dagster.warp.sink import Batch, Wipe
+
+__all__ = [
+    "DropPolicyStop",
+    "Position",
+    "SchemaSource",
+    "decode_after",
+    "encode_after",
+]
+
+log = get_logger("cartridge.warp.source")
+
+CRUD = frozenset({"insert", "update", "replace", "delete"})
+
+
+class DropPolicyStop(TerminalError):
+    """A collection or the database was dropped or renamed and ``warp.drop_policy`` is ``fail``."""
+
+
+@dataclass(frozen=True)
+class Position:
+    token: dict[str, Any] | None
+    base: int
+
+    @property
+    def snapshot_version(self) -> int:
+        return make_version(self.base, 0)
+
+
+def encode_after(value: Any) -> str:
+    """A snapshot cursor (the last ``_id`` copied) as text for the checkpoint."""
+    return base64.b64encode(bson.encode({"v": value})).decode("ascii")
+
+
+def decode_after(text: str) -> Any:
+    return bson.decode(base64.b64decode(text))["v"]
+
+
+def _source_ts(event: Mapping[str, Any]) -> dt.datetime:
+    wall = event.get("wallTime")
+    if isinstance(wall, dt.datetime):
+        return wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
+    ct = event.get("clusterTime")
+    if isinstance(ct, Timestamp):
+        return ct.as_datetime()
+    # The embedded engine's clusterTime is a sequence number: the read time is the best we have.
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class SchemaSource:
+    """Reads one schema's collections and change stream and produces :class:`Batch`es."""
+
+    conn: MongoConnection
+    schema: SchemaConfig
+    transformer: Transformer
+    max_await_ms: int = 250
+    known: set[str] = field(default_factory=set)
+    events_read: int = 0
+    idle_since: float | None = None
+    last_version: int = 0
+    _last_base: int = -1
+    _last_ordinal: int = 0
+
+    @property
+    def database(self) -> Any:
+        return self.conn.database(self.schema.source_database)
+
+    # ------------------------------------------------------------------ position
+
+    async def position(self) -> Position:
+        """The current end of the change stream (record it before snapshotting)."""
+        db_name = self.schema.source_database
+        if self.conn.kind == "mongoeco":
+            state = self.conn.client.change_stream_state()
+            last = int(state["nextToken"]) - 1
+            return Position({"_data": str(max(last, 0))}, max(last, 0))
+        hello = await self.conn.client.admin.command("hello")
+        op_time = hello.get("operationTime")
+        if op_time is None:
+            raise TerminalError(
+                "MongoDB did not report an operation time: change streams need a replica set "
+                "or a sharded cluster",
+                hint="point source.connection_string at a replica set (a single-node one works)",
+            )
+        stream = await self.conn.client[db_name].watch([], max_await_time_ms=10)
+        try:
+            await stream.try_next()
+            token = stream.resume_token
+        finally:
+            await stream.close()
+        return Position(dict(token) if token else None, cluster_base(op_time))
+
+    async def collections(self) -> list[str]:
+        names = await self.conn.list_collection_names(self.schema.source_database)
+        return [n for n in names if self.schema.selects(n)]
+
+    def seed_version(self, version: int) -> None:
+        """Continue ordinals after a checkpoint (events sharing its cluster time)."""
+        base, ordinal = split_version(version)
+        self._last_base, self._last_ordinal = base, ordinal
+        self.last_version = max(self.last_version, version)
+
+    def _version(self, cluster_time: Any) -> int:
+        base = cluster_base(cluster_time)
+        if base == self._last_base:
+            self._last_ordinal += 1
+        else:
+            self._last_base, self._last_ordinal = base, 1
+        version = make_version(base, self._last_ordinal)
+        self.last_version = max(self.last_version, version)
+        return version
+
+    def _synthetic_version(self) -> int:
+        """A version after everything seen, for changes inferred without an event."""
+        base, ordinal = split_version(self.last_version)
+        self._last_base, self._last_ordinal = base, ordinal + 1
+        self.last_version = make_version(base, ordinal + 1)
+        return self.last_version
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def _chunk(self, collection: str, after: Any, has_after: bool, n: int) -> list[Any]:
+        coll = self.database[collection]
+        if not has_after:
+            return [d async for d in coll.find({}).sort("_id", 1).limit(n)]
+        docs = [d async for d in coll.find({"_id": {"$gt": after}}).sort("_id", 1).limit(n)]
+        if len(docs) < n:
+            # ``$gt`` stays within one BSON type; ``$expr`` compares across types, so a
+            # collection with mixed ``_id`` types continues in the next type bracket.
+            last = docs[-1]["_id"] if docs else after
+            more = coll.find({"$expr": {"$gt": ["$_id", {"$literal": last}]}})
+            docs += [d async for d in more.sort("_id", 1).limit(n - len(docs))]
+        return docs
+
+    async def snapshot(
+        self, collection: str, state: Mapping[str, Any], stop: asyncio.Event | None = None
+    ) -> AsyncIterator[Batch]:
+        """Copy ``collection`` from ``state["after"]`` in ``_id`` order, one batch per chunk."""
+        version = int(state["version"])
+        size = min(self.schema.batching.snapshot_chunk_size, self.schema.batching.max_batch_size)
+        has_after = state.get("after") is not None
+        after = decode_after(state["after"]) if has_after else None
+        self.known.add(collection)
+        while True:
+            if stop is not None and stop.is_set():
+                return
+            docs = await self._chunk(collection, after, has_after, size)
+            batch = Batch(kind="snapshot", version=None)
+            now = dt.datetime.now(dt.UTC)
+            for doc in docs:
+                out = self.transformer.document(
+                    collection, doc, op="snapshot", version=version, source_ts=now
+                )
+                (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
+            done = len(docs) < size
+            if docs:
+                after, has_after = docs[-1]["_id"], True
+            entry = {
+                "done": done,
+                "after": encode_after(after) if has_after else None,
+                "version": version,
+                "sweep": bool(state.get("sweep")),
+                "copied": int(state.get("copied", 0)) + len(docs),
+            }
+            state = entry
+            batch.snapshot = {collection: entry}
+            batch.events = len(docs)
+            if done and entry["sweep"]:
+                batch.wipes.append(Wipe(collection, version, "sweep"))
+            yield batch
+            if done:
+                return
+
+    # ------------------------------------------------------------------ stream
+
+    def open_stream(
+        self,
+        *,
+        resume_after: Mapping[str, Any] | None = None,
+        start_after: Mapping[str, Any] | None = None,
+    ) -> ChangeStream:
+        return self.conn.watch(
+            self.schema.source_database,
+            [],
+            resume_after=resume_after,
+            start_after=start_after,
+            full_document=self.schema.warp.full_document,
+            max_await_time_ms=self.max_await_ms,
+        )
+
+    def _drop(self, collection: str, version: int, what: str) -> Wipe | None:
+        policy = self.schema.warp.drop_policy
+        if policy == "fail":
+            raise DropPolicyStop(
+                f"{what} in schema {self.schema.name!r} (collection {collection!r}) and "
+                "warp.drop_policy is 'fail'",
+                hint="decide what the raw table should do, set warp.drop_policy to "
+                "'tombstone' or 'ignore', and restart warp",
+            )
+        self.known.discard(collection)
+        if policy == "ignore":
+            return None
+        return Wipe(collection, version, "drop")
+
+    async def stream(
+        self,
+        token: Mapping[str, Any] | None,
+        stop: asyncio.Event,
+        *,
+        start_after: bool = False,
+    ) -> AsyncIterator[Batch]:
+        """Batches of changes from ``token`` on, until ``stop`` is set."""
+        cfg = self.schema.batching
+        idle_every = self.schema.warp.idle_checkpoint_seconds
+        stream = self.open_stream(
+            resume_after=None if start_after else token, start_after=token if start_after else None
+        )
+        batch = Batch(kind="stream")
+        last_emitted_token = dict(token) if token else None
+        last_activity = time.monotonic()
+        last_reconcile = time.monotonic()
+        self.idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                event = await stream.try_next()
+                now = time.monotonic()
+                if event is None:
+                    if len(batch) or batch.wipes:
+                        if now - batch.created >= cfg.max_batch_seconds:
+                            last_emitted_token = dict(batch.token) if batch.token else None
+                            yield batch
+                            batch = Batch(kind="stream")
+                        continue
+                    batch.created = now
+                    if self.idle_since is None:
+                        self.idle_since = now
+                    if now - last_reconcile >= idle_every:
+                        last_reconcile = now
+                        async for extra in self.reconcile(stop):
+                            yield extra
+                    current = stream.resume_token
+                    if (
+                        now - last_activity >= idle_every
+                        and current is not None
+                        and current != last_emitted_token
+                    ):
+                        last_activity = now
+                        last_emitted_token = dict(current)
+                        yield Batch(kind="idle", token=dict(current))
+                    continue
+                self.idle_since = None
+                last_activity = now
+                if not len(batch) and not batch.wipes:
+                    batch.created = now
+                self.events_read += 1
+                op = str(event.get("operationType"))
+                ns = event.get("ns") or {}
+                collection = ns.get("coll")
+                version = self._version(event["clusterTime"])
+                batch.token = dict(event["_id"])
+                batch.version = version
+                batch.events += 1
+                batch.source_ts = _source_ts(event)
+                if op in CRUD:
+                    if collection is None or not self.schema.selects(str(collection)):
+                        pass
+                    else:
+                        self.known.add(str(collection))
+                        out = self.transformer.event(event, version, batch.source_ts)
+                        if isinstance(out, Change):
+                            batch.changes.append(out)
+                        elif isinstance(out, DeadLetter):
+                            batch.dead.append(out)
+                elif op in ("drop", "rename", "dropDatabase", "invalidate"):
+                    async for extra in self._structural(event, op, version, batch, stop):
+                        yield extra
+                    batch = Batch(kind="stream")
+                    last_emitted_token = dict(event["_id"])
+                    if op == "invalidate":
+                        await stream.close()
+                        stream = self.open_stream(start_after=event["_id"])
+                    continue
+                if len(batch) >= cfg.max_batch_size or (
+                    now - batch.created >= cfg.max_batch_seconds
+                ):
+                    last_emitted_token = dict(batch.token) if batch.token else None
+                    yield batch
+                    batch = Batch(kind="stream")
+            if len(batch) or batch.wipes or batch.token is not None:
+                yield batch
+        finally:
+            await stream.close()
+
+    async def _structural(
+        self, event: Mapping[str, Any], op: str, version: int, batch: Batch, stop: asyncio.Event
+    ) -> AsyncIterator[Batch]:
+        """Drop, rename, dropDatabase, invalidate: close the batch with the wipes, copy a
+        rename's target, then continue."""
+        ns = event.get("ns") or {}
+        collection = ns.get("coll")
+        if op == "dropDatabase":
+            for name in sorted(self.known):
+                wipe = self._drop(name, version, "the source database was dropped")
+                if wipe is not None:
+                    batch.wipes.append(wipe)
+        elif collection is not None and self.schema.selects(str(collection)):
+            what = {
+                "drop": "a collection was dropped",
+                "rename": "a collection was renamed",
+                "invalidate": "a collection was dropped",
+            }[op]
+            if str(collection) in self.known or op != "invalidate":
+                wipe = self._drop(str(collection), version, what)
+                if wipe is not None:
+                    batch.wipes.append(wipe)
+        log.info("warp.source.structural", schema=self.schema.name, op=op, collection=collection)
+        yield batch
+        if op == "rename":
+            target = (event.get("to") or {}).get("coll")
+            if target is not None and self.schema.selects(str(target)):
+                state = {"done": False, "after": None, "version": version, "sweep": True}
+                async for snap in self.snapshot(str(target), state, stop):
+                    snap.snapshot = None  # a live copy, not the initial snapshot
+                    yield snap
+
+    async def reconcile(self, stop: asyncio.Event) -> AsyncIterator[Batch]:
+        """Compare the collection list with what warp knows (renames and database drops the
+        embedded engine does not report as events)."""
+        present = set(await self.collections())
+        vanished = sorted(self.known - present)
+        if vanished:
+            version = self._synthetic_version()
+            batch = Batch(kind="stream", version=version)
+            for name in vanished:
+                wipe = self._drop(name, version, "a collection disappeared")
+                if wipe is not None:
+                    batch.wipes.append(wipe)
+            log.info("warp.source.vanished", schema=self.schema.name, collections=vanished)
+            yield batch
+        for name in sorted(present - self.known):
+            coll = self.database[name]
+            if await coll.find_one({}, {"_id": 1}) is None:
+                continue
+            version = self._synthetic_version()
+            log.info("warp.source.appeared", schema=self.schema.name, collection=name)
+            state = {"done": False, "after": None, "version": version, "sweep": True}
+            async for snap in self.snapshot(name, state, stop):
+                snap.snapshot = None
+                snap.version = version
+                yield snap
