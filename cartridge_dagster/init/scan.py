@@ -1,0 +1,422 @@
+"""Scanning a source schema: sample every collection, profile it, detect references.
+
+MongoDB: collections smaller than ``sampling.full_scan_below`` (or all, with ``full_scan``) are
+read whole in ``_id`` order, so the same data always gives the same schema. Larger ones are read
+with ``$sample`` rounds of ``sample_size``; with ``adaptive`` sampling, rounds continue while new
+field paths or types still appear, up to ``max_sample_size`` documents (duplicates across rounds
+are skipped). References are checked on the sample: a field holding ObjectIds (or id-like
+strings) is a reference to collection X when ≥ 90 % of up to 50 of its sampled values are ``_id``s
+of X.
+
+PostgreSQL: columns, types, nullability, keys and statistics come from the catalogs
+(:func:`scan_postgres`) and are stored in the same shape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+
+from cartridge_dagster.config import CartridgeSettings, SchemaConfig
+from cartridge_dagster.connectors.mongo import MongoConnection, aggregate
+from cartridge_dagster.identifiers import assign_names
+from cartridge_dagster.init.inference import (
+    RESERVED_COLUMNS,
+    InferenceOptions,
+    Profiler,
+    finalize,
+    join_path,
+)
+from cartridge_dagster.observability import get_logger
+
+__all__ = [
+    "REFERENCE_MIN_MATCH",
+    "ScanProgress",
+    "ScanResult",
+    "scan_collection",
+    "scan_mongo",
+    "scan_postgres",
+    "scan_schema",
+]
+
+REFERENCE_MIN_MATCH = 0.9
+REFERENCE_PROBE = 50
+FIND_BATCH = 2000
+
+log = get_logger(__name__)
+
+#: progress(collection, documents_seen, documents_planned)
+ScanProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ScanResult:
+    """A scanned schema: ``collections`` maps collection name → its schema JSON."""
+
+    schema: str
+    database: str
+    source_kind: str
+    collections: dict[str, dict[str, Any]]
+    seconds: float = 0.0
+    documents_seen: int = 0
+    profiles: dict[str, Profiler] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The deterministic document stored by :mod:`.store` (no timings, no counters)."""
+        return {
+            "schema": self.schema,
+            "database": self.database,
+            "source_kind": self.source_kind,
+            "collections": {c: self.collections[c] for c in sorted(self.collections)},
+        }
+
+
+def _options(schema: SchemaConfig, collection: str) -> InferenceOptions:
+    table = schema.table(collection)
+    sampling = schema.sampling
+    return InferenceOptions(
+        max_depth=sampling.max_depth,
+        example_values=sampling.example_values,
+        enum_max_distinct=sampling.enum_max_distinct,
+        distinct_cap=max(sampling.max_sample_size, 1000),
+        sensitive_fields=tuple(table.sensitive_fields),
+        excluded_fields=tuple(table.exclude_fields),
+        type_overrides=dict(table.type_overrides),
+    )
+
+
+async def scan_collection(
+    db: Any,
+    schema: SchemaConfig,
+    collection: str,
+    *,
+    full_scan: bool = False,
+    progress: ScanProgress | None = None,
+) -> tuple[dict[str, Any], Profiler]:
+    """Profile one collection; returns its schema JSON and the profiler (for references)."""
+    sampling = schema.sampling
+    coll = db[collection]
+    total = int(await coll.count_documents({}))
+    profiler = Profiler(_options(schema, collection))
+    rounds = 0
+    if full_scan or total <= sampling.full_scan_below:
+        method = "full"
+        batch: list[Any] = []
+        cursor = coll.find({}).sort("_id", 1).batch_size(FIND_BATCH)
+        async for doc in cursor:
+            batch.append(doc)
+            if len(batch) >= FIND_BATCH:
+                profiler.add_many(batch)
+                batch = []
+                if progress is not None:
+                    progress(collection, profiler.documents, total)
+        profiler.add_many(batch)
+        rounds = 1
+    else:
+        method = "sample"
+        cap = min(sampling.max_sample_size, total)
+        while profiler.documents < cap:
+            size = min(sampling.sample_size, cap - profiler.documents)
+            before = profiler.novelty
+            fresh = []
+            cursor = await aggregate(coll, [{"$sample": {"size": size}}])
+            async for doc in cursor:
+                if not profiler.seen(doc.get("_id")):
+                    fresh.append(doc)
+            profiler.add_many(fresh)
+            rounds += 1
+            if progress is not None:
+                progress(collection, profiler.documents, cap)
+            if not sampling.adaptive or not fresh:
+                break
+            if rounds > 1 and profiler.novelty == before:
+                break  # this round found no new path and no new type: the shape has settled
+    if progress is not None:
+        progress(collection, profiler.documents, profiler.documents)
+    result = finalize(collection, profiler, total_documents=total, method=method, rounds=rounds)
+    log.info(
+        "init.scan.collection",
+        schema=schema.name,
+        table=collection,
+        documents=profiler.documents,
+        method=method,
+        fields=len(result["fields"]),
+    )
+    return result, profiler
+
+
+def _reference_candidates(result: Mapping[str, Any]) -> list[str]:
+    out = []
+    for path, entry in result["fields"].items():
+        if path == "_id":
+            continue
+        nonnull = {t for t in entry["types"] if t != "null"}
+        if nonnull == {"objectId"} or (
+            nonnull == {"string"} and entry["path"][-1].lower().endswith("id")
+        ):
+            out.append(path)
+    return out
+
+
+def _probe_values(profiler: Profiler, segments: list[str]) -> list[Any]:
+    node: Any = profiler.root
+    for seg in segments:
+        node = node.elem if seg == "[]" else (node.children or {}).get(seg)
+        if node is None:
+            return []
+    if not node.distinct:
+        return []
+    values = [v for v in node.distinct if isinstance(v, ObjectId | str)]
+    return sorted(values, key=str)[:REFERENCE_PROBE]
+
+
+async def _detect_references(
+    db: Any,
+    results: dict[str, dict[str, Any]],
+    profilers: dict[str, Profiler],
+) -> None:
+    targets = sorted(results)
+    for name in sorted(results):
+        refs: dict[str, dict[str, Any]] = {}
+        for path in _reference_candidates(results[name]):
+            values = _probe_values(profilers[name], results[name]["fields"][path]["path"])
+            if not values:
+                continue
+            best: tuple[float, str] | None = None
+            for target in targets:
+                id_types = set(results[target].get("id_types", []))
+                if isinstance(values[0], ObjectId) and "objectId" not in id_types:
+                    continue
+                if isinstance(values[0], str) and "string" not in id_types:
+                    continue
+                found = int(await db[target].count_documents({"_id": {"$in": values}}))
+                ratio = found / len(values)
+                if ratio >= REFERENCE_MIN_MATCH and (best is None or ratio > best[0]):
+                    best = (ratio, target)
+            if best is not None:
+                refs[path] = {
+                    "collection": best[1],
+                    "field": "_id",
+                    "match_ratio": round(best[0], 4),
+                    "checked": len(values),
+                }
+        results[name]["references"] = dict(sorted(refs.items()))
+
+
+async def scan_mongo(
+    conn: MongoConnection,
+    schema: SchemaConfig,
+    *,
+    collections: list[str] | None = None,
+    full_scan: bool = False,
+    progress: ScanProgress | None = None,
+) -> ScanResult:
+    """Scan every in-scope collection of ``schema`` (or the named ones)."""
+    started = time.perf_counter()
+    db = conn.database(schema.source_database)
+    names = collections
+    if names is None:
+        names = sorted(
+            c for c in await conn.list_collection_names(schema.source_database) if schema.selects(c)
+        )
+    results: dict[str, dict[str, Any]] = {}
+    profilers: dict[str, Profiler] = {}
+    for name in names:
+        results[name], profilers[name] = await scan_collection(
+            db, schema, name, full_scan=full_scan, progress=progress
+        )
+    await _detect_references(db, results, profilers)
+    return ScanResult(
+        schema=schema.name,
+        database=schema.source_database,
+        source_kind="mongodb",
+        collections=results,
+        seconds=time.perf_counter() - started,
+        documents_seen=sum(p.documents for p in profilers.values()),
+        profiles=profilers,
+    )
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+_PG_TO_BSON = {
+    "smallint": "int",
+    "integer": "int",
+    "bigint": "long",
+    "numeric": "decimal",
+    "real": "double",
+    "double precision": "double",
+    "boolean": "bool",
+    "text": "string",
+    "character varying": "string",
+    "character": "string",
+    "uuid": "uuid",
+    "date": "date",
+    "timestamp without time zone": "date",
+    "timestamp with time zone": "date",
+    "json": "object",
+    "jsonb": "object",
+    "bytea": "binary",
+}
+_PG_SQL_TYPE = {
+    "smallint": "integer",
+    "integer": "integer",
+    "bigint": "bigint",
+    "numeric": "numeric",
+    "real": "double precision",
+    "double precision": "double precision",
+    "boolean": "boolean",
+    "uuid": "uuid",
+    "date": "date",
+    "timestamp without time zone": "timestamptz",
+    "timestamp with time zone": "timestamptz",
+    "json": "jsonb",
+    "jsonb": "jsonb",
+}
+
+_PG_COLUMNS = """
+SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, c.ordinal_position
+FROM information_schema.columns c
+JOIN information_schema.tables t
+  ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE'
+ORDER BY c.table_name, c.ordinal_position
+"""
+_PG_KEYS = """
+SELECT rel.relname AS table_name, con.contype, att.attname AS column_name,
+       frel.relname AS ref_table, fatt.attname AS ref_column
+FROM pg_constraint con
+JOIN pg_class rel ON rel.oid = con.conrelid
+JOIN pg_namespace nsp ON nsp.oid = rel.relnamespace
+JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, n) ON true
+JOIN pg_attribute att ON att.attrelid = rel.oid AND att.attnum = k.attnum
+LEFT JOIN pg_class frel ON frel.oid = con.confrelid
+LEFT JOIN pg_attribute fatt ON fatt.attrelid = con.confrelid AND fatt.attnum = con.confkey[k.n]
+WHERE nsp.nspname = $1 AND con.contype IN ('p', 'f')
+ORDER BY rel.relname, con.conname, k.n
+"""
+_PG_STATS = """
+SELECT tablename, attname, null_frac, n_distinct
+FROM pg_stats WHERE schemaname = $1
+"""
+_PG_ROWS = """
+SELECT c.relname, greatest(c.reltuples, 0)::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+"""
+
+
+async def scan_postgres(conn: Any, schema: SchemaConfig) -> ScanResult:
+    """Read a PostgreSQL schema's tables from the catalogs (``conn``: an asyncpg connection).
+
+    Each table becomes a "collection" whose fields are its columns: the type histogram holds the
+    column's type, presence is 1, the null ratio and distinct estimate come from ``pg_stats``
+    (after ``ANALYZE``), keys from ``pg_constraint``.
+    """
+    started = time.perf_counter()
+    source = schema.source_database
+    columns = await conn.fetch(_PG_COLUMNS, source)
+    keys = await conn.fetch(_PG_KEYS, source)
+    stats = {(r[0], r[1]): (r[2], r[3]) for r in await conn.fetch(_PG_STATS, source)}
+    rows = {r[0]: int(r[1]) for r in await conn.fetch(_PG_ROWS, source)}
+    pks: dict[str, list[str]] = {}
+    fks: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in keys:
+        if r["contype"] == "p":
+            pks.setdefault(r["table_name"], []).append(r["column_name"])
+        else:
+            fks.setdefault(r["table_name"], {})[join_path([r["column_name"]])] = {
+                "collection": r["ref_table"],
+                "field": r["ref_column"],
+                "match_ratio": 1.0,
+                "checked": 0,
+            }
+    tables: dict[str, list[Any]] = {}
+    for r in columns:
+        if schema.selects(r["table_name"]):
+            tables.setdefault(r["table_name"], []).append(r)
+    results: dict[str, dict[str, Any]] = {}
+    for table, cols in sorted(tables.items()):
+        total = rows.get(table, 0)
+        fields: dict[str, dict[str, Any]] = {}
+        layout: dict[str, dict[str, Any]] = {}
+        names = assign_names([c["column_name"] for c in cols], reserved=RESERVED_COLUMNS)
+        for c in cols:
+            name, data_type = c["column_name"], c["data_type"]
+            null_frac, n_distinct = stats.get((table, name), (0.0, 0.0))
+            null_frac = float(null_frac or 0.0)
+            n_distinct = float(n_distinct or 0.0)
+            distinct = int(n_distinct if n_distinct >= 0 else -n_distinct * total)
+            bson_type = _PG_TO_BSON.get(data_type, "string")
+            path = join_path([name])
+            fields[path] = {
+                "path": [name],
+                "types": {bson_type: total}
+                | ({"null": int(null_frac * total)} if null_frac else {}),
+                "count": total,
+                "nulls": int(null_frac * total),
+                "presence": 1.0,
+                "null_ratio": round(null_frac, 4),
+                "required": c["is_nullable"] == "NO",
+                "nullable": c["is_nullable"] == "YES",
+                "distinct": distinct,
+                "distinct_exact": False,
+                "sensitive": name in schema.table(table).sensitive_fields,
+                "pg_type": data_type,
+            }
+            layout[path] = {
+                "sql_type": _PG_SQL_TYPE.get(data_type, "text"),
+                "path": [name],
+                "column": names[name],
+            }
+        pk = pks.get(table, [])
+        results[table] = {
+            "collection": table,
+            "source_kind": "postgresql",
+            "documents_total": total,
+            "documents_sampled": 0,
+            "sampling": {"method": "catalog", "rounds": 0},
+            "primary_key": pk,
+            "id_types": [],
+            "fields": fields,
+            "columns": dict(sorted(layout.items())),
+            "arrays": {},
+            "timestamps": sorted(
+                p for p, f in fields.items() if f["pg_type"].startswith("timestamp")
+            ),
+            "incremental_key": None,
+            "references": dict(sorted(fks.get(table, {}).items())),
+        }
+    return ScanResult(
+        schema=schema.name,
+        database=source,
+        source_kind="postgresql",
+        collections=results,
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def scan_schema(
+    settings: CartridgeSettings,
+    schema_name: str,
+    *,
+    full_scan: bool = False,
+    progress: ScanProgress | None = None,
+) -> ScanResult:
+    """Scan one configured schema from the configured source (MongoDB or PostgreSQL)."""
+    schema = settings.get_schema(schema_name)
+    if settings.source.type == "postgresql":
+        from cartridge_dagster.connectors.postgres import pg_connection
+
+        async with pg_connection(settings.source.url()) as conn:
+            return await scan_postgres(conn, schema)
+    from cartridge_dagster.connectors.mongo import mongo_session
+
+    async with mongo_session(
+        settings.source.url(), timeout_seconds=settings.source.connect_timeout_seconds
+    ) as conn:
+        return await scan_mongo(conn, schema, full_scan=full_scan, progress=progress)
