@@ -1,0 +1,110 @@
+"""The shipped production dagster.yaml, loaded by Dagster itself against a real PostgreSQL.
+
+Proves the ``postgresql+psycopg2`` storage works end to end (runs and events are written and
+read back, and the event log's LISTEN/NOTIFY watcher starts), that the run coordinator and
+run monitoring are what the deployment promises, and that the K8s run launcher accepts its
+config. Only the way the launcher reaches the cluster is swapped (in-cluster → a kubeconfig
+file), because no cluster is reachable here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import sqlalchemy
+import yaml
+
+from cartridge_dagster.deploy.k8s import WARP_SCHEMA_TAG
+from tests.support.services import REPO
+
+pytestmark = pytest.mark.integration
+
+SHIPPED = REPO / "deploy" / "dagster-instance.yaml"
+
+
+@pytest.fixture
+def dagster_home(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    parts = urlsplit(pg_url)
+    monkeypatch.setenv("DAGSTER_PG_USERNAME", parts.username or "postgres")
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", parts.password or "")
+    monkeypatch.setenv("DAGSTER_PG_HOST", parts.hostname or "127.0.0.1")
+    monkeypatch.setenv("DAGSTER_PG_PORT", str(parts.port or 5432))
+    monkeypatch.setenv("DAGSTER_PG_DB", parts.path.lstrip("/"))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "not-a-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    config = yaml.safe_load(SHIPPED.read_text())
+    launcher = config["run_launcher"]["config"]
+    assert launcher.pop("load_incluster_config") is True
+    launcher.update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def test_production_instance_stores_runs_in_postgres_with_psycopg2(dagster_home: Path) -> None:
+    import dagster as dg
+    from dagster_k8s import K8sRunLauncher
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+
+    @dg.asset
+    def probe() -> int:
+        return 1
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        result = dg.materialize([probe], instance=instance, tags={WARP_SCHEMA_TAG: "shop"})
+        assert result.success
+        (run,) = instance.get_runs()
+        assert run.tags[WARP_SCHEMA_TAG] == "shop"
+        events = instance.all_logs(run.run_id)
+        assert any(e.dagster_event and e.dagster_event.is_step_success for e in events)
+        assert instance.get_latest_materialization_event(dg.AssetKey("probe")) is not None
+        engine_url = instance.run_storage._engine.url  # the URL Dagster actually built
+        assert engine_url.drivername == "postgresql+psycopg2"
+
+        coordinator = instance.run_coordinator
+        assert type(coordinator).__name__ == "QueuedRunCoordinator"
+        assert {
+            "key": WARP_SCHEMA_TAG,
+            "value": {"applyLimitPerUniqueValue": True},
+            "limit": 1,
+        } in coordinator.get_run_queue_config().tag_concurrency_limits
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_resume_run_attempts == 3
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 3
+
+        launcher = instance.run_launcher
+        assert isinstance(launcher, K8sRunLauncher)
+        assert launcher.supports_resume_run
+        assert launcher.env_secrets == ["cartridge-secrets"]
+        assert launcher.job_namespace == "dagster"
+
+
+def test_the_plain_postgresql_scheme_is_the_sqlalchemy_2_1_trap(pg_url: str) -> None:
+    """Why the scheme is explicit: SQLAlchemy 2.1 maps postgresql:// to psycopg 3."""
+    assert sqlalchemy.__version__.startswith("2.")
+    plain = sqlalchemy.engine.make_url(pg_url).set(drivername="postgresql")
+    explicit = plain.set(drivername="postgresql+psycopg2")
+    assert sqlalchemy.create_engine(explicit).dialect.driver == "psycopg2"
+    if tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) >= (2, 1):
+        try:
+            dialect = sqlalchemy.create_engine(plain).dialect.driver
+        except ModuleNotFoundError:
+            dialect = "psycopg (not installed)"
+        assert dialect != "psycopg2"
