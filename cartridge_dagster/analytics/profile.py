@@ -1,0 +1,660 @@
+"""Profiles of raw and modelled tables, computed in PostgreSQL with set-based SQL.
+
+Nothing is pulled into Python but one summary row per table. A raw table's columns are the paths
+of ``document`` (``customer.address.zip``, ``items[].unit_price``), walked by a recursive query
+and typed by ``jsonb_typeof``; a modelled table's columns are its own, read through
+``to_jsonb(row)`` so both layers share one profile pipeline:
+
+1. ``table_profiles``: rows live/deleted, last operations, freshness, CDC lag, growth.
+2. ``activity`` (raw tables): changes landed per time bucket and operation, with lag.
+3. ``column_profiles``: null ratio (share of rows without a non-null value at the path),
+   distinct estimate, min/max/mean/stddev/percentiles of numbers, min/max/median of times
+   (ISO-8601 strings and timestamp columns), text/array lengths, top values and histograms.
+
+Values of ``sensitive_fields`` never reach the summary: only counts and lengths are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+
+from cartridge_dagster.analytics.store import table, try_timestamptz_fn
+from cartridge_dagster.errors import TerminalError
+from cartridge_dagster.identifiers import pg_name, qualified, quote_ident, quote_literal
+from cartridge_dagster.observability import get_logger
+
+__all__ = [
+    "CDC_OPS",
+    "ColumnProfile",
+    "Relation",
+    "TableProfile",
+    "profile_relation",
+    "relation_exists",
+]
+
+log = get_logger(__name__)
+
+Layer = Literal["raw", "model"]
+
+#: Operations that come from the change stream (snapshot rows have no meaningful lag).
+CDC_OPS = ("insert", "update", "replace", "delete")
+
+#: Above this many live rows, column profiles read a random sample of about this many rows.
+MAX_PROFILE_ROWS = 200_000
+
+#: An ISO-8601 date or timestamp, as documents.py writes them and PostgreSQL prints them.
+ISO_TIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+
+#: Bucket widths for activity charts; the smallest that gives at most ~60 buckets is used.
+_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+
+RAW_META_COLUMNS = frozenset(
+    {
+        "_id",
+        "document",
+        "_cartridge_deleted",
+        "_cartridge_version",
+        "_cartridge_op",
+        "_cartridge_source_ts",
+        "_cartridge_synced_at",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A table (or view) to profile, and where its summary rows belong."""
+
+    schema_name: str
+    layer: Layer
+    collection: str
+    relation_schema: str
+    relation_name: str
+    sensitive_paths: frozenset[str] = frozenset()
+
+    @property
+    def qualified(self) -> str:
+        return qualified(self.relation_schema, self.relation_name)
+
+    @property
+    def display(self) -> str:
+        return f"{self.relation_schema}.{self.relation_name}"
+
+
+@dataclass
+class ColumnProfile:
+    path: str
+    json_type: str
+    data_type: str | None
+    null_ratio: float
+    distinct_estimate: int | None
+    rows_with_type: int
+    type_share: float | None
+
+
+@dataclass
+class TableProfile:
+    relation: Relation
+    rows_total: int
+    rows_live: int
+    rows_deleted: int
+    last_synced_at: dt.datetime | None = None
+    freshness_seconds: float | None = None
+    lag_p50_seconds: float | None = None
+    lag_p95_seconds: float | None = None
+    lag_max_seconds: float | None = None
+    recent_lag_p95_seconds: float | None = None
+    rows_live_previous: int | None = None
+    row_count_change: float | None = None
+    rows_profiled: int = 0
+    columns: list[ColumnProfile] = field(default_factory=list)
+
+    def max_null_ratio(self) -> tuple[str | None, float]:
+        worst: tuple[str | None, float] = (None, 0.0)
+        for col in self.columns:
+            if col.null_ratio > worst[1]:
+                worst = (col.path, col.null_ratio)
+        return worst
+
+
+async def relation_exists(conn: asyncpg.Connection, schema: str, name: str) -> bool:
+    found = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified(schema, name))
+    return bool(found)
+
+
+async def _relation_columns(conn: asyncpg.Connection, rel: Relation) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS data_type "
+        "FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY a.attnum",
+        rel.qualified,
+    )
+    return {str(r["attname"]): str(r["data_type"]) for r in rows}
+
+
+def _is_sensitive_sql() -> str:
+    """SQL predicate on ``path`` against the text[] parameter of sensitive paths."""
+    return (
+        "EXISTS (SELECT 1 FROM unnest($SENS::text[]) s(p) WHERE path = s.p "
+        "OR path LIKE s.p || '.%' OR path LIKE s.p || '[]%')"
+    )
+
+
+def sensitive_names(paths: Iterable[str]) -> frozenset[str]:
+    """Sensitive field paths, plus the column names a staging model gives them."""
+    out: set[str] = set()
+    for path in paths:
+        out.add(path)
+        out.add(pg_name(path))
+    return frozenset(out)
+
+
+# --------------------------------------------------------------------------- table level
+
+
+async def _table_stats_raw(conn: asyncpg.Connection, rel: Relation, run_id: str) -> asyncpg.Record:
+    t = rel.qualified
+    deleted = quote_ident("_cartridge_deleted")
+    op = quote_ident("_cartridge_op")
+    synced = quote_ident("_cartridge_synced_at")
+    source_ts = quote_ident("_cartridge_source_ts")
+    lag = f"extract(epoch FROM ({synced} - {source_ts}))::float8"
+    cdc = f"{op} = ANY($7::text[]) AND {source_ts} IS NOT NULL"
+    sql = f"""
+    WITH s AS (
+      SELECT count(*) AS rows_total,
+             count(*) FILTER (WHERE NOT {deleted}) AS rows_live,
+             count(*) FILTER (WHERE {deleted}) AS rows_deleted,
+             count(*) FILTER (WHERE {op} = 'insert') AS last_inserts,
+             count(*) FILTER (WHERE {op} IN ('update', 'replace')) AS last_updates,
+             count(*) FILTER (WHERE {op} = 'delete') AS last_deletes,
+             min({synced}) AS first_synced_at,
+             max({synced}) AS last_synced_at,
+             max({source_ts}) AS last_source_ts,
+             extract(epoch FROM (now() - max({synced})))::float8 AS freshness_seconds,
+             percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc})
+               AS lag_p50_seconds,
+             percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc})
+               AS lag_p95_seconds,
+             max({lag}) FILTER (WHERE {cdc}) AS lag_max_seconds,
+             percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag})
+               FILTER (WHERE {cdc} AND {synced} > now() - interval '15 minutes')
+               AS recent_lag_p95_seconds
+      FROM {t}
+    ), prev AS (
+      SELECT rows_live FROM {table("table_profiles")}
+      WHERE relation_schema = $5 AND relation_name = $6 AND run_id <> $1
+      ORDER BY profiled_at DESC LIMIT 1
+    )
+    INSERT INTO {table("table_profiles")} (
+      run_id, schema_name, layer, collection, relation_schema, relation_name,
+      rows_total, rows_live, rows_deleted, last_inserts, last_updates, last_deletes,
+      first_synced_at, last_synced_at, last_source_ts, freshness_seconds,
+      lag_p50_seconds, lag_p95_seconds, lag_max_seconds, recent_lag_p95_seconds,
+      rows_live_previous, row_count_change)
+    SELECT $1, $2, $3, $4, $5, $6,
+      s.rows_total, s.rows_live, s.rows_deleted, s.last_inserts, s.last_updates, s.last_deletes,
+      s.first_synced_at, s.last_synced_at, s.last_source_ts, s.freshness_seconds,
+      s.lag_p50_seconds, s.lag_p95_seconds, s.lag_max_seconds, s.recent_lag_p95_seconds,
+      prev.rows_live,
+      CASE WHEN prev.rows_live IS NULL THEN NULL
+           WHEN prev.rows_live = 0 THEN CASE WHEN s.rows_live = 0 THEN 0 ELSE 1 END
+           ELSE (s.rows_live - prev.rows_live)::float8 / prev.rows_live END
+    FROM s LEFT JOIN prev ON true
+    RETURNING *
+    """
+    row = await conn.fetchrow(
+        sql,
+        run_id,
+        rel.schema_name,
+        rel.layer,
+        rel.collection,
+        rel.relation_schema,
+        rel.relation_name,
+        list(CDC_OPS),
+    )
+    assert row is not None
+    return row
+
+
+async def _table_stats_model(
+    conn: asyncpg.Connection, rel: Relation, run_id: str, columns: dict[str, str]
+) -> asyncpg.Record:
+    t = rel.qualified
+    if "_cartridge_deleted" in columns:
+        deleted = f"coalesce({quote_ident('_cartridge_deleted')}, false)"
+    else:
+        deleted = "false"
+    synced = (
+        f"max({quote_ident('_cartridge_synced_at')})"
+        if "_cartridge_synced_at" in columns
+        else "NULL::timestamptz"
+    )
+    sql = f"""
+    WITH s AS (
+      SELECT count(*) AS rows_total,
+             count(*) FILTER (WHERE NOT {deleted}) AS rows_live,
+             count(*) FILTER (WHERE {deleted}) AS rows_deleted,
+             {synced} AS last_synced_at
+      FROM {t}
+    ), prev AS (
+      SELECT rows_live FROM {table("table_profiles")}
+      WHERE relation_schema = $5 AND relation_name = $6 AND run_id <> $1
+      ORDER BY profiled_at DESC LIMIT 1
+    )
+    INSERT INTO {table("table_profiles")} (
+      run_id, schema_name, layer, collection, relation_schema, relation_name,
+      rows_total, rows_live, rows_deleted, last_synced_at, freshness_seconds,
+      rows_live_previous, row_count_change)
+    SELECT $1, $2, $3, $4, $5, $6, s.rows_total, s.rows_live, s.rows_deleted,
+      s.last_synced_at, extract(epoch FROM (now() - s.last_synced_at))::float8,
+      prev.rows_live,
+      CASE WHEN prev.rows_live IS NULL THEN NULL
+           WHEN prev.rows_live = 0 THEN CASE WHEN s.rows_live = 0 THEN 0 ELSE 1 END
+           ELSE (s.rows_live - prev.rows_live)::float8 / prev.rows_live END
+    FROM s LEFT JOIN prev ON true
+    RETURNING *
+    """
+    row = await conn.fetchrow(
+        sql,
+        run_id,
+        rel.schema_name,
+        rel.layer,
+        rel.collection,
+        rel.relation_schema,
+        rel.relation_name,
+    )
+    assert row is not None
+    return row
+
+
+def bucket_seconds(first: dt.datetime | None, last: dt.datetime | None) -> int:
+    """The activity bucket width for a time span (at most ~60 buckets)."""
+    if first is None or last is None:
+        return _BUCKETS[0]
+    span = max((last - first).total_seconds(), 1.0)
+    for width in _BUCKETS:
+        if span / width <= 60:
+            return width
+    return _BUCKETS[-1]
+
+
+async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str, width: int) -> None:
+    op = quote_ident("_cartridge_op")
+    synced = quote_ident("_cartridge_synced_at")
+    source_ts = quote_ident("_cartridge_source_ts")
+    lag = f"extract(epoch FROM ({synced} - {source_ts}))::float8"
+    cdc = f"{op} = ANY($6::text[]) AND {source_ts} IS NOT NULL"
+    await conn.execute(
+        f"""
+        INSERT INTO {table("activity")} (
+          run_id, schema_name, collection, bucket, bucket_seconds,
+          inserts, updates, deletes, other, lag_p50_seconds, lag_p95_seconds)
+        SELECT $1, $2, $3,
+          date_bin(make_interval(secs => $4::float8), {synced},
+                   timestamptz '2000-01-01 00:00:00+00') AS bucket,
+          $5,
+          count(*) FILTER (WHERE {op} = 'insert'),
+          count(*) FILTER (WHERE {op} IN ('update', 'replace')),
+          count(*) FILTER (WHERE {op} = 'delete'),
+          count(*) FILTER (WHERE NOT ({op} = ANY($6::text[]))),
+          percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc}),
+          percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc})
+        FROM {rel.qualified}
+        GROUP BY bucket
+        """,
+        run_id,
+        rel.schema_name,
+        rel.collection,
+        float(width),
+        width,
+        list(CDC_OPS),
+    )
+
+
+# --------------------------------------------------------------------------- column level
+
+
+_LEAVES = "_cartridge_leaves"
+
+
+def _leaves_sql(base: str, max_depth: int) -> str:
+    """``CREATE TEMP TABLE`` of every (row, path, type, value) under ``base``'s ``doc``.
+
+    ``base`` is a SELECT of ``rid text, doc jsonb``. Objects are walked by key
+    (``a.b``), arrays by element (``a[]``); ``$1`` is the ISO time pattern.
+    """
+    return f"""
+    CREATE TEMP TABLE {quote_ident(_LEAVES)} ON COMMIT DROP AS
+    WITH RECURSIVE base AS ({base}),
+    walk(rid, path, value, depth) AS (
+      SELECT rid, NULL::text, doc, 0 FROM base
+      UNION ALL
+      SELECT w.rid, c.path, c.value, w.depth + 1
+      FROM walk w CROSS JOIN LATERAL (
+        SELECT CASE WHEN w.path IS NULL THEN k.key ELSE w.path || '.' || k.key END, k.value
+        FROM jsonb_each(CASE WHEN jsonb_typeof(w.value) = 'object'
+                             THEN w.value ELSE '{{}}'::jsonb END) k
+        UNION ALL
+        SELECT w.path || '[]', e.value
+        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(w.value) = 'array'
+                                       AND w.path IS NOT NULL
+                                       THEN w.value ELSE '[]'::jsonb END) e
+      ) c(path, value)
+      WHERE w.depth < {int(max_depth)}
+    )
+    SELECT rid, path, jtype,
+      CASE WHEN jtype IN ('string', 'number', 'boolean') THEN value #>> '{{}}' END AS txt,
+      CASE WHEN jtype = 'number' THEN value::numeric END AS num,
+      CASE WHEN jtype = 'string' AND (value #>> '{{}}') ~ $1
+           THEN {try_timestamptz_fn()}(value #>> '{{}}') END AS ts,
+      CASE WHEN jtype = 'string' THEN length(value #>> '{{}}')
+           WHEN jtype = 'array' THEN jsonb_array_length(value) END AS len
+    FROM (SELECT rid, path, jsonb_typeof(value) AS jtype, value
+          FROM walk WHERE path IS NOT NULL) w
+    """
+
+
+def _raw_base(rel: Relation, fraction: float) -> str:
+    sample = "" if fraction >= 1 else f" AND random() < {float(fraction)!r}"
+    return (
+        f"SELECT {quote_ident('_id')} AS rid, {quote_ident('document')} AS doc "
+        f"FROM {rel.qualified} WHERE NOT {quote_ident('_cartridge_deleted')} "
+        f"AND {quote_ident('document')} IS NOT NULL{sample}"
+    )
+
+
+def _model_base(rel: Relation, columns: dict[str, str], fraction: float) -> str:
+    keep = [c for c in columns if not c.startswith("_cartridge_")]
+    doc = (
+        "jsonb_build_object(" + ", ".join(f"{_lit(c)}, t.{quote_ident(c)}" for c in keep) + ")"
+        if len(keep) <= 50
+        else "to_jsonb(t)"
+        + "".join(f" - {_lit(c)}" for c in columns if c.startswith("_cartridge_"))
+    )
+    where = ["true"]
+    if "_cartridge_deleted" in columns:
+        where.append(f"NOT coalesce(t.{quote_ident('_cartridge_deleted')}, false)")
+    if fraction < 1:
+        where.append(f"random() < {float(fraction)!r}")
+    return (
+        f"SELECT (row_number() OVER ())::text AS rid, {doc} AS doc "
+        f"FROM {rel.qualified} t WHERE {' AND '.join(where)}"
+    )
+
+
+def _lit(value: str) -> str:
+    return quote_literal(value)
+
+
+async def _columns(
+    conn: asyncpg.Connection,
+    rel: Relation,
+    run_id: str,
+    *,
+    base: str,
+    max_depth: int,
+    data_types: dict[str, str],
+    top_values: int,
+    histogram_buckets: int,
+) -> int:
+    """Fill ``column_profiles`` for ``rel``; returns the number of rows profiled."""
+    key = (run_id, rel.relation_schema, rel.relation_name)
+    cp = table("column_profiles")
+    sensitive = sorted(rel.sensitive_paths)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL timezone = 'UTC'")
+        await conn.execute(_leaves_sql(base, max_depth), ISO_TIME_RE)
+        leaves = quote_ident(_LEAVES)
+        rows_profiled = int(await conn.fetchval(f"SELECT count(DISTINCT rid) FROM {leaves}") or 0)
+        is_sensitive = _is_sensitive_sql().replace("$SENS", "$9")
+        await conn.execute(
+            f"""
+            INSERT INTO {cp} (
+              run_id, relation_schema, relation_name, schema_name, layer, collection,
+              column_path, json_type, data_type, rows_live, rows_present, rows_with_type,
+              value_count, null_ratio, type_share, distinct_estimate,
+              min_num, max_num, mean_num, stddev_num, p05, p25, p50, p75, p95,
+              time_values, min_time, max_time, p50_time,
+              min_length, max_length, avg_length, true_count, sensitive)
+            SELECT $1, $2, $3, $4, $5, $6,
+              s.path, s.jtype, ($8::jsonb) ->> s.path, $7::bigint, s.rows_present,
+              s.rows_with_type, s.value_count,
+              CASE WHEN $7::bigint > 0 THEN 1 - s.rows_present::float8 / $7::bigint ELSE 0 END,
+              s.value_count::float8 / NULLIF(s.value_total, 0),
+              s.distinct_estimate,
+              s.min_num, s.max_num, s.mean_num, s.stddev_num,
+              s.pct[1], s.pct[2], s.pct[3], s.pct[4], s.pct[5],
+              s.time_values, s.min_time, s.max_time, s.p50_time,
+              s.min_length, s.max_length, s.avg_length, s.true_count, s.sensitive
+            FROM (
+              SELECT l.path, l.jtype, p.rows_present, p.value_total,
+                count(DISTINCT l.rid) AS rows_with_type,
+                count(*) AS value_count,
+                count(DISTINCT l.txt) AS distinct_estimate,
+                min(l.num) AS min_num, max(l.num) AS max_num,
+                avg(l.num)::float8 AS mean_num, stddev_samp(l.num)::float8 AS stddev_num,
+                percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]::float8[])
+                  WITHIN GROUP (ORDER BY l.num::float8) AS pct,
+                count(l.ts) AS time_values, min(l.ts) AS min_time, max(l.ts) AS max_time,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY l.ts) AS p50_time,
+                min(l.len) AS min_length, max(l.len) AS max_length,
+                avg(l.len)::float8 AS avg_length,
+                count(*) FILTER (WHERE l.jtype = 'boolean' AND l.txt = 'true') AS true_count,
+                {is_sensitive.replace("path", "l.path")} AS sensitive
+              FROM {leaves} l
+              JOIN (SELECT path,
+                           count(DISTINCT rid) FILTER (WHERE jtype <> 'null') AS rows_present,
+                           count(*) AS value_total
+                    FROM {leaves} GROUP BY path) p ON p.path = l.path
+              GROUP BY l.path, l.jtype, p.rows_present, p.value_total
+            ) s
+            """,
+            *key,
+            rel.schema_name,
+            rel.layer,
+            rel.collection,
+            rows_profiled,
+            _json(data_types),
+            sensitive,
+        )
+        # Sensitive paths keep counts and lengths only.
+        await conn.execute(
+            f"""UPDATE {cp} SET min_num = NULL, max_num = NULL, mean_num = NULL,
+                stddev_num = NULL, p05 = NULL, p25 = NULL, p50 = NULL, p75 = NULL, p95 = NULL,
+                min_time = NULL, max_time = NULL, p50_time = NULL, true_count = NULL
+            WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3 AND sensitive""",
+            *key,
+        )
+        await conn.execute(
+            f"""
+            UPDATE {cp} c SET top_values = t.top
+            FROM (
+              SELECT path, jtype,
+                jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n)
+                          ORDER BY n DESC, txt) AS top
+              FROM (
+                SELECT path, jtype, txt, count(*) AS n,
+                  row_number() OVER (PARTITION BY path, jtype ORDER BY count(*) DESC, txt) AS rn
+                FROM {leaves} WHERE txt IS NOT NULL GROUP BY path, jtype, txt
+              ) ranked
+              WHERE rn <= $4
+              GROUP BY path, jtype
+            ) t
+            WHERE c.run_id = $1 AND c.relation_schema = $2 AND c.relation_name = $3
+              AND c.column_path = t.path AND c.json_type = t.jtype AND NOT c.sensitive
+              AND (c.distinct_estimate < c.value_count OR c.value_count <= $4)
+            """,
+            *key,
+            top_values,
+        )
+        await conn.execute(
+            f"""
+            WITH v AS (
+              SELECT path, jtype, coalesce(num::float8, extract(epoch FROM ts)::float8) AS x
+              FROM {leaves}
+            ), r AS (
+              SELECT path, jtype, min(x) AS lo, max(x) AS hi,
+                     CASE WHEN max(x) > min(x) THEN $4::int ELSE 1 END AS n
+              FROM v WHERE x IS NOT NULL GROUP BY path, jtype
+            ), counted AS (
+              SELECT v.path, v.jtype,
+                CASE WHEN r.n = 1 THEN 1 ELSE least(width_bucket(v.x, r.lo, r.hi, r.n), r.n) END
+                  AS b,
+                count(*) AS cnt
+              FROM v JOIN r USING (path, jtype) WHERE v.x IS NOT NULL
+              GROUP BY 1, 2, 3
+            ), buckets AS (
+              SELECT r.path, r.jtype,
+                jsonb_agg(jsonb_build_object(
+                  'lo', r.lo + (g.b - 1) * (r.hi - r.lo) / r.n,
+                  'hi', CASE WHEN r.n = 1 THEN r.hi ELSE r.lo + g.b * (r.hi - r.lo) / r.n END,
+                  'count', coalesce(counted.cnt, 0)) ORDER BY g.b) AS histogram
+              FROM r CROSS JOIN LATERAL generate_series(1, r.n) AS g(b)
+              LEFT JOIN counted ON counted.path = r.path AND counted.jtype = r.jtype
+                               AND counted.b = g.b
+              GROUP BY r.path, r.jtype
+            )
+            UPDATE {cp} c SET histogram = buckets.histogram
+            FROM buckets
+            WHERE c.run_id = $1 AND c.relation_schema = $2 AND c.relation_name = $3
+              AND c.column_path = buckets.path AND c.json_type = buckets.jtype
+              AND NOT c.sensitive
+            """,
+            *key,
+            histogram_buckets,
+        )
+    return rows_profiled
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+async def _clear(conn: asyncpg.Connection, rel: Relation, run_id: str) -> None:
+    """Make a re-run of the same run id idempotent."""
+    for name in ("table_profiles", "column_profiles"):
+        await conn.execute(
+            f"DELETE FROM {table(name)} WHERE run_id = $1 AND relation_schema = $2 "
+            "AND relation_name = $3",
+            run_id,
+            rel.relation_schema,
+            rel.relation_name,
+        )
+    if rel.layer == "raw":
+        await conn.execute(
+            f"DELETE FROM {table('activity')} WHERE run_id = $1 AND schema_name = $2 "
+            "AND collection = $3",
+            run_id,
+            rel.schema_name,
+            rel.collection,
+        )
+
+
+async def profile_relation(
+    conn: asyncpg.Connection,
+    rel: Relation,
+    run_id: str,
+    *,
+    top_values: int = 10,
+    histogram_buckets: int = 10,
+    max_depth: int = 8,
+    max_profile_rows: int = MAX_PROFILE_ROWS,
+) -> TableProfile | None:
+    """Profile one table into the analytics tables; None when the table does not exist."""
+    if not await relation_exists(conn, rel.relation_schema, rel.relation_name):
+        return None
+    await _clear(conn, rel, run_id)
+    columns = await _relation_columns(conn, rel)
+    if rel.layer == "raw":
+        missing = {"_id", "document", "_cartridge_deleted"} - set(columns)
+        if missing:
+            raise TerminalError(
+                f"{rel.display} does not follow the raw landing contract: missing columns "
+                f"{', '.join(sorted(missing))}"
+            )
+        row = await _table_stats_raw(conn, rel, run_id)
+        width = bucket_seconds(row["first_synced_at"], row["last_synced_at"])
+        await _activity(conn, rel, run_id, width)
+    else:
+        row = await _table_stats_model(conn, rel, run_id, columns)
+    rows_live = int(row["rows_live"])
+    fraction = 1.0 if rows_live <= max_profile_rows else max_profile_rows / rows_live
+    if rel.layer == "raw":
+        base = _raw_base(rel, fraction)
+        depth = max_depth
+        types: dict[str, str] = {}
+    else:
+        base = _model_base(rel, columns, fraction)
+        depth = 1
+        types = columns
+    rows_profiled = await _columns(
+        conn,
+        rel,
+        run_id,
+        base=base,
+        max_depth=depth,
+        data_types=types,
+        top_values=top_values,
+        histogram_buckets=histogram_buckets,
+    )
+    cols = await conn.fetch(
+        f"SELECT column_path, json_type, data_type, null_ratio, distinct_estimate, "
+        f"rows_with_type, type_share FROM {table('column_profiles')} "
+        "WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3 "
+        "ORDER BY column_path, json_type",
+        run_id,
+        rel.relation_schema,
+        rel.relation_name,
+    )
+    await conn.execute(
+        f"UPDATE {table('table_profiles')} SET columns_profiled = $4, rows_profiled = $5 "
+        "WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3",
+        run_id,
+        rel.relation_schema,
+        rel.relation_name,
+        len({c["column_path"] for c in cols}),
+        rows_profiled,
+    )
+    profile = TableProfile(
+        relation=rel,
+        rows_total=int(row["rows_total"]),
+        rows_live=rows_live,
+        rows_deleted=int(row["rows_deleted"]),
+        last_synced_at=row["last_synced_at"],
+        freshness_seconds=row["freshness_seconds"],
+        lag_p50_seconds=row.get("lag_p50_seconds"),
+        lag_p95_seconds=row.get("lag_p95_seconds"),
+        lag_max_seconds=row.get("lag_max_seconds"),
+        recent_lag_p95_seconds=row.get("recent_lag_p95_seconds"),
+        rows_live_previous=row["rows_live_previous"],
+        row_count_change=row["row_count_change"],
+        rows_profiled=rows_profiled,
+        columns=[
+            ColumnProfile(
+                path=str(c["column_path"]),
+                json_type=str(c["json_type"]),
+                data_type=c["data_type"],
+                null_ratio=float(c["null_ratio"]),
+                distinct_estimate=c["distinct_estimate"],
+                rows_with_type=int(c["rows_with_type"]),
+                type_share=c["type_share"],
+            )
+            for c in cols
+        ],
+    )
+    log.info(
+        "analytics.profiled",
+        schema=rel.schema_name,
+        table=rel.display,
+        layer=rel.layer,
+        rows_live=profile.rows_live,
+        columns=len(profile.columns),
+    )
+    return profile

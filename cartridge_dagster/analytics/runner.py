@@ -1,0 +1,193 @@
+"""One analysis of a schema: profile raw tables and staging models, reconcile, check, report.
+
+Used by ``cartridge analyze`` and by the ``analytics/<S>/<C>`` assets alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from cartridge_dagster.analytics.checks import (
+    CheckOutcome,
+    checkpoint_age_seconds,
+    dead_letter_count,
+    evaluate_checks,
+)
+from cartridge_dagster.analytics.models import discover_collections, model_relations, raw_relation
+from cartridge_dagster.analytics.profile import TableProfile, profile_relation
+from cartridge_dagster.analytics.reconcile import (
+    Reconciliation,
+    reconcile_collection,
+    store_reconciliation,
+)
+from cartridge_dagster.analytics.store import (
+    ensure_analytics_schema,
+    finish_run,
+    new_run_id,
+    start_run,
+    table,
+)
+from cartridge_dagster.config import CartridgeSettings
+from cartridge_dagster.connectors.mongo import MongoConnection, mongo_session
+from cartridge_dagster.connectors.postgres import pg_connection
+from cartridge_dagster.observability import get_logger
+
+__all__ = ["CollectionAnalysis", "SchemaAnalysis", "analyze_schema", "analyze_schema_with"]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class CollectionAnalysis:
+    collection: str
+    raw: TableProfile | None
+    models: list[TableProfile] = field(default_factory=list)
+    reconciliation: Reconciliation | None = None
+    dead_letters: int | None = None
+    checkpoint_age_seconds: float | None = None
+    checks: list[CheckOutcome] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+@dataclass
+class SchemaAnalysis:
+    schema_name: str
+    run_id: str
+    collections: dict[str, CollectionAnalysis] = field(default_factory=dict)
+    report_path: Path | None = None
+
+
+async def analyze_schema_with(
+    conn: asyncpg.Connection,
+    mongo: MongoConnection | None,
+    settings: CartridgeSettings,
+    schema_name: str,
+    *,
+    collections: list[str] | None = None,
+    run_id: str | None = None,
+    trigger: str = "manual",
+) -> SchemaAnalysis:
+    """Analyse ``schema_name`` with open connections (``mongo`` None: no reconciliation)."""
+    schema = settings.get_schema(schema_name)
+    run_id = run_id or new_run_id()
+    await ensure_analytics_schema(conn)
+    await start_run(conn, schema.name, run_id, trigger)
+    if collections is None:
+        collections = await discover_collections(conn, settings, schema)
+    models = await model_relations(conn, settings, schema, collections)
+    age = await checkpoint_age_seconds(conn, schema.name)
+    result = SchemaAnalysis(schema.name, run_id)
+    options = {
+        "top_values": schema.analytics.top_values,
+        "histogram_buckets": schema.analytics.histogram_buckets,
+        "max_depth": schema.sampling.max_depth,
+    }
+    for collection in collections:
+        raw = await profile_relation(conn, raw_relation(schema, collection), run_id, **options)
+        profiled_models = []
+        for rel in models.get(collection, []):
+            profile = await profile_relation(conn, rel, run_id, **options)
+            if profile is not None:
+                profiled_models.append(profile)
+        rec = None
+        if mongo is not None:
+            rec = await reconcile_collection(mongo, conn, schema, collection)
+            await store_reconciliation(conn, run_id, rec)
+        dead = await dead_letter_count(conn, schema.name, collection)
+        analysis = CollectionAnalysis(
+            collection=collection,
+            raw=raw,
+            models=profiled_models,
+            reconciliation=rec,
+            dead_letters=dead,
+            checkpoint_age_seconds=age,
+        )
+        analysis.checks = evaluate_checks(
+            schema,
+            collection,
+            raw=raw,
+            reconciliation=rec,
+            dead_letters=dead,
+            checkpoint_age=age,
+        )
+        await store_checks(conn, run_id, schema.name, collection, analysis.checks)
+        result.collections[collection] = analysis
+    await finish_run(conn, schema.name, run_id)
+    log.info(
+        "analytics.schema_analyzed",
+        schema=schema.name,
+        run_id=run_id,
+        collections=len(result.collections),
+    )
+    return result
+
+
+async def store_checks(
+    conn: asyncpg.Connection,
+    run_id: str,
+    schema: str,
+    collection: str,
+    checks: list[CheckOutcome],
+) -> None:
+    await conn.executemany(
+        f"""INSERT INTO {table("check_results")} (
+          run_id, schema_name, collection, check_name, passed, severity, description)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (run_id, schema_name, collection, check_name) DO UPDATE SET
+          passed = EXCLUDED.passed, severity = EXCLUDED.severity,
+          description = EXCLUDED.description, checked_at = now()""",
+        [(run_id, schema, collection, c.name, c.passed, c.severity, c.description) for c in checks],
+    )
+
+
+@contextlib.asynccontextmanager
+async def _maybe_mongo(url: str | None, timeout: float) -> AsyncIterator[MongoConnection | None]:
+    if url is None:
+        yield None
+        return
+    async with mongo_session(url, timeout_seconds=timeout) as conn:
+        yield conn
+
+
+async def analyze_schema(
+    settings: CartridgeSettings,
+    schema_name: str,
+    *,
+    pg_url: str | None = None,
+    mongo_url: str | None = None,
+    reconcile: bool = True,
+    collections: list[str] | None = None,
+    run_id: str | None = None,
+    trigger: str = "manual",
+    report_dir: Path | None = None,
+) -> SchemaAnalysis:
+    """Open connections from the settings (or the URLs given), analyse, and write the report."""
+    pg_url = pg_url or settings.destination_url()
+    source_url = (mongo_url or settings.source.url()) if reconcile else None
+    async with (
+        pg_connection(pg_url, timeout=settings.destination.connect_timeout_seconds) as conn,
+        _maybe_mongo(source_url, settings.source.connect_timeout_seconds) as mongo,
+    ):
+        result = await analyze_schema_with(
+            conn,
+            mongo,
+            settings,
+            schema_name,
+            collections=collections,
+            run_id=run_id,
+            trigger=trigger,
+        )
+        if report_dir is not None:
+            from cartridge_dagster.analytics.report import write_reports
+
+            paths = await write_reports(conn, settings, report_dir)
+            result.report_path = paths.get(schema_name)
+    return result

@@ -1,0 +1,237 @@
+"""Analytics core against real PostgreSQL and the embedded MongoDB engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from bson import Decimal128, ObjectId
+
+from cartridge_dagster.analytics.profile import Relation, profile_relation
+from cartridge_dagster.analytics.reconcile import reconcile_collection, store_reconciliation
+from cartridge_dagster.analytics.runner import analyze_schema
+from cartridge_dagster.analytics.store import ensure_analytics_schema
+from cartridge_dagster.config import settings_from_mapping
+from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+from tests.conftest import run
+from tests.support.raw_tables import copy_source, land, tombstone
+
+pytestmark = pytest.mark.integration
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _settings(tmp_path: Path, mongo_url: str, pg_url: str, db: str, **analytics: Any) -> Any:
+    return settings_from_mapping(
+        {
+            "source": {"connection_string": mongo_url},
+            "destination": {"connection_string": pg_url},
+            "state_dir": str(tmp_path / "state"),
+            "dbt": {"project_dir": str(tmp_path / "dbt")},
+            "schemas": [
+                {
+                    "name": "shop",
+                    "source_database": db,
+                    "analytics": analytics,
+                    "tables": {"customers": {"sensitive_fields": ["email", "phone"]}},
+                }
+            ],
+        }
+    )
+
+
+def _decoded(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("top_values", "histogram"):
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key])
+    return out
+
+
+async def _profile_fixture(pg_url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await ensure_analytics_schema(conn)
+        docs = [
+            {
+                "_id": ObjectId(),
+                "n": i,
+                "price": Decimal128(f"{i}.50"),
+                "status": "paid" if i % 3 else "open",
+                "placed_at": dt.datetime(2024, 1, 1 + i % 28, 12, 0),
+                "address": {"zip": 1000 + i if i % 2 else f"Z{i}", "city": "Oslo"},
+                "items": [{"sku": f"s{j}", "qty": j} for j in range(i % 4)],
+                "email": f"user{i}@example.com",
+                "maybe": None if i % 5 else i,
+            }
+            for i in range(40)
+        ]
+        await land(
+            conn,
+            "raw_shop",
+            "orders",
+            docs[:30],
+            op="insert",
+            source_ts=NOW - dt.timedelta(seconds=3),
+            synced_at=NOW,
+        )
+        await land(conn, "raw_shop", "orders", docs[30:], op="update", source_ts=NOW, synced_at=NOW)
+        await tombstone(conn, "raw_shop", "orders", [d["_id"] for d in docs[:4]], source_ts=NOW)
+        rel = Relation(
+            "shop", "raw", "orders", "raw_shop", "orders", sensitive_paths=frozenset({"email"})
+        )
+        profile = await profile_relation(conn, rel, "run-1", top_values=3, histogram_buckets=4)
+        cols = {
+            (r["column_path"], r["json_type"]): _decoded(r)
+            for r in await conn.fetch('SELECT * FROM "cartridge_analytics"."column_profiles"')
+        }
+        tables = [
+            dict(r) for r in await conn.fetch("SELECT * FROM cartridge_analytics.table_profiles")
+        ]
+        activity = [dict(r) for r in await conn.fetch("SELECT * FROM cartridge_analytics.activity")]
+        # a second run sees growth
+        await land(conn, "raw_shop", "orders", [{"_id": ObjectId(), "n": 99}], op="insert")
+        again = await profile_relation(conn, rel, "run-2")
+        return {
+            "profile": profile,
+            "again": again,
+            "cols": cols,
+            "tables": tables,
+            "activity": activity,
+        }
+    finally:
+        await conn.close()
+
+
+def test_raw_profile_in_sql(pg_url: str) -> None:
+    out = run(_profile_fixture(pg_url))
+    profile = out["profile"]
+    assert profile.rows_total == 40
+    assert profile.rows_live == 36
+    assert profile.rows_deleted == 4
+    t = out["tables"][0]
+    assert t["last_inserts"] == 26 and t["last_updates"] == 10 and t["last_deletes"] == 4
+    assert t["lag_max_seconds"] == pytest.approx(3.0, abs=0.01)
+    cols = out["cols"]
+    n = cols[("n", "number")]
+    assert n["rows_live"] == 36
+    assert n["null_ratio"] == 0
+    assert float(n["min_num"]) == 4 and float(n["max_num"]) == 39
+    assert n["p50"] == pytest.approx(21.5)
+    assert sum(b["count"] for b in n["histogram"]) == 36 and len(n["histogram"]) == 4
+    # mixed types are profiled per type; nested paths and array elements are walked
+    assert cols[("address.zip", "number")]["rows_with_type"] == 18
+    assert cols[("address.zip", "string")]["rows_with_type"] == 18
+    assert cols[("items[].qty", "number")]["value_count"] > 0
+    assert cols[("items", "array")]["max_length"] == 3
+    # null ratio: share of live rows without a non-null value
+    maybe = cols[("maybe", "number")]
+    assert maybe["null_ratio"] == pytest.approx(1 - 7 / 36)
+    # dates: ISO strings get time statistics
+    placed = cols[("placed_at", "string")]
+    assert placed["time_values"] == 36
+    assert placed["min_time"].year == 2024
+    status = cols[("status", "string")]
+    assert status["top_values"][0] == {"value": "paid", "count": 24}
+    # sensitive: counts and lengths, no values
+    email = cols[("email", "string")]
+    assert email["sensitive"] and email["top_values"] is None and email["max_length"] > 0
+    assert sum(a["inserts"] + a["updates"] + a["deletes"] for a in out["activity"]) == 40
+    again = out["again"]
+    assert again.rows_live_previous == 36 and again.rows_live == 37
+    assert again.row_count_change == pytest.approx(1 / 36)
+
+
+async def _reconcile_fixture(settings: Any, pg_url: str, mongo_url: str, db: str) -> Any:
+    async with mongo_session(mongo_url) as mongo:
+        mdb = mongo.database(db)
+        await seed_demo(mdb, sizes=DemoSizes.scaled(0.01))
+        conn = await asyncpg.connect(pg_url)
+        try:
+            schema = settings.get_schema("shop")
+            await copy_source(mdb, conn, schema)
+            await ensure_analytics_schema(conn)
+            clean = await reconcile_collection(mongo, conn, schema, "orders", recheck_seconds=0)
+            # break the target: one row changed, one missing, one extra, one tombstoned
+            ids = [r["_id"] for r in await conn.fetch('SELECT "_id" FROM raw_shop.orders LIMIT 3')]
+            await conn.execute(
+                "UPDATE raw_shop.orders SET document = jsonb_set(document, '{status}', '\"x\"') "
+                'WHERE "_id" = $1',
+                ids[0],
+            )
+            await conn.execute('DELETE FROM raw_shop.orders WHERE "_id" = $1', ids[1])
+            await conn.execute(
+                'UPDATE raw_shop.orders SET "_cartridge_deleted" = true WHERE "_id" = $1', ids[2]
+            )
+            await land(conn, "raw_shop", "orders", [{"_id": "ghost", "n": 1}])
+            broken = await reconcile_collection(
+                mongo, conn, schema, "orders", sample_size=10_000, recheck_seconds=0
+            )
+            await store_reconciliation(conn, "r1", broken)
+            stored = [
+                dict(r)
+                for r in await conn.fetch(
+                    "SELECT _id, kind FROM cartridge_analytics.reconciliation_mismatches ORDER BY kind"
+                )
+            ]
+            return clean, broken, ids, stored
+        finally:
+            await conn.close()
+
+
+def test_reconciliation_finds_each_kind(
+    tmp_path: Path, pg_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    settings = _settings(tmp_path, mongo_url, pg_url, mongo_db_name)
+    clean, broken, ids, stored = run(_reconcile_fixture(settings, pg_url, mongo_url, mongo_db_name))
+    assert clean.source_count == clean.target_count == 150
+    assert clean.mismatches == [] and clean.within_tolerance and clean.sampled > 0
+    kinds = {m.id: m.kind for m in broken.mismatches}
+    assert kinds == {
+        ids[0]: "hash_mismatch",
+        ids[1]: "missing_in_target",
+        ids[2]: "deleted_in_target",
+        "ghost": "extra_in_target",
+    }
+    assert broken.source_count == 150 and broken.target_count == 149
+    assert not broken.within_tolerance
+    assert {r["_id"] for r in stored} == set(kinds)
+
+
+def test_analyze_schema_end_to_end(
+    tmp_path: Path, pg_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    settings = _settings(
+        tmp_path, mongo_url, pg_url, mongo_db_name, max_null_ratio=0.99, reconcile_sample_size=50
+    )
+
+    async def go() -> Any:
+        async with mongo_session(mongo_url) as mongo:
+            mdb = mongo.database(mongo_db_name)
+            await seed_demo(mdb, sizes=DemoSizes.scaled(0.01))
+            conn = await asyncpg.connect(pg_url)
+            try:
+                await copy_source(mdb, conn, settings.get_schema("shop"))
+            finally:
+                await conn.close()
+        return await analyze_schema(settings, "shop", report_dir=tmp_path / "reports")
+
+    result = run(go())
+    assert set(result.collections) == {"customers", "events", "orders", "products"}
+    orders = result.collections["orders"]
+    assert orders.raw is not None and orders.raw.rows_live == 150
+    assert orders.reconciliation is not None and orders.reconciliation.within_tolerance
+    assert [c.name for c in orders.checks] == [
+        "freshness_lag",
+        "reconciliation",
+        "dead_letters",
+        "null_ratio",
+        "row_count_change",
+    ]
+    assert all(c.passed for c in orders.checks), [c.description for c in orders.checks]
+    assert result.report_path is not None and result.report_path.is_file()
