@@ -22,6 +22,7 @@ This module never imports dagster.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from cartridge_dagster.config import CartridgeSettings
@@ -35,11 +36,19 @@ from cartridge_dagster.deploy.k8s import (
     pod_security_context,
 )
 
-__all__ = ["DAGSTER_PG_SCHEME", "helm_values", "tag_concurrency_limits"]
+__all__ = ["DAGSTER_PG_SCHEME", "chart_version", "helm_values", "tag_concurrency_limits"]
 
 #: SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3, which breaks dagster-postgres'
 #: LISTEN/NOTIFY; the explicit driver keeps psycopg2.
 DAGSTER_PG_SCHEME = "postgresql+psycopg2"
+
+
+def chart_version() -> str:
+    """The chart version to install: the chart is released with Dagster, same version number."""
+    try:
+        return version("dagster")
+    except PackageNotFoundError:  # pragma: no cover - dagster is a dependency
+        return "1.13.27"
 
 
 def _resources(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dict[str, Any]:

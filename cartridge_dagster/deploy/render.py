@@ -27,7 +27,7 @@ import yaml
 
 from cartridge_dagster.config import CartridgeSettings, find_config_file, load_settings
 from cartridge_dagster.deploy.config_export import ExportedConfig, export_config
-from cartridge_dagster.deploy.helm import helm_values
+from cartridge_dagster.deploy.helm import chart_version, helm_values
 from cartridge_dagster.deploy.instance import instance_config
 from cartridge_dagster.deploy.k8s import (
     STATE_DIR,
@@ -111,7 +111,10 @@ def render_documents(
     files["values.yaml"] = dump_yaml(
         helm_values(settings, options),
         "Values for Dagster's Helm chart: helm upgrade --install dagster dagster/dagster \\\n"
-        "  --namespace NS -f values.yaml   (rendered by `cartridge deploy render`)",
+        f"  --version {chart_version()} --namespace NS -f values.yaml\n"
+        "(rendered by `cartridge deploy render`).\n"
+        "Warp runs (one pod per schema) take their resources, metrics port, /health probes and\n"
+        "Prometheus annotations from their dagster-k8s/config run tag: see warp-runs/*.json.",
     )
     files["dagster-instance.yaml"] = dump_yaml(
         instance_config(settings, options),
@@ -191,7 +194,8 @@ def _readme(
         "```bash",
         f"kubectl -n {ns} apply -f manifests/",
         "helm repo add dagster https://dagster-io.github.io/helm && helm repo update",
-        f"helm upgrade --install dagster dagster/dagster -n {ns} -f values.yaml",
+        f"helm upgrade --install dagster dagster/dagster -n {ns} --version {chart_version()} \\",
+        "  -f values.yaml",
         "```",
         "",
         "3. Each schema's warp job (`warp_<schema>`) runs as one long-lived run, in its own pod,",
