@@ -343,6 +343,14 @@ class AnalyticsConfig(StrictModel):
     )
     top_values: int = Field(10, ge=1, le=100, description="Top values kept per text column.")
     histogram_buckets: int = Field(10, ge=2, le=100, description="Buckets per numeric histogram.")
+    refresh_min_interval_seconds: int = Field(
+        60,
+        ge=1,
+        description="Automation: raw-table changes rebuild models and summaries at most this often",
+    )
+    profile_cron: str = Field(
+        "0 * * * *", description="Automation: cron schedule of the full profile (UTC)."
+    )
 
 
 class Defaults(StrictModel):
