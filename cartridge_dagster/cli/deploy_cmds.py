@@ -38,6 +38,17 @@ def render_cmd(
     dagster_pg_host: Annotated[
         str, typer.Option("--dagster-pg-host", help="Host of Dagster's own metadata database.")
     ] = "dagster-postgresql",
+    state_claim: Annotated[
+        str | None,
+        typer.Option(
+            "--state-claim",
+            help="Share state, generated models and the dbt manifest on this ReadWriteMany "
+            "PersistentVolumeClaim (rendered too). Default: emptyDir, models baked in the image.",
+        ),
+    ] = None,
+    state_storage_class: Annotated[
+        str | None, typer.Option("--state-storage-class", help="Storage class of that claim.")
+    ] = None,
     standalone: Annotated[
         bool,
         typer.Option(
@@ -49,7 +60,12 @@ def render_cmd(
     from cartridge_dagster.deploy import DeployOptions, render
 
     options = DeployOptions.with_image(
-        image, namespace=namespace, secret_name=secret_name, dagster_pg_host=dagster_pg_host
+        image,
+        namespace=namespace,
+        secret_name=secret_name,
+        dagster_pg_host=dagster_pg_host,
+        state_claim=state_claim,
+        state_storage_class=state_storage_class,
     )
     result = render(config, output, options, standalone=standalone)
     for name in result.files:

@@ -28,12 +28,12 @@ from typing import Any
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.deploy.k8s import (
     CONFIG_FILE,
-    CONFIG_MOUNT_DIR,
-    STATE_DIR,
     WARP_SCHEMA_TAG,
     DeployOptions,
     container_security_context,
+    dbt_project_path,
     pod_security_context,
+    state_volumes,
 )
 
 __all__ = ["DAGSTER_PG_SCHEME", "chart_version", "helm_values", "tag_concurrency_limits"]
@@ -67,6 +67,7 @@ def tag_concurrency_limits() -> list[dict[str, Any]]:
 
 
 def _user_deployment(settings: CartridgeSettings, options: DeployOptions) -> dict[str, Any]:
+    volumes, mounts = state_volumes(options, dbt_project_path(settings.dbt.project_dir))
     return {
         "name": options.location_name,
         "image": {
@@ -74,7 +75,9 @@ def _user_deployment(settings: CartridgeSettings, options: DeployOptions) -> dic
             "tag": options.image_tag,
             "pullPolicy": options.image_pull_policy,
         },
-        "dagsterApiGrpcArgs": ["--module-name", "cartridge_dagster.definitions"],
+        # `dagster code-server start` (not `api grpc`): a reload from the UI re-imports the
+        # definitions, so newly generated dbt models appear without a restart.
+        "codeServerArgs": ["--module-name", "cartridge_dagster.definitions"],
         "port": options.grpc_port,
         "replicaCount": 1,
         # Run pods get this deployment's env, Secret, ConfigMap, volumes and resources.
@@ -86,14 +89,8 @@ def _user_deployment(settings: CartridgeSettings, options: DeployOptions) -> dic
             "DAGSTER_DISABLE_TELEMETRY": "1",
         },
         "envSecrets": [{"name": options.secret_name}],
-        "volumes": [
-            {"name": "cartridge-config", "configMap": {"name": options.config_map_name}},
-            {"name": "cartridge-state", "emptyDir": {}},
-        ],
-        "volumeMounts": [
-            {"name": "cartridge-config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
-            {"name": "cartridge-state", "mountPath": STATE_DIR},
-        ],
+        "volumes": volumes,
+        "volumeMounts": mounts,
         # Sizes the code server, and every run pod that has no resources of its own (dbt,
         # analytics); warp runs bring their schema's k8s_resources in their run tag.
         "resources": _resources("250m", "512Mi", "1", "2Gi"),

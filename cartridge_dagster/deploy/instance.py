@@ -15,11 +15,11 @@ from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.deploy.helm import DAGSTER_PG_SCHEME, tag_concurrency_limits
 from cartridge_dagster.deploy.k8s import (
     CONFIG_FILE,
-    CONFIG_MOUNT_DIR,
-    STATE_DIR,
     DeployOptions,
     container_security_context,
+    dbt_project_path,
     pod_security_context,
+    state_volumes,
 )
 
 __all__ = ["instance_config"]
@@ -41,6 +41,7 @@ def _postgres_storage() -> dict[str, Any]:
 def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict[str, Any]:
     """The instance config; connection details come from ``DAGSTER_PG_*`` environment variables."""
     storage = _postgres_storage()
+    volumes, mounts = state_volumes(options, dbt_project_path(settings.dbt.project_dir))
     return {
         "run_storage": {
             "module": "dagster_postgres.run_storage",
@@ -70,14 +71,8 @@ def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict
                 "image_pull_policy": options.image_pull_policy,
                 "env_secrets": [options.secret_name],
                 "env_vars": ["CARTRIDGE_ENV=prod", f"CARTRIDGE_CONFIG={CONFIG_FILE}"],
-                "volumes": [
-                    {"name": "cartridge-config", "configMap": {"name": options.config_map_name}},
-                    {"name": "cartridge-state", "emptyDir": {}},
-                ],
-                "volume_mounts": [
-                    {"name": "cartridge-config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
-                    {"name": "cartridge-state", "mountPath": STATE_DIR},
-                ],
+                "volumes": volumes,
+                "volume_mounts": mounts,
                 "resources": {
                     "requests": {"cpu": "250m", "memory": "512Mi"},
                     "limits": {"cpu": "1", "memory": "2Gi"},

@@ -34,9 +34,12 @@ __all__ = [
     "WARP_SCHEMA_TAG",
     "DeployOptions",
     "container_security_context",
+    "dbt_project_path",
     "dns_label",
     "pod_security_context",
     "prometheus_annotations",
+    "state_pvc",
+    "state_volumes",
     "warp_deployment",
     "warp_probes",
     "warp_run_k8s_config",
@@ -49,8 +52,10 @@ APP_GID = 10001
 #: Where the Cartridge config file is mounted from its ConfigMap.
 CONFIG_MOUNT_DIR = "/etc/cartridge"
 CONFIG_FILE = f"{CONFIG_MOUNT_DIR}/cartridge.yaml"
-#: Writable scratch state inside pods (an emptyDir unless the operator mounts a volume).
+#: Cartridge's state directory inside pods: an emptyDir, or a shared volume (``state_claim``).
 STATE_DIR = "/var/lib/cartridge"
+#: The image's working directory; a relative ``dbt.project_dir`` is resolved against it.
+APP_DIR = "/app"
 #: The run tag the instance's concurrency limit keys on: one run per unique value.
 WARP_SCHEMA_TAG = "cartridge/warp_schema"
 #: The run tag dagster-k8s reads per-run Kubernetes config from.
@@ -86,6 +91,12 @@ class DeployOptions:
     dagster_pg_secret_name: str = "dagster-postgresql-secret"
     #: Runs allowed at once besides the long-lived warp runs (dbt, analytics, init).
     extra_concurrent_runs: int = 4
+    #: A ReadWriteMany PersistentVolumeClaim shared by the code server and every run pod: the
+    #: schema versions, the generated dbt models and the dbt manifest then survive restarts and
+    #: are seen by all pods (needed for schema evolution inside the cluster). None: emptyDir.
+    state_claim: str | None = None
+    state_storage_class: str | None = None
+    state_storage_size: str = "5Gi"
     labels: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -110,6 +121,72 @@ def dns_label(name: str, prefix: str = "") -> str:
     if len(label) > 63 or not _DNS_LABEL.match(label):
         raise ValueError(f"{label!r} is not a valid Kubernetes name")
     return label
+
+
+def dbt_project_path(project_dir: str) -> str:
+    """Where the dbt project is inside the image (``dbt.project_dir`` relative to ``/app``)."""
+    return project_dir if project_dir.startswith("/") else f"{APP_DIR}/{project_dir}"
+
+
+def state_volumes(
+    options: DeployOptions, dbt_project_dir: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for the config file and Cartridge's state.
+
+    Without a claim the state is an ``emptyDir`` (scratch; the generated models and manifest
+    are the ones baked into the image). With ``options.state_claim`` one shared volume holds the
+    state directory and, when ``dbt_project_dir`` is given, the project's ``models/generated``
+    and ``target`` directories, so models generated in a run pod reach the code server.
+    """
+    state: dict[str, Any] = (
+        {"name": "cartridge-state", "persistentVolumeClaim": {"claimName": options.state_claim}}
+        if options.state_claim
+        else {"name": "cartridge-state", "emptyDir": {}}
+    )
+    volumes = [
+        {"name": "cartridge-config", "configMap": {"name": options.config_map_name}},
+        state,
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "cartridge-config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
+        {"name": "cartridge-state", "mountPath": STATE_DIR}
+        | ({"subPath": "state"} if options.state_claim else {}),
+    ]
+    if options.state_claim and dbt_project_dir:
+        for sub_path, directory in (
+            ("dbt-generated", "models/generated"),
+            ("dbt-target", "target"),
+        ):
+            mounts.append(
+                {
+                    "name": "cartridge-state",
+                    "mountPath": f"{dbt_project_dir}/{directory}",
+                    "subPath": sub_path,
+                }
+            )
+    return volumes, mounts
+
+
+def state_pvc(options: DeployOptions) -> dict[str, Any] | None:
+    """The shared state claim (ReadWriteMany: the code server and run pods mount it at once)."""
+    if not options.state_claim:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": options.state_storage_size}},
+    }
+    if options.state_storage_class:
+        spec["storageClassName"] = options.state_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": options.state_claim,
+            "namespace": options.namespace,
+            "labels": {"app.kubernetes.io/part-of": PART_OF, **options.labels},
+        },
+        "spec": spec,
+    }
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -232,6 +309,7 @@ def warp_deployment(schema: SchemaConfig, options: DeployOptions) -> dict[str, A
     """
     name = dns_label(schema.name, "cartridge-warp-")
     port = schema.warp.metrics_port
+    volumes, mounts = state_volumes(options)
     labels = {**_warp_labels(schema), **options.labels}
     selector = {"app.kubernetes.io/name": "cartridge-warp", WARP_SCHEMA_LABEL: schema.name}
     container: dict[str, Any] = {
@@ -249,11 +327,7 @@ def warp_deployment(schema: SchemaConfig, options: DeployOptions) -> dict[str, A
         "envFrom": [{"secretRef": {"name": options.secret_name}}],
         "resources": schema.k8s_resources,
         "securityContext": container_security_context(read_only_root=True),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
-            {"name": "state", "mountPath": STATE_DIR},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],
     }
     annotations: dict[str, str] = {}
     if port:
@@ -278,8 +352,7 @@ def warp_deployment(schema: SchemaConfig, options: DeployOptions) -> dict[str, A
                     "terminationGracePeriodSeconds": 60,
                     "containers": [container],
                     "volumes": [
-                        {"name": "config", "configMap": {"name": options.config_map_name}},
-                        {"name": "state", "emptyDir": {}},
+                        *volumes,
                         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
                     ],
                 },

@@ -33,6 +33,7 @@ from cartridge_dagster.deploy.k8s import (
     STATE_DIR,
     DeployOptions,
     dns_label,
+    state_pvc,
     warp_deployment,
     warp_run_k8s_config,
 )
@@ -123,6 +124,13 @@ def render_documents(
         "DAGSTER_PG_DB, DAGSTER_PG_PORT.",
     )
     files["manifests/cartridge-config.yaml"] = dump_yaml(config_map(exported, options))
+    pvc = state_pvc(options)
+    if pvc is not None:
+        files["manifests/cartridge-state.yaml"] = dump_yaml(
+            pvc,
+            "Shared Cartridge state: schema versions, generated dbt models, the dbt manifest.\n"
+            "Needs a ReadWriteMany storage class (EFS, Filestore, Azure Files, NFS…).",
+        )
     for schema in settings.schemas:
         files[f"warp-runs/{schema.name}.json"] = (
             json.dumps(warp_run_k8s_config(schema), indent=2, sort_keys=True) + "\n"

@@ -123,10 +123,13 @@ def test_healthcheck_runs_the_stdlib_probe(dockerfile: Dockerfile) -> None:
 def test_cmd_serves_the_code_location_the_helm_values_name(dockerfile: Dockerfile) -> None:
     runtime = dockerfile.stages[-1]
     (cmd,) = runtime.of("CMD")
-    assert "cartridge_dagster.definitions" in cmd and '"3030"' in cmd
+    assert '"code-server", "start"' in cmd and '"3030"' in cmd
+    assert "cartridge_dagster.definitions" in cmd
     values = helm_values(load_settings(REPO / "examples" / "demo.yaml"), DeployOptions())
     deployment = values["dagster-user-deployments"]["deployments"][0]
-    assert deployment["dagsterApiGrpcArgs"][-1] == "cartridge_dagster.definitions"
+    # The chart runs `dagster code-server start -h 0.0.0.0 -p PORT <codeServerArgs>`.
+    assert deployment["codeServerArgs"] == ["--module-name", "cartridge_dagster.definitions"]
+    assert "dagsterApiGrpcArgs" not in deployment
     assert deployment["port"] == 3030
     assert {"3030", "8000"} <= set(" ".join(runtime.of("EXPOSE")).split())
 

@@ -540,3 +540,36 @@ def test_shipped_values_and_instance_are_the_render_of_the_single_example(
     ).read_text()
     assert "postgresql+psycopg2" in (out / "dagster-instance.yaml").read_text()
     assert _values(out)["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+
+
+def test_shared_state_claim_reaches_the_code_server_run_pods_and_warp(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rc = _run(
+        ["deploy", "render", "--config", str(EXAMPLES["multi"]), "--output", str(out),
+         "--state-claim", "cartridge-state", "--state-storage-class", "efs-sc"],
+        "cartridge",
+    )  # fmt: skip
+    assert rc == 0
+    (pvc,) = _docs(out / "manifests" / "cartridge-state.yaml")
+    assert pvc["kind"] == "PersistentVolumeClaim"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["storageClassName"] == "efs-sc"
+    for _, doc in _manifests(out):
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    claim = {"name": "cartridge-state", "persistentVolumeClaim": {"claimName": "cartridge-state"}}
+    deployment = _values(out)["dagster-user-deployments"]["deployments"][0]
+    assert claim in deployment["volumes"]
+    mounts = {m["mountPath"]: m.get("subPath") for m in deployment["volumeMounts"]}
+    assert mounts["/var/lib/cartridge"] == "state"
+    assert mounts["/app/dbt_project/models/generated"] == "dbt-generated"
+    assert mounts["/app/dbt_project/target"] == "dbt-target"
+    launcher = yaml.safe_load((out / "dagster-instance.yaml").read_text())["run_launcher"]
+    assert claim in launcher["config"]["volumes"]
+    for _, doc in _manifests(out):
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            assert claim in pod["volumes"]
+            warp_mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+            assert "/var/lib/cartridge" in warp_mounts
+            assert not any("dbt_project" in m for m in warp_mounts)  # warp does not run dbt
