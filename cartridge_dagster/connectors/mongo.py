@@ -356,6 +356,7 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
                 connectTimeoutMS=timeout_ms,
                 tz_aware=True,
                 uuidRepresentation="standard",
+                datetime_conversion="DATETIME_AUTO",  # dates past datetime range: DatetimeMS
                 appname="cartridge",
             )
         except pymongo.errors.ConfigurationError as exc:

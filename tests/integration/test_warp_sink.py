@@ -1,0 +1,300 @@
+"""The sink against a real PostgreSQL: merge, versions, tombstones, history, fencing, poison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cartridge_dagster.config import SchemaConfig
+from cartridge_dagster.identifiers import qualified
+from cartridge_dagster.landing import raw_table_name
+from cartridge_dagster.warp.changes import Change
+from cartridge_dagster.warp.sink import Batch, Fenced, Sink, Wipe
+from tests.conftest import run
+
+pytestmark = pytest.mark.integration
+
+
+def schema_cfg(**tables: Any) -> SchemaConfig:
+    return SchemaConfig(
+        name="shop",
+        source_database="shop",
+        target_schema="raw_shop",
+        tables={k: v for k, v in tables.items()},
+    )
+
+
+def ch(coll: str, _id: str, version: int, doc: dict[str, Any] | None, op: str = "update") -> Change:
+    return Change(
+        coll,
+        _id,
+        "delete" if doc is None else op,  # type: ignore[arg-type]
+        version,
+        None if doc is None else orjson.dumps(doc),
+        None,
+    )
+
+
+def batch(*changes: Change, token: int | None = None) -> Batch:
+    top = max((c.version for c in changes), default=0)
+    return Batch(
+        changes=list(changes),
+        version=top,
+        token={"_data": str(token if token is not None else top)},
+        events=len(changes),
+    )
+
+
+async def rows(url: str, coll: str, schema: str = "raw_shop") -> dict[str, tuple[Any, ...]]:
+    conn = await asyncpg.connect(url)
+    try:
+        got = await conn.fetch(
+            f"SELECT _id, document::text AS d, _cartridge_deleted, _cartridge_version "
+            f"FROM {qualified(schema, raw_table_name(coll))}"
+        )
+    finally:
+        await conn.close()
+    return {
+        r["_id"]: (
+            orjson.loads(r["d"]) if r["d"] else None,
+            r["_cartridge_deleted"],
+            int(r["_cartridge_version"]),
+        )
+        for r in got
+    }
+
+
+async def open_sink(url: str, cfg: SchemaConfig) -> Sink:
+    sink = Sink(url, cfg, owner="test")
+    await sink.setup()
+    await sink.acquire()
+    return sink
+
+
+def test_upsert_dedup_and_versions_never_move_back(pg_url: str) -> None:
+    async def go() -> None:
+        sink = await open_sink(pg_url, schema_cfg())
+        try:
+            await sink.apply(
+                batch(
+                    ch("c", "a", 10, {"_id": "a", "v": 1}, "insert"),
+                    ch("c", "a", 12, {"_id": "a", "v": 3}),  # in-batch dedup: newest wins
+                    ch("c", "a", 11, {"_id": "a", "v": 2}),
+                    ch("c", "b", 10, {"_id": "b", "v": 1}, "insert"),
+                )
+            )
+            assert (await rows(pg_url, "c"))["a"] == ({"_id": "a", "v": 3}, False, 12)
+            # duplicate replay: nothing changes
+            await sink.apply(batch(ch("c", "a", 12, {"_id": "a", "v": 3})))
+            # stale replay: an older version is ignored
+            await sink.apply(batch(ch("c", "a", 11, {"_id": "a", "v": 2})))
+            assert (await rows(pg_url, "c"))["a"] == ({"_id": "a", "v": 3}, False, 12)
+            cp = await sink.checkpoint()
+            # the position is the last batch's; the version never moves back
+            assert cp is not None and cp.version == 12 and cp.resume_token == {"_data": "11"}
+        finally:
+            await sink.close()
+
+    run(go())
+
+
+def test_soft_delete_tombstone_blocks_stale_insert(pg_url: str) -> None:
+    async def go() -> None:
+        sink = await open_sink(pg_url, schema_cfg())
+        try:
+            await sink.apply(batch(ch("c", "a", 10, {"_id": "a"}, "insert")))
+            await sink.apply(batch(ch("c", "a", 20, None)))
+            assert (await rows(pg_url, "c"))["a"] == (None, True, 20)
+            # replay after delete: the old insert cannot resurrect the document
+            await sink.apply(batch(ch("c", "a", 10, {"_id": "a"}, "insert")))
+            assert (await rows(pg_url, "c"))["a"] == (None, True, 20)
+            # a newer insert of the same _id does
+            await sink.apply(batch(ch("c", "a", 30, {"_id": "a", "again": True}, "insert")))
+            assert (await rows(pg_url, "c"))["a"] == ({"_id": "a", "again": True}, False, 30)
+        finally:
+            await sink.close()
+
+    run(go())
+
+
+def test_hard_delete_and_history(pg_url: str) -> None:
+    cfg = schema_cfg(c={"delete_mode": "hard", "history": True})
+
+    async def go() -> None:
+        sink = await open_sink(pg_url, cfg)
+        try:
+            await sink.apply(
+                batch(
+                    ch("c", "a", 10, {"_id": "a", "v": 1}, "insert"),
+                    ch("c", "a", 11, {"_id": "a", "v": 2}),
+                )
+            )
+            await sink.apply(batch(ch("c", "a", 20, None)))
+            assert "a" not in await rows(pg_url, "c")
+            await sink.apply(batch(ch("c", "a", 11, {"_id": "a", "v": 2})))  # stale replay
+            assert "a" not in await rows(pg_url, "c")
+            conn = await asyncpg.connect(pg_url)
+            try:
+                hist = await conn.fetch(
+                    'SELECT _cartridge_version AS v, _cartridge_deleted AS d FROM raw_shop."c__history" '
+                    "ORDER BY 1"
+                )
+                tomb = await conn.fetchval(
+                    "SELECT version FROM cartridge_warp.tombstones WHERE _id = 'a'"
+                )
+            finally:
+                await conn.close()
+            assert [(int(r["v"]), r["d"]) for r in hist] == [(10, False), (11, False), (20, True)]
+            assert int(tomb) == 20
+        finally:
+            await sink.close()
+
+    run(go())
+
+
+def test_fencing_stops_the_older_process(pg_url: str) -> None:
+    async def go() -> None:
+        first = await open_sink(pg_url, schema_cfg())
+        second = await open_sink(pg_url, schema_cfg())
+        try:
+            with pytest.raises(Fenced):
+                await first.apply(batch(ch("c", "zombie", 10, {"_id": "zombie"}, "insert")))
+            await second.apply(batch(ch("c", "a", 11, {"_id": "a"}, "insert")))
+            assert set(await rows(pg_url, "c")) == {"a"}
+            cp = await second.checkpoint()
+            assert cp is not None and cp.epoch == 2 and cp.version == 11
+        finally:
+            await first.close()
+            await second.close()
+
+    run(go())
+
+
+def test_poison_rows_bisected_into_dead_letters_same_transaction(pg_url: str) -> None:
+    async def go() -> None:
+        sink = await open_sink(pg_url, schema_cfg())
+        try:
+            await sink.apply(batch(ch("c", "seed", 1, {"_id": "seed"}, "insert")))
+            conn = await asyncpg.connect(pg_url)
+            await conn.execute(
+                "ALTER TABLE raw_shop.c ADD CONSTRAINT no_poison "
+                "CHECK (document IS NULL OR NOT (document ? 'poison'))"
+            )
+            await conn.close()
+            changes = [ch("c", f"d{i}", 10 + i, {"_id": f"d{i}"}, "insert") for i in range(40)]
+            changes[7] = ch("c", "d7", 17, {"_id": "d7", "poison": 1}, "insert")
+            changes[31] = ch("c", "d31", 41, {"_id": "d31", "poison": 2}, "insert")
+            result = await sink.apply(batch(*changes))
+            assert result.poisoned == 2
+            landed = await rows(pg_url, "c")
+            assert set(landed) == {"seed"} | {f"d{i}" for i in range(40)} - {"d7", "d31"}
+            conn = await asyncpg.connect(pg_url)
+            try:
+                dead = await conn.fetch(
+                    "SELECT document_id, error_class, status FROM cartridge_warp.dead_letters "
+                    "ORDER BY document_id"
+                )
+            finally:
+                await conn.close()
+            assert [(r["document_id"], r["error_class"]) for r in dead] == [
+                ("d31", "CheckViolationError"),
+                ("d7", "CheckViolationError"),
+            ]
+            cp = await sink.checkpoint()
+            assert cp is not None and cp.version == 49
+        finally:
+            await sink.close()
+
+    run(go())
+
+
+def test_wipe_tombstones_older_rows_only(pg_url: str) -> None:
+    async def go() -> None:
+        sink = await open_sink(pg_url, schema_cfg())
+        try:
+            await sink.apply(
+                batch(
+                    ch("c", "old", 5, {"_id": "old"}, "insert"),
+                    ch("c", "new", 9, {"_id": "new"}, "insert"),
+                )
+            )
+            b = Batch(wipes=[Wipe("c", 8, "sweep")], version=8, token={"_data": "8"})
+            result = await sink.apply(b)
+            assert result.wiped["c"] == 1
+            got = await rows(pg_url, "c")
+            assert got["old"] == (None, True, 8) and got["new"][1] is False
+        finally:
+            await sink.close()
+
+    run(go())
+
+
+HOSTILE = st.one_of(
+    st.sampled_from(
+        [
+            'x"; DROP TABLE raw_shop.canary; --',
+            "Robert'); DROP TABLE canary;--",
+            "select",
+            "a.b.c",
+            "$weird",
+            "名前",
+            "emoji🙂",
+            " spaced name ",
+            "x" * 120,
+            "UPPER",
+            "upper",
+            "tab\tname",
+        ]
+    ),
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        min_size=1,
+        max_size=80,
+    ),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    names=st.lists(HOSTILE, min_size=1, max_size=4, unique=True),
+    field=st.text(min_size=0, max_size=30).filter(lambda s: "\x00" not in s),
+)
+def test_hostile_collection_and_field_names(pg_url: str, names: list[str], field: str) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(pg_url)
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS raw_shop")
+        await conn.execute("CREATE TABLE IF NOT EXISTS raw_shop.canary (x int)")
+        await conn.execute("INSERT INTO raw_shop.canary VALUES (1)")
+        await conn.close()
+        sink = await open_sink(pg_url, schema_cfg())
+        try:
+            changes = [
+                ch(name, f"id-{i}", 100 + i, {"_id": f"id-{i}", field: name}, "insert")
+                for i, name in enumerate(names)
+            ]
+            await sink.apply(batch(*changes))
+            for i, name in enumerate(names):
+                got = await rows(pg_url, name)
+                assert got[f"id-{i}"][0] == {"_id": f"id-{i}", field: name}
+        finally:
+            await sink.close()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM raw_shop.canary") >= 1
+            mapped = await conn.fetch("SELECT collection, table_name FROM cartridge_warp.name_map")
+        finally:
+            await conn.close()
+        by_coll = {r["collection"]: r["table_name"] for r in mapped}
+        for name in names:
+            assert by_coll[name] == raw_table_name(name)
+
+    run(go())
