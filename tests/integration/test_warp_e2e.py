@@ -365,7 +365,7 @@ def test_history_lost_policies(tmp_path: Any, pg_url: str, mongo_db_name: str) -
                 await db.c.update_one({"_id": i % 40}, {"$set": {"v": i, "pad": "p" * 200}})
             await db.c.delete_many({"_id": {"$lt": 5}})
             await db.c.insert_one({"_id": "late"})
-        with pytest.raises(ResumeTokenLost, match="history_lost_policy|cannot resume"):
+        with pytest.raises(ResumeTokenLost, match=r"cannot resume"):
             await run_warp(fail)
         after = await checkpoint_row(pg_url)
         assert after is not None and before is not None

@@ -25,7 +25,7 @@ def schema_cfg(**tables: Any) -> SchemaConfig:
         name="shop",
         source_database="shop",
         target_schema="raw_shop",
-        tables={k: v for k, v in tables.items()},
+        tables=dict(tables),
     )
 
 
