@@ -2,8 +2,8 @@
 
 In production dagster-dbt expects ``<project>/target/manifest.json`` to exist when the code
 location loads; it is made once, at build time, by ``dbt deps`` and ``dbt parse``. Parsing needs
-a profile but no database, so the build uses a throwaway ``profiles.yml`` whose every value is
-an ``env_var(...)`` with a harmless default: no credential is ever written into the image.
+a profile but no database: the project's own ``profiles/profiles.yml`` (all ``env_var(...)``)
+when it has one, else a throwaway one of the same kind. No credential enters the image.
 
 ``cartridge deploy prepare-dbt`` writes that profile and a small Python file defining the
 ``DbtProject`` into a scratch directory, then runs
@@ -115,11 +115,15 @@ def prepare_dbt(
     """
     project_dir = project_dir.resolve()
     if definition_file is None:
-        profiles_dir = work_dir / "profiles"
-        profiles_dir.mkdir(parents=True, exist_ok=True)
-        (profiles_dir / "profiles.yml").write_text(
-            build_profiles_yaml(profile_name(project_dir), target), encoding="utf-8"
-        )
+        profile = profile_name(project_dir)
+        # The project's own profile (``<project>/profiles``) when it has one, as at run time.
+        profiles_dir = project_dir / "profiles"
+        if not (profiles_dir / "profiles.yml").is_file():
+            profiles_dir = work_dir / "profiles"
+            profiles_dir.mkdir(parents=True, exist_ok=True)
+            (profiles_dir / "profiles.yml").write_text(
+                build_profiles_yaml(profile, target), encoding="utf-8"
+            )
         definition_file = work_dir / "cartridge_build_project.py"
         definition_file.write_text(
             dbt_project_definition(project_dir, profiles_dir, target), encoding="utf-8"
