@@ -10,10 +10,12 @@ from __future__ import annotations
 import dagster as dg
 
 from cartridge_dagster.assets.catalog import build_catalog_defs
+from cartridge_dagster.assets.warp import build_warp_defs
 from cartridge_dagster.config import find_config_file, load_settings
 from cartridge_dagster.resources import build_resources
 
 BUILDERS = [
+    build_warp_defs,
     build_catalog_defs,
 ]
 

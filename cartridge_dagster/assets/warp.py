@@ -1,0 +1,251 @@
+"""Warp in Dagster: ``raw/<S>/<C>`` asset specs, the long-lived ``warp_<S>`` job, checks.
+
+Per configured schema S:
+
+- ``raw/<S>/<C>`` for each known collection (``state.known_collections``): asset *specs*,
+  landed by warp, not materialized by Dagster directly; they depend on ``cartridge/<S>/schema``.
+- job ``warp_<S>``: one op running the warp core as one long-lived run. It logs throttled
+  ``AssetMaterialization``s for ``raw/<S>/<C>`` (events applied, lag, dead letters) so dbt
+  assets downstream can be automated on them, and stops cleanly when the run is canceled (the
+  checkpoint is written in the same transaction as the data, so it is always consistent).
+  Run tags: ``cartridge/warp_schema`` (the instance allows one run per value) and
+  ``dagster-k8s/config`` with the schema's ``k8s_resources`` (one pod per schema).
+- sensor ``warp_<S>_supervisor`` (see :mod:`cartridge_dagster.sensors.warp`).
+- asset checks per raw table: lag under ``warp.lag_threshold_seconds``; no pending dead letters.
+"""
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import dagster as dg
+
+from cartridge_dagster.assets.keys import raw_key, schema_key
+from cartridge_dagster.config import CartridgeSettings, SchemaConfig
+from cartridge_dagster.landing import raw_table_name
+from cartridge_dagster.resources.warp import WarpResource
+from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
+from cartridge_dagster.state import known_collections
+from cartridge_dagster.warp.sink import Batch, BatchResult
+
+__all__ = ["DagsterObserver", "WarpRunConfig", "build_warp_defs", "warp_run_tags"]
+
+
+class WarpRunConfig(dg.Config):  # type: ignore[misc]
+    stop_when_idle_seconds: float | None = None
+    """Stop after this many idle seconds (tests, one-off catch-up runs); None runs until
+    canceled."""
+
+
+def warp_run_tags(schema: SchemaConfig) -> dict[str, Any]:
+    return {
+        "cartridge/warp_schema": schema.name,
+        "cartridge/kind": "warp",
+        "dagster-k8s/config": {
+            "container_config": {"resources": schema.k8s_resources},
+        },
+    }
+
+
+class DagsterObserver:
+    """Turns warp batches into throttled materializations; asks to stop on cancellation."""
+
+    def __init__(
+        self,
+        context: dg.OpExecutionContext,
+        schema: SchemaConfig,
+        *,
+        interval: float,
+        cancel_poll_seconds: float = 1.0,
+    ) -> None:
+        self.context = context
+        self.schema = schema
+        self.interval = interval
+        self.cancel_poll = cancel_poll_seconds
+        self.pending: Counter[str] = Counter()
+        self.pending_dead: Counter[str] = Counter()
+        self.total: Counter[str] = Counter()
+        self.last_emit: dict[str, float] = {}
+        self.lag: float | None = None
+        self.materializations = 0
+        self._last_poll = 0.0
+        self._stop = False
+
+    def on_batch(self, schema: str, batch: Batch, result: BatchResult) -> None:
+        self.pending.update(result.applied)
+        self.pending_dead.update(result.dead_letters)
+        for name in result.wiped:
+            self.pending[name] += 0
+        if batch.kind == "stream" and batch.events:
+            self.lag = max(0.0, time.time() - batch.read_at)
+            if batch.source_ts is not None:
+                self.lag = max(self.lag, time.time() - batch.source_ts.timestamp())
+        self.flush(force=False)
+
+    def flush(self, *, force: bool = True) -> None:
+        now = time.monotonic()
+        for table in sorted(set(self.pending) | set(self.pending_dead)):
+            if not force and now - self.last_emit.get(table, 0.0) < self.interval:
+                continue
+            applied = self.pending.pop(table, 0)
+            dead = self.pending_dead.pop(table, 0)
+            self.total[table] += applied
+            self.last_emit[table] = now
+            metadata: dict[str, Any] = {
+                "events_applied": dg.MetadataValue.int(applied),
+                "events_applied_total": dg.MetadataValue.int(self.total[table]),
+                "dead_letters": dg.MetadataValue.int(dead),
+                "table": dg.MetadataValue.text(f"{self.schema.raw_schema}.{raw_table_name(table)}"),
+            }
+            if self.lag is not None:
+                metadata["lag_seconds"] = dg.MetadataValue.float(round(self.lag, 3))
+            self.context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=raw_key(self.schema.name, table), metadata=metadata
+                )
+            )
+            self.materializations += 1
+
+    def should_stop(self) -> bool:
+        if self._stop:
+            return True
+        now = time.monotonic()
+        if now - self._last_poll < self.cancel_poll:
+            return False
+        self._last_poll = now
+        run = self.context.instance.get_run_by_id(self.context.run_id)
+        if run is not None and run.status in (
+            dg.DagsterRunStatus.CANCELING,
+            dg.DagsterRunStatus.CANCELED,
+        ):
+            self.context.log.info("run cancellation requested: stopping warp cleanly")
+            self._stop = True
+        return self._stop
+
+
+def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
+    name = warp_job_name(schema.name)
+
+    @dg.op(name=f"{name}_run", description=f"Run warp for schema `{schema.name}` until stopped.")
+    def run_warp(context: dg.OpExecutionContext, config: WarpRunConfig, warp: WarpResource) -> None:
+        settings = warp.settings()
+        cfg = settings.get_schema(schema.name)
+        observer = DagsterObserver(context, cfg, interval=cfg.warp.materialization_interval_seconds)
+        runner = warp.runner(
+            schema.name,
+            stop_when_idle=config.stop_when_idle_seconds,
+            observer=observer,
+            run_id=context.run_id,
+        )
+        summary = asyncio.run(runner.run())
+        observer.flush(force=True)
+        cp = summary.checkpoint
+        context.log.info(
+            f"warp {schema.name} stopped ({summary.stop_reason}): {summary.total_applied} "
+            f"changes applied in {summary.batches} batches, "
+            f"{sum(summary.dead_letters.values())} dead letters, checkpoint version "
+            f"{cp.version if cp else '-'}"
+        )
+
+    @dg.job(
+        name=name,
+        tags=warp_run_tags(schema),
+        executor_def=dg.in_process_executor,
+        description=f"Long-lived CDC run for schema `{schema.name}` (one per schema).",
+    )
+    def warp_job() -> None:
+        run_warp()
+
+    return warp_job
+
+
+def _raw_specs(settings: CartridgeSettings, schema: SchemaConfig) -> list[dg.AssetSpec]:
+    return [
+        dg.AssetSpec(
+            raw_key(schema.name, collection),
+            deps=[schema_key(schema.name)],
+            group_name=schema.name,
+            kinds={"postgres"},
+            description=(
+                f"Raw landing table `{schema.raw_schema}.{raw_table_name(collection)}` for "
+                f"collection `{collection}`, kept current by the `{warp_job_name(schema.name)}` "
+                "run (JSONB documents, versions, tombstones)."
+            ),
+            metadata={
+                "table": f"{schema.raw_schema}.{raw_table_name(collection)}",
+                "source": f"{schema.source_database}.{collection}",
+            },
+            tags={"cartridge/schema": schema.name},
+        )
+        for collection in known_collections(settings, schema.name)
+    ]
+
+
+def _checks(schema: SchemaConfig, keys: list[dg.AssetKey]) -> dg.AssetChecksDefinition | None:
+    if not keys:
+        return None
+    specs = [
+        spec
+        for key in keys
+        for spec in (
+            dg.AssetCheckSpec("lag_under_threshold", asset=key),
+            dg.AssetCheckSpec("no_dead_letters", asset=key),
+        )
+    ]
+
+    @dg.multi_asset_check(specs=specs, name=f"warp_{schema.name}_checks", can_subset=True)
+    def warp_checks(context: dg.AssetCheckExecutionContext, warp: WarpResource) -> Any:
+        from cartridge_dagster.warp.admin import schema_status
+
+        settings = warp.settings()
+        cfg = settings.get_schema(schema.name)
+        status = asyncio.run(schema_status(settings.destination_url(), cfg))
+        by_table = {t.collection: t for t in status.tables}
+        threshold = cfg.warp.lag_threshold_seconds
+        for key in context.selected_asset_check_keys:
+            collection = key.asset_key.path[-1]
+            table = by_table.get(collection)
+            if key.name == "lag_under_threshold":
+                lag = table.lag_seconds if table else None
+                yield dg.AssetCheckResult(
+                    asset_key=key.asset_key,
+                    check_name=key.name,
+                    passed=lag is None or lag <= threshold,
+                    metadata={
+                        "lag_seconds": dg.MetadataValue.float(float(lag or 0.0)),
+                        "threshold_seconds": dg.MetadataValue.float(threshold),
+                    },
+                )
+            else:
+                dead = table.dead_letters if table else 0
+                yield dg.AssetCheckResult(
+                    asset_key=key.asset_key,
+                    check_name=key.name,
+                    passed=dead == 0,
+                    metadata={"pending_dead_letters": dg.MetadataValue.int(dead)},
+                    description=(
+                        None
+                        if dead == 0
+                        else "see `cartridge warp dlq list`; fix and `cartridge warp dlq replay`"
+                    ),
+                )
+
+    return warp_checks
+
+
+def build_warp_defs(settings: CartridgeSettings) -> dg.Definitions:
+    assets: list[dg.AssetSpec] = []
+    jobs: list[dg.JobDefinition] = []
+    sensors: list[dg.SensorDefinition] = []
+    checks: list[dg.AssetChecksDefinition] = []
+    for schema in settings.schemas:
+        specs = _raw_specs(settings, schema)
+        assets.extend(specs)
+        job = _warp_job(schema)
+        jobs.append(job)
+        sensors.append(build_warp_supervisor(schema, job))
+        check = _checks(schema, [s.key for s in specs])
+        if check is not None:
+            checks.append(check)
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, asset_checks=checks)
