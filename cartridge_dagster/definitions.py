@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cartridge_dagster.assets.analytics import build_analytics_defs
 from cartridge_dagster.assets.catalog import build_catalog_defs
+from cartridge_dagster.assets.init import build_init_defs
 from cartridge_dagster.assets.warp import build_warp_defs
 from cartridge_dagster.config import find_config_file, load_settings
 from cartridge_dagster.resources import build_resources
@@ -17,6 +19,8 @@ from cartridge_dagster.resources import build_resources
 BUILDERS = [
     build_warp_defs,
     build_catalog_defs,
+    build_init_defs,
+    build_analytics_defs,
 ]
 
 

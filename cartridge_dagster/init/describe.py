@@ -105,6 +105,9 @@ class CollectionDocs(BaseModel):
     columns: dict[str, str] = Field(default_factory=dict)
     #: array path → description of its child model
     arrays: dict[str, str] = Field(default_factory=dict)
+    #: AI-proposed models ({"name", "description", "sql"}); written only after the SQL
+    #: allowlist and ``dbt parse`` accept them
+    suggestions: list[dict[str, str]] = Field(default_factory=list)
 
 
 def _types_phrase(types: Mapping[str, int]) -> str:

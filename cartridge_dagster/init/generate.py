@@ -108,6 +108,8 @@ class GenerationResult:
     conflicts: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
+    #: AI-proposed models turned down (name → reason)
+    rejected: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -463,8 +465,13 @@ def render_schema(
     *,
     describe: Describer | None = None,
     business_context: Mapping[str, Any] | None = None,
+    suggestions: dict[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Render every file of ``schema``: ({file name: text}, {collection: reason skipped})."""
+    """Render every file of ``schema``: ({file name: text}, {collection: reason skipped}).
+
+    AI-proposed models (already through the SQL allowlist) are put in ``suggestions``
+    (file name → text) for the caller to ``dbt parse`` before writing them.
+    """
     skipped: dict[str, str] = {}
     usable: dict[str, Any] = {}
     for name, coll in sorted(collections.items()):
@@ -491,6 +498,13 @@ def render_schema(
             files[f"{child_model_name(schema, name, array_path)}.sql"] = child_sql(
                 schema, name, array
             )
+    if suggestions is not None:
+        for name in usable:
+            for proposal in docs[name].suggestions:
+                file_name = f"{proposal['name']}.sql"
+                if file_name in files or file_name in suggestions:
+                    continue
+                suggestions[file_name] = f"{MARKER}\n-- proposed by AI, checked\n{proposal['sql']}"
     return files, skipped
 
 

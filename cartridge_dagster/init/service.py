@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cartridge_dagster.config import CartridgeSettings
+from cartridge_dagster.connectors.mongo import MongoConnection
 from cartridge_dagster.errors import CartridgeError
 from cartridge_dagster.init import store
 from cartridge_dagster.init.describe import load_business_context
@@ -26,7 +29,7 @@ from cartridge_dagster.init.generate import (
     write_files,
 )
 from cartridge_dagster.init.naming import staging_schema_name
-from cartridge_dagster.init.scan import ScanProgress, ScanResult, scan_schema
+from cartridge_dagster.init.scan import ScanProgress, ScanResult, scan_mongo, scan_schema
 from cartridge_dagster.state import schema_dir
 
 __all__ = [
@@ -66,8 +69,15 @@ async def scan_and_record(
     *,
     full_scan: bool = False,
     progress: ScanProgress | None = None,
+    connection: MongoConnection | None = None,
 ) -> ScanOutcome:
-    result = await scan_schema(settings, schema, full_scan=full_scan, progress=progress)
+    """Scan ``schema`` (through ``connection`` when given) and record it in the store."""
+    if connection is not None:
+        result = await scan_mongo(
+            connection, settings.get_schema(schema), full_scan=full_scan, progress=progress
+        )
+    else:
+        result = await scan_schema(settings, schema, full_scan=full_scan, progress=progress)
     policy = settings.get_schema(schema).evolution.policy
     outcome = store.record(schema_dir(settings, schema), result.to_json(), policy=policy)
     return ScanOutcome(result, outcome)
@@ -92,6 +102,7 @@ def generate_schema(
                 f"(or materialize cartridge/{schema}/schema)",
             )
     context = load_business_context(settings.ai.business_context)
+    suggestions: dict[str, str] = {}
     files, skipped = render_schema(
         schema,
         cfg.raw_schema,
@@ -99,7 +110,12 @@ def generate_schema(
         document["collections"],
         describe=describe,
         business_context=context.model_dump(),
+        suggestions=suggestions,
     )
+    rejected: dict[str, str] = {}
+    if suggestions:
+        accepted, rejected = parse_suggestions(project_dir(settings), schema, files, suggestions)
+        files.update(accepted)
     if models_root is None:
         directory = generated_dir(project_dir(settings), schema)
         root = project_dir(settings)
@@ -108,7 +124,44 @@ def generate_schema(
         root = models_root
     result = write_files(directory, files, root=root)
     result.skipped = skipped
+    result.rejected = rejected
     return result
+
+
+def parse_suggestions(
+    project: Path, schema: str, files: dict[str, str], suggestions: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``dbt parse`` each AI-proposed model in a scratch copy of the project.
+
+    Returns (accepted file name → text, rejected file name → reason). Parsing needs no
+    database: the profile's defaults are enough, so no connection detail is used.
+    """
+    from cartridge_dagster.init.dbtcli import dbt_env, run_dbt
+
+    accepted: dict[str, str] = {}
+    rejected: dict[str, str] = {}
+    env = dbt_env("postgresql://parse@127.0.0.1:5432/parse")
+    with tempfile.TemporaryDirectory(prefix="cartridge-parse-") as tmp:
+        scratch = Path(tmp) / "project"
+        shutil.copytree(
+            project, scratch, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages")
+        )
+        target = generated_dir(scratch, schema)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for name, text in files.items():
+            (target / name).write_text(text, encoding="utf-8")
+        for name, text in sorted(suggestions.items()):
+            path = target / name
+            path.write_text(text, encoding="utf-8")
+            result = run_dbt(scratch, ["parse", "--no-partial-parse"], env=env, check=False)
+            if result.ok:
+                accepted[name] = text
+            else:
+                errors = [ln for ln in result.output.splitlines() if "rror" in ln]
+                rejected[name] = "dbt parse failed: " + (errors[-1].strip() if errors else "?")
+                path.unlink()
+    return accepted, rejected
 
 
 def validate_project(settings: CartridgeSettings, *, url: str | None = None) -> None:

@@ -1,0 +1,131 @@
+"""The dbt project as Dagster assets (dagster-dbt), mapped onto Cartridge's asset keys.
+
+- dbt sources of a Cartridge schema (``meta.cartridge.{schema, collection}``) are warp's raw
+  tables: their key is ``raw/<S>/<C>``, the asset warp defines, so lineage is one graph.
+- generated models get ``staging/<S>/<model>``, are grouped per schema, and also depend on
+  ``cartridge/<S>/dbt_models`` (the generation step that wrote them).
+- hand-written models keep dagster-dbt's defaults (group ``dbt``).
+
+The manifest comes from a cached :class:`DbtProject` that runs ``dbt parse`` under
+``dagster dev`` (``prepare_if_dev``); the ``dbt_models`` asset parses after writing files, so a
+code location reload shows new models. No manifest (nothing generated yet) → no dbt assets.
+"""
+
+import functools
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from cartridge_dagster.assets.keys import dbt_models_key, raw_key
+from cartridge_dagster.config import CartridgeSettings
+from cartridge_dagster.init.dbtcli import profiles_dir, settings_dbt_env
+from cartridge_dagster.resources import CartridgeResource, PostgresResource
+
+__all__ = [
+    "CartridgeDbtTranslator",
+    "build_dbt_assets",
+    "cartridge_dbt_project",
+    "staging_key",
+]
+
+
+def staging_key(schema: str, model: str) -> dg.AssetKey:
+    """Asset key of a generated dbt model: ``staging/<schema>/<model>``."""
+    return dg.AssetKey(["staging", schema, model])
+
+
+def _cartridge_meta(props: Mapping[str, Any]) -> dict[str, Any]:
+    for meta in (props.get("meta") or {}, (props.get("config") or {}).get("meta") or {}):
+        value = meta.get("cartridge")
+        if isinstance(value, dict):
+            return value
+    if props.get("resource_type") == "source":
+        value = (props.get("source_meta") or {}).get("cartridge")
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+class CartridgeDbtTranslator(DagsterDbtTranslator):
+    """dbt sources → ``raw/S/C``; generated models → ``staging/S/<model>`` grouped by schema."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        meta = _cartridge_meta(dbt_resource_props)
+        kind = dbt_resource_props.get("resource_type")
+        if kind == "source" and meta.get("schema") and meta.get("collection"):
+            return raw_key(str(meta["schema"]), str(meta["collection"]))
+        if kind == "model" and meta.get("schema"):
+            return staging_key(str(meta["schema"]), str(dbt_resource_props["name"]))
+        return super().get_asset_key(dbt_resource_props)
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        meta = _cartridge_meta(dbt_resource_props)
+        if meta.get("schema"):
+            return str(meta["schema"])
+        return "dbt"
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        meta = _cartridge_meta(props)
+        if props.get("resource_type") == "model" and meta.get("schema"):
+            generated = dbt_models_key(str(meta["schema"]))
+            if all(dep.asset_key != generated for dep in spec.deps):
+                spec = spec.replace_attributes(deps=[*spec.deps, dg.AssetDep(generated)])
+        return spec
+
+
+@functools.cache
+def cartridge_dbt_project(project_dir: str) -> DbtProject:
+    """The dbt project, prepared (``dbt parse``) when running under ``dagster dev``."""
+    path = Path(project_dir).resolve()
+    project = DbtProject(project_dir=path, profiles_dir=profiles_dir(path))
+    project.prepare_if_dev()
+    return project
+
+
+def _has_models(manifest_path: Path) -> bool:
+    import json
+
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(n.get("resource_type") == "model" for n in manifest.get("nodes", {}).values())
+
+
+def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
+    """The dbt models as assets, or nothing when the project has no parsed models yet."""
+    project_path = Path(settings.dbt.project_dir)
+    if not (project_path / "dbt_project.yml").exists():
+        return []
+    project = cartridge_dbt_project(str(project_path))
+    if not project.manifest_path.exists() or not _has_models(project.manifest_path):
+        return []
+    translator = CartridgeDbtTranslator()
+
+    @dbt_assets(
+        manifest=project.manifest_path,
+        project=project,
+        dagster_dbt_translator=translator,
+        name="cartridge_dbt_models",
+        op_tags={"cartridge/kind": "dbt"},
+    )
+    def cartridge_dbt_models(
+        context: dg.AssetExecutionContext,
+        dbt: DbtCliResource,
+        cartridge: CartridgeResource,
+        postgres: PostgresResource,
+    ) -> Iterator[Any]:
+        # The committed profile reads the connection from the environment; fill it from the
+        # Cartridge config (the password goes to a DBT_ENV_SECRET_ variable dbt scrubs).
+        os.environ.update(settings_dbt_env(cartridge.settings(), postgres.url()))
+        yield from dbt.cli(["build"], context=context).stream()
+
+    return [cartridge_dbt_models]

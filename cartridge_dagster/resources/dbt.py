@@ -1,0 +1,25 @@
+"""The ``dbt`` resource: dagster-dbt's CLI resource for Cartridge's dbt project.
+
+The profile (``<project>/profiles/profiles.yml``) holds no secret: the dbt assets fill its
+environment variables from the Cartridge config at run time.
+"""
+
+from pathlib import Path
+
+from dagster_dbt import DbtCliResource
+
+from cartridge_dagster.config import load_settings
+from cartridge_dagster.init.dbtcli import dbt_executable
+
+__all__ = ["build_dbt_resource"]
+
+
+def build_dbt_resource(config_path: str) -> DbtCliResource:
+    """The ``dbt`` resource for the configured project (reads the config file, no I/O else)."""
+    settings = load_settings(config_path)
+    path = Path(settings.dbt.project_dir).resolve()
+    return DbtCliResource(
+        project_dir=str(path),
+        profiles_dir=str(path / "profiles"),
+        dbt_executable=dbt_executable()[0],
+    )
