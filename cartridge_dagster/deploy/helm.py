@@ -28,6 +28,7 @@ from typing import Any
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.deploy.k8s import (
     CONFIG_FILE,
+    POD_BIND_ADDRESS,
     WARP_SCHEMA_TAG,
     DeployOptions,
     container_security_context,
@@ -85,6 +86,8 @@ def _user_deployment(settings: CartridgeSettings, options: DeployOptions) -> dic
         "env": {
             "CARTRIDGE_ENV": "prod",
             "CARTRIDGE_CONFIG": CONFIG_FILE,
+            # Warp's /metrics and /health answer on the pod address (probes, Prometheus).
+            "CARTRIDGE_METRICS_HOST": POD_BIND_ADDRESS,
             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
             "DAGSTER_DISABLE_TELEMETRY": "1",
         },

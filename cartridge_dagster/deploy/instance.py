@@ -15,6 +15,7 @@ from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.deploy.helm import DAGSTER_PG_SCHEME, tag_concurrency_limits
 from cartridge_dagster.deploy.k8s import (
     CONFIG_FILE,
+    POD_BIND_ADDRESS,
     DeployOptions,
     container_security_context,
     dbt_project_path,
@@ -70,7 +71,11 @@ def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict
                 "dagster_home": "/opt/dagster/dagster_home",
                 "image_pull_policy": options.image_pull_policy,
                 "env_secrets": [options.secret_name],
-                "env_vars": ["CARTRIDGE_ENV=prod", f"CARTRIDGE_CONFIG={CONFIG_FILE}"],
+                "env_vars": [
+                    "CARTRIDGE_ENV=prod",
+                    f"CARTRIDGE_CONFIG={CONFIG_FILE}",
+                    f"CARTRIDGE_METRICS_HOST={POD_BIND_ADDRESS}",
+                ],
                 "volumes": volumes,
                 "volume_mounts": mounts,
                 "resources": {

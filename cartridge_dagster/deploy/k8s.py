@@ -30,6 +30,7 @@ __all__ = [
     "APP_UID",
     "CONFIG_FILE",
     "CONFIG_MOUNT_DIR",
+    "POD_BIND_ADDRESS",
     "STATE_DIR",
     "WARP_SCHEMA_TAG",
     "DeployOptions",
@@ -54,6 +55,9 @@ CONFIG_MOUNT_DIR = "/etc/cartridge"
 CONFIG_FILE = f"{CONFIG_MOUNT_DIR}/cartridge.yaml"
 #: Cartridge's state directory inside pods: an emptyDir, or a shared volume (``state_claim``).
 STATE_DIR = "/var/lib/cartridge"
+#: Servers in pods listen on the pod's own network namespace (probes and scrapes come from
+#: outside the container); locally Cartridge binds to 127.0.0.1.
+POD_BIND_ADDRESS = "0.0.0.0"  # noqa: S104
 #: The image's working directory; a relative ``dbt.project_dir`` is resolved against it.
 APP_DIR = "/app"
 #: The run tag the instance's concurrency limit keys on: one run per unique value.
@@ -322,6 +326,7 @@ def warp_deployment(schema: SchemaConfig, options: DeployOptions) -> dict[str, A
             {"name": "CARTRIDGE_ENV", "value": "prod"},
             {"name": "CARTRIDGE_CONFIG", "value": CONFIG_FILE},
             {"name": "CARTRIDGE_HEALTHCHECK", "value": f"http://127.0.0.1:{port}/health"},
+            {"name": "CARTRIDGE_METRICS_HOST", "value": POD_BIND_ADDRESS},
             {"name": "HOME", "value": "/tmp"},
         ],
         "envFrom": [{"secretRef": {"name": options.secret_name}}],

@@ -3,11 +3,15 @@
 Warp runs one per process (``:8000`` by default). ``/health`` answers 200 while every registered
 component reports healthy and 503 otherwise, with the reasons, so Kubernetes liveness and
 readiness probes can use it.
+
+It binds to ``127.0.0.1`` unless ``$CARTRIDGE_METRICS_HOST`` says otherwise: containers set
+``0.0.0.0`` so the kubelet's probes and Prometheus reach it on the pod's address.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,13 +58,14 @@ class MetricsServer:
     def __init__(
         self,
         port: int = 8000,
-        host: str = "127.0.0.1",
+        host: str | None = None,
         *,
         health: HealthState | None = None,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.health = health or HealthState()
         self.registry = registry
+        host = host or os.environ.get("CARTRIDGE_METRICS_HOST") or "127.0.0.1"
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None

@@ -88,3 +88,37 @@ def test_module_entry_point_reads_the_environment_as_docker_runs_it(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
     )
     assert proc.stdout.strip() == "False"
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this machine other than loopback (the "pod IP"), when it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # UDP connect sends nothing
+            address: str = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_metrics_server_answers_on_the_pod_address_when_told_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pods set CARTRIDGE_METRICS_HOST=0.0.0.0: the kubelet probes the pod IP, not loopback."""
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to probe")
+    health = HealthState()
+    health.set("warp/shop", ok=True)
+    local_only = MetricsServer(port=0, health=health).start()
+    try:
+        assert check(f"http://127.0.0.1:{local_only.port}/health")[0] is True
+        assert check(f"http://{address}:{local_only.port}/health", timeout=1)[0] is False
+    finally:
+        local_only.stop()
+    monkeypatch.setenv("CARTRIDGE_METRICS_HOST", "0.0.0.0")
+    pod = MetricsServer(port=0, health=health).start()
+    try:
+        assert check(f"http://{address}:{pod.port}/health")[0] is True
+    finally:
+        pod.stop()

@@ -294,6 +294,10 @@ def test_warp_pods_probe_health_and_are_annotated_for_prometheus(
             assert container[probe]["httpGet"] == {"path": "/health", "port": port}
         assert container["resources"] == schema.k8s_resources
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        # Bound to the pod address, or the kubelet's probes and Prometheus cannot reach it.
+        assert {"name": "CARTRIDGE_METRICS_HOST", "value": "0.0.0.0"} in container["env"]
+    deployment = _values(out)["dagster-user-deployments"]["deployments"][0]
+    assert deployment["env"]["CARTRIDGE_METRICS_HOST"] == "0.0.0.0"  # reaches warp run pods
 
 
 def test_no_secret_value_reaches_any_rendered_file(rendered: tuple[str, Path]) -> None:
