@@ -1,0 +1,194 @@
+"""Warp in Dagster: the job materializes raw tables, the sensor supervises, cancel is clean."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import dagster as dg
+import orjson
+import pytest
+import yaml
+
+from cartridge_dagster.assets.keys import raw_key
+from cartridge_dagster.assets.warp import build_warp_defs
+from cartridge_dagster.config import load_settings
+from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.resources.warp import WarpResource
+from cartridge_dagster.sensors.warp import build_warp_supervisor
+from tests.conftest import run
+from tests.support.warp import assert_oracle, checkpoint_row, run_warp
+
+pytestmark = pytest.mark.integration
+
+COLLS = ["customers", "orders"]
+
+
+def write_config(tmp_path: Path, pg_url: str, db: str) -> Path:
+    cfg = {
+        "source": {"connection_string": f"mongoeco://{tmp_path / 'source.sqlite'}"},
+        "destination": {"connection_string": pg_url},
+        "state_dir": str(tmp_path / "state"),
+        "schemas": [
+            {
+                "name": "shop",
+                "source_database": db,
+                "target_schema": "raw_shop",
+                "include": COLLS,
+                "batching": {"max_batch_size": 100, "max_batch_seconds": 0.2},
+                "warp": {
+                    "metrics_port": 0,
+                    "idle_checkpoint_seconds": 0.5,
+                    "materialization_interval_seconds": 0,
+                },
+            }
+        ],
+    }
+    path = tmp_path / "cartridge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+async def seed(url: str, db: str, n: int = 60) -> None:
+    async with mongo_session(url) as conn:
+        d = conn.database(db)
+        await d.customers.insert_many([{"_id": f"c{i}", "name": f"n{i}"} for i in range(n)])
+        await d.orders.insert_many([{"_id": i, "customer": f"c{i % n}"} for i in range(n)])
+
+
+def job_and_defs(path: Path) -> tuple[dg.JobDefinition, dg.Definitions]:
+    settings = load_settings(path)
+    defs = dg.Definitions.merge(
+        build_warp_defs(settings),
+        dg.Definitions(resources={"warp": WarpResource(config_path=str(path))}),
+    )
+    return defs.resolve_job_def("warp_shop"), defs
+
+
+def test_definitions_shape(tmp_path: Path, pg_url: str, mongo_db_name: str) -> None:
+    path = write_config(tmp_path, pg_url, mongo_db_name)
+    job, defs = job_and_defs(path)
+    specs = {s.key for s in defs.assets or []}  # type: ignore[union-attr]
+    assert specs == {raw_key("shop", c) for c in COLLS}
+    assert job.tags["cartridge/warp_schema"] == "shop"
+    k8s = orjson.loads(job.tags["dagster-k8s/config"])
+    assert k8s["container_config"]["resources"]["limits"]["memory"] == "1Gi"
+    assert defs.resolve_sensor_def("warp_shop_supervisor") is not None
+
+
+def test_job_materializes_raw_tables(tmp_path: Path, pg_url: str, mongo_db_name: str) -> None:
+    path = write_config(tmp_path, pg_url, mongo_db_name)
+    settings = load_settings(path)
+    run(seed(settings.source.url(), mongo_db_name))
+    job, _ = job_and_defs(path)
+    instance = dg.DagsterInstance.ephemeral()
+    result = job.execute_in_process(
+        run_config={"ops": {"warp_shop_run": {"config": {"stop_when_idle_seconds": 0.6}}}},
+        instance=instance,
+    )
+    assert result.success
+    for coll in COLLS:
+        events = instance.fetch_materializations(raw_key("shop", coll), limit=100).records
+        assert events, f"no materialization for {coll}"
+        total = sum(
+            e.asset_materialization.metadata["events_applied"].value  # type: ignore[union-attr]
+            for e in events
+        )
+        assert total == 60
+    run(assert_oracle(settings, COLLS))
+
+
+def test_sensor_keeps_exactly_one_run(tmp_path: Path, pg_url: str, mongo_db_name: str) -> None:
+    path = write_config(tmp_path, pg_url, mongo_db_name)
+    settings = load_settings(path)
+    job, _ = job_and_defs(path)
+    sensor = build_warp_supervisor(settings.get_schema("shop"), job)
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance)
+        first = sensor.evaluate_tick(ctx)
+        assert [r.run_key for r in first.run_requests or []] == ["warp_shop-1"]
+        # a run is alive: skip, and say which
+        run_ = instance.create_run_for_job(job_def=job, run_config={})
+        ctx = dg.build_sensor_context(instance=instance, cursor=first.cursor)
+        alive = sensor.evaluate_tick(ctx)
+        assert not alive.run_requests and run_.run_id in (alive.skip_message or "")
+        # it failed just now: back off
+        instance.report_run_failed(run_)
+        backing = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=first.cursor)
+        )
+        assert not backing.run_requests and "backing off" in (backing.skip_message or "")
+        # a run that ended normally: launch the next one with a new run key
+        ok = instance.create_run_for_job(job_def=job, run_config={})
+        instance.report_run_canceled(ok)
+        again = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=first.cursor)
+        )
+        assert [r.run_key for r in again.run_requests or []] == ["warp_shop-2"]
+
+
+def test_cancel_mid_stream_keeps_checkpoint(
+    tmp_path: Path, pg_url: str, mongo_db_name: str
+) -> None:
+    path = write_config(tmp_path, pg_url, mongo_db_name)
+    settings = load_settings(path)
+    url = settings.source.url()
+    run(seed(url, mongo_db_name, 40))
+    job, _ = job_and_defs(path)
+    outcome: dict[str, Any] = {}
+    with dg.instance_for_test() as instance:
+
+        def target() -> None:
+            outcome["result"] = job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+            )
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+
+        async def traffic() -> None:
+            async with mongo_session(url) as conn:
+                db = conn.database(mongo_db_name)
+                for i in range(200):
+                    await db.orders.insert_one({"_id": 1000 + i, "live": True})
+                    if i == 60:
+                        runs = instance.get_runs(filters=dg.RunsFilter(job_name="warp_shop"))
+                        assert runs, "the warp run never started"
+                        instance.report_run_canceling(runs[0])
+                    await asyncio.sleep(0.005)
+
+        deadline = time.time() + 60
+        while (
+            time.time() < deadline
+            and not instance.fetch_materializations(raw_key("shop", "orders"), limit=1).records
+        ):
+            time.sleep(0.1)
+        run(traffic())
+        thread.join(60)
+        assert not thread.is_alive(), "warp did not stop after cancellation"
+
+    async def check() -> None:
+        cp = await checkpoint_row(pg_url)
+        assert cp is not None
+        conn = await asyncpg.connect(pg_url)
+        try:
+            top = await conn.fetchval(
+                "SELECT max(_cartridge_version) FROM (SELECT _cartridge_version FROM "
+                "raw_shop.orders UNION ALL SELECT _cartridge_version FROM raw_shop.customers) v"
+            )
+            live = await conn.fetchval("SELECT count(*) FROM raw_shop.orders")
+        finally:
+            await conn.close()
+        # the checkpoint names exactly the last applied change
+        assert int(cp["version"]) == int(top)
+        assert 40 <= live < 240, "canceled mid-stream"
+        # and a new run continues from it to the oracle
+        await run_warp(settings)
+        await assert_oracle(settings, COLLS)
+
+    run(check())
