@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         warp_run_tags,
     )
     from cartridge_dagster.deploy.prepare import PrepareError, prepare_dbt
-    from cartridge_dagster.deploy.render import RenderResult, render, render_documents
+    from cartridge_dagster.deploy.renderer import RenderResult, render, render_documents
 
 _EXPORTS = {
     "ExportedConfig": "config_export",
@@ -49,9 +49,9 @@ _EXPORTS = {
     "warp_run_tags": "k8s",
     "PrepareError": "prepare",
     "prepare_dbt": "prepare",
-    "RenderResult": "render",
-    "render": "render",
-    "render_documents": "render",
+    "RenderResult": "renderer",
+    "render": "renderer",
+    "render_documents": "renderer",
 }
 
 __all__ = [

@@ -577,3 +577,15 @@ def test_shared_state_claim_reaches_the_code_server_run_pods_and_warp(tmp_path: 
             warp_mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
             assert "/var/lib/cartridge" in warp_mounts
             assert not any("dbt_project" in m for m in warp_mounts)  # warp does not run dbt
+
+
+def test_package_exports_resolve_to_their_objects() -> None:
+    import types
+
+    import cartridge_dagster.deploy as deploy
+    import cartridge_dagster.deploy.renderer  # noqa: F401 - submodules must not shadow exports
+
+    for name in deploy.__all__:
+        assert not isinstance(getattr(deploy, name), types.ModuleType), name
+    with pytest.raises(AttributeError):
+        _ = deploy.no_such_name
