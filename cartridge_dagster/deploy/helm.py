@@ -134,6 +134,8 @@ def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str
         "dagsterWebserver": {
             "replicaCount": 1,
             "resources": _resources("250m", "512Mi", "1", "1Gi"),
+            # The chart's check-db-ready init container waits for the metadata database.
+            "initContainerResources": _resources("50m", "64Mi", "100m", "128Mi"),
             "podSecurityContext": pod_sc,
             "securityContext": container_sc,
             "env": {"DAGSTER_DISABLE_TELEMETRY": "1"},
@@ -182,6 +184,8 @@ def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str
         "dagsterDaemon": {
             "enabled": True,
             "resources": _resources("250m", "512Mi", "1", "1Gi"),
+            # The chart's check-db-ready init container waits for the metadata database.
+            "initContainerResources": _resources("50m", "64Mi", "100m", "128Mi"),
             "podSecurityContext": pod_sc,
             "securityContext": container_sc,
             "runCoordinator": {

@@ -114,6 +114,8 @@ def test_kubernetes_objects_inside_helm_values_are_valid(rendered: tuple[str, Pa
     core = "io.k8s.api.core.v1."
     for component in (values["dagsterWebserver"], values["dagsterDaemon"], deployment):
         _validate_k8s_object(component["resources"], core + "ResourceRequirements")
+        if "initContainerResources" in component:
+            _validate_k8s_object(component["initContainerResources"], core + "ResourceRequirements")
         _validate_k8s_object(component["podSecurityContext"], core + "PodSecurityContext")
         _validate_k8s_object(component["securityContext"], core + "SecurityContext")
     for volume in deployment["volumes"]:
@@ -143,6 +145,7 @@ CHART_KEYS = {
     "dagsterWebserver": {
         "replicaCount", "image", "service", "env", "envConfigMaps", "envSecrets", "resources",
         "podSecurityContext", "securityContext", "annotations", "labels", "nodeSelector",
+        "initContainerResources", "checkDbReadyInitContainer",
     },
     "dagster-user-deployments": {"enabled", "enableSubchart", "imagePullSecrets", "deployments"},
     "deployment": {
@@ -170,6 +173,7 @@ CHART_KEYS = {
         "enabled", "image", "runCoordinator", "heartbeatTolerance", "env", "envConfigMaps",
         "envSecrets", "resources", "podSecurityContext", "securityContext", "runMonitoring",
         "runRetries", "sensors", "schedules", "annotations", "labels", "nodeSelector",
+        "initContainerResources", "checkDbReadyInitContainer",
     },
     "queuedRunCoordinator": {
         "maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds",
@@ -241,6 +245,8 @@ def test_every_pod_runs_as_non_root_with_limits(rendered: tuple[str, Path]) -> N
         assert part["securityContext"]["runAsNonRoot"] is True
     for part in (values["dagsterWebserver"], values["dagsterDaemon"], deployment):
         assert part["podSecurityContext"]["runAsUser"] == APP_UID
+    for part in (values["dagsterWebserver"], values["dagsterDaemon"]):  # their init containers
+        assert {"cpu", "memory"} <= set(part["initContainerResources"]["limits"])
 
 
 def test_exactly_one_warp_run_and_one_warp_deployment_per_schema(
