@@ -78,8 +78,10 @@ def lag_check(
     return CheckOutcome(name, True, "ERROR", f"{what} (threshold {threshold_seconds:.0f}s)", meta)
 
 
-def reconciliation_check(rec: Reconciliation | None) -> CheckOutcome:
+def reconciliation_check(rec: Reconciliation | None, error: str | None = None) -> CheckOutcome:
     name = "reconciliation"
+    if error is not None:
+        return CheckOutcome(name, False, "ERROR", f"cannot reconcile: {error}")
     if rec is None:
         return CheckOutcome(name, True, "ERROR", "reconciliation not run (no source connection)")
     meta: dict[str, Any] = {
@@ -220,12 +222,13 @@ def evaluate_checks(
     reconciliation: Reconciliation | None,
     dead_letters: int | None,
     checkpoint_age: float | None,
+    reconcile_error: str | None = None,
 ) -> list[CheckOutcome]:
     """Every check of one collection, in :data:`CHECK_NAMES` order."""
     max_null, max_change = thresholds(schema, collection)
     return [
         lag_check(raw, schema.warp.lag_threshold_seconds, checkpoint_age),
-        reconciliation_check(reconciliation),
+        reconciliation_check(reconciliation, reconcile_error),
         dead_letter_check(dead_letters),
         null_ratio_check(raw, max_null),
         row_count_check(raw, max_change),

@@ -33,8 +33,9 @@ from cartridge_dagster.analytics.store import (
     table,
 )
 from cartridge_dagster.config import CartridgeSettings
-from cartridge_dagster.connectors.mongo import MongoConnection, mongo_session
+from cartridge_dagster.connectors.mongo import MongoConnection, open_mongo
 from cartridge_dagster.connectors.postgres import pg_connection
+from cartridge_dagster.errors import ConnectionFailed
 from cartridge_dagster.observability import get_logger
 
 __all__ = ["CollectionAnalysis", "SchemaAnalysis", "analyze_schema", "analyze_schema_with"]
@@ -74,8 +75,13 @@ async def analyze_schema_with(
     collections: list[str] | None = None,
     run_id: str | None = None,
     trigger: str = "manual",
+    reconcile_error: str | None = None,
 ) -> SchemaAnalysis:
-    """Analyse ``schema_name`` with open connections (``mongo`` None: no reconciliation)."""
+    """Analyse ``schema_name`` with open connections (``mongo`` None: no reconciliation).
+
+    ``reconcile_error`` says why the source could not be reached; the summaries are still
+    computed and the reconciliation check fails with that reason.
+    """
     schema = settings.get_schema(schema_name)
     run_id = run_id or new_run_id()
     await ensure_analytics_schema(conn)
@@ -117,6 +123,7 @@ async def analyze_schema_with(
             reconciliation=rec,
             dead_letters=dead,
             checkpoint_age=age,
+            reconcile_error=reconcile_error,
         )
         await store_checks(conn, run_id, schema.name, collection, analysis.checks)
         result.collections[collection] = analysis
@@ -149,12 +156,25 @@ async def store_checks(
 
 
 @contextlib.asynccontextmanager
-async def _maybe_mongo(url: str | None, timeout: float) -> AsyncIterator[MongoConnection | None]:
+async def source_or_reason(
+    url: str | None, timeout: float
+) -> AsyncIterator[tuple[MongoConnection | None, str | None]]:
+    """``(connection, None)``, or ``(None, reason)`` when the source cannot be reached."""
     if url is None:
-        yield None
+        yield None, None
         return
-    async with mongo_session(url, timeout_seconds=timeout) as conn:
-        yield conn
+    conn = open_mongo(url, timeout_seconds=timeout)
+    try:
+        await conn.ping()
+    except ConnectionFailed as exc:
+        await conn.close()
+        log.warning("analytics.source_unreachable", error=str(exc))
+        yield None, str(exc)
+        return
+    try:
+        yield conn, None
+    finally:
+        await conn.close()
 
 
 async def analyze_schema(
@@ -174,7 +194,7 @@ async def analyze_schema(
     source_url = (mongo_url or settings.source.url()) if reconcile else None
     async with (
         pg_connection(pg_url, timeout=settings.destination.connect_timeout_seconds) as conn,
-        _maybe_mongo(source_url, settings.source.connect_timeout_seconds) as mongo,
+        source_or_reason(source_url, settings.source.connect_timeout_seconds) as (mongo, why),
     ):
         result = await analyze_schema_with(
             conn,
@@ -184,10 +204,11 @@ async def analyze_schema(
             collections=collections,
             run_id=run_id,
             trigger=trigger,
+            reconcile_error=why,
         )
         if report_dir is not None:
             from cartridge_dagster.analytics.report import write_reports
 
-            paths = await write_reports(conn, settings, report_dir)
+            paths = await write_reports(conn, settings, report_dir, schemas=[schema_name])
             result.report_path = paths.get(schema_name)
     return result

@@ -81,7 +81,7 @@ async def _profile_fixture(pg_url: str) -> dict[str, Any]:
             synced_at=NOW,
         )
         await land(conn, "raw_shop", "orders", docs[30:], op="update", source_ts=NOW, synced_at=NOW)
-        await tombstone(conn, "raw_shop", "orders", [d["_id"] for d in docs[:4]], source_ts=NOW)
+        await tombstone(conn, "raw_shop", "orders", [d["_id"] for d in docs[:4]])
         rel = Relation(
             "shop", "raw", "orders", "raw_shop", "orders", sensitive_paths=frozenset({"email"})
         )

@@ -1,0 +1,231 @@
+"""The analytics Dagster layer: assets, checks, jobs, sensors, against real services."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import dagster as dg
+import pytest
+import yaml
+
+from cartridge_dagster.assets.analytics import build_analytics_defs
+from cartridge_dagster.assets.catalog import build_catalog_defs
+from cartridge_dagster.assets.keys import analytics_key, raw_key, schema_key
+from cartridge_dagster.config import load_settings
+from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+from cartridge_dagster.resources.cartridge import (
+    CartridgeResource,
+    MongoResource,
+    PostgresResource,
+)
+from tests.conftest import run
+from tests.support.raw_tables import copy_source
+
+pytestmark = pytest.mark.integration
+
+COLLECTIONS = ["customers", "events", "orders", "products"]
+
+
+def _config(tmp_path: Path, pg_url: str, mongo_url: str, db: str, **analytics: Any) -> Path:
+    path = tmp_path / "cartridge.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"connection_string": mongo_url},
+                "destination": {"connection_string": pg_url},
+                "state_dir": str(tmp_path / "state"),
+                "dbt": {"project_dir": str(tmp_path / "dbt")},
+                "schemas": [
+                    {
+                        "name": "shop",
+                        "source_database": db,
+                        "include": COLLECTIONS,
+                        "analytics": {"reconcile_sample_size": 40, **analytics},
+                        "tables": {"orders": {"max_row_count_change": 0.5}},
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def _defs(config: Path) -> dg.Definitions:
+    settings = load_settings(config)
+    return dg.Definitions.merge(
+        build_catalog_defs(settings),
+        build_analytics_defs(settings),
+        dg.Definitions(
+            resources={
+                "cartridge": CartridgeResource(config_path=str(config)),
+                "mongo": MongoResource(config_path=str(config)),
+                "postgres": PostgresResource(config_path=str(config)),
+            }
+        ),
+    )
+
+
+async def _seed_and_land(mongo_url: str, db: str, pg_url: str, config: Path) -> None:
+    settings = load_settings(config)
+    async with mongo_session(mongo_url) as mongo:
+        mdb = mongo.database(db)
+        await seed_demo(mdb, sizes=DemoSizes.scaled(0.01))
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await copy_source(mdb, conn, settings.get_schema("shop"))
+        finally:
+            await conn.close()
+
+
+def test_definitions_and_jobs_resolve(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
+    config = _config(tmp_path, pg_url, mongo_url, "shop")
+    defs = _defs(config)
+    repo = defs.get_repository_def()
+    keys = repo.asset_graph.get_all_asset_keys()
+    for c in COLLECTIONS:
+        assert analytics_key("shop", c) in keys
+        # lineage: raw table and staging model are upstream of the summary
+        parents = repo.asset_graph.get(analytics_key("shop", c)).parent_keys
+        assert raw_key("shop", c) in parents
+        assert dg.AssetKey([f"stg_shop__{c}"]) in parents
+    profile = repo.get_job("profile_shop").asset_layer.executable_asset_keys
+    assert profile == {analytics_key("shop", c) for c in COLLECTIONS}
+    update = repo.get_job("update_shop").asset_layer.executable_asset_keys
+    assert {analytics_key("shop", c) for c in COLLECTIONS} <= update
+    assert not any(k.path[0] == "raw" for k in update)
+    refresh = repo.get_job("refresh_shop").asset_layer.executable_asset_keys
+    assert dg.AssetKey(["cartridge", "shop", "catalog"]) in refresh
+    assert {s.name for s in repo.sensor_defs} == {"shop_raw_changes", "shop_schema_changes"}
+    assert repo.get_schedule_def("shop_full_profile").cron_schedule == "0 * * * *"
+
+
+def test_materialize_analytics_with_checks(
+    tmp_path: Path, pg_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    config = _config(tmp_path, pg_url, mongo_url, mongo_db_name, max_null_ratio=0.99)
+    run(_seed_and_land(mongo_url, mongo_db_name, pg_url, config))
+    defs = _defs(config)
+    job = defs.resolve_job_def("profile_shop")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        mats = {
+            m.asset_key: m.metadata
+            for m in result.asset_materializations_for_node("analytics_shop")
+        }
+        assert set(mats) == {analytics_key("shop", c) for c in COLLECTIONS}
+        orders = mats[analytics_key("shop", "orders")]
+        assert orders["dagster/row_count"].value == 150
+        assert orders["source_count"].value == 150 and orders["hash_mismatches"].value == 0
+        columns = {c.name for c in orders["dagster/column_schema"].schema.columns}
+        assert {"status", "items[].unit_price", "shipping_address.city"} <= columns
+        assert "| live rows | 150 |" in orders["summary"].value
+        report = Path(orders["report"].value)
+        assert report.is_file() and (report.parent / "index.html").is_file()
+        html = report.read_text()
+        assert "<svg" in html and "http://" not in html.replace("http://www.w3.org", "")
+        checks = result.get_asset_check_evaluations()
+        assert len(checks) == 5 * len(COLLECTIONS)
+        failed = [(c.asset_key, c.check_name, c.description) for c in checks if not c.passed]
+        assert failed == []
+
+    # break the target: reconciliation and row-count checks fail, by _id
+    async def damage() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(
+                "DELETE FROM raw_shop.orders WHERE _id IN "
+                "(SELECT _id FROM raw_shop.orders ORDER BY _id LIMIT 100)"
+            )
+        finally:
+            await conn.close()
+
+    run(damage())
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        by_name = {(c.asset_key, c.check_name): c for c in result.get_asset_check_evaluations()}
+        rec = by_name[(analytics_key("shop", "orders"), "reconciliation")]
+        assert not rec.passed and rec.severity == dg.AssetCheckSeverity.ERROR
+        assert "source 150, target 50" in (rec.description or "")
+        change = by_name[(analytics_key("shop", "orders"), "row_count_change")]
+        assert not change.passed and change.severity == dg.AssetCheckSeverity.WARN
+        assert by_name[(analytics_key("shop", "customers"), "reconciliation")].passed
+
+
+def _report(instance: dg.DagsterInstance, *keys: dg.AssetKey, **metadata: Any) -> None:
+    """Log materializations the way warp does: events from a run, on the same instance."""
+
+    @dg.op
+    def emit(context: dg.OpExecutionContext) -> None:
+        for key in keys:
+            context.log_event(dg.AssetMaterialization(key, metadata=metadata))
+
+    @dg.job
+    def warp_like() -> None:
+        emit()
+
+    assert warp_like.execute_in_process(instance=instance).success
+
+
+def test_raw_changes_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
+    config = _config(tmp_path, pg_url, mongo_url, "shop")
+    defs = _defs(config)
+    sensor = defs.get_sensor_def("shop_raw_changes")
+    assert sensor.minimum_interval_seconds == 60
+    monitored = [raw_key("shop", c) for c in COLLECTIONS]
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None) -> dg.SensorResult | Any:
+            ctx = dg.build_multi_asset_sensor_context(
+                monitored_assets=monitored, instance=instance, definitions=defs, cursor=cursor
+            )
+            return sensor.evaluate_tick(ctx)
+
+        first = tick(None)
+        assert first.run_requests == [] and "no new materializations" in first.skip_message
+        # warp reports two batches on orders and one on events: one run covers them all
+        _report(instance, raw_key("shop", "orders"), raw_key("shop", "orders"))
+        _report(instance, raw_key("shop", "events"))
+        second = tick(None)
+        assert len(second.run_requests) == 1
+        request = second.run_requests[0]
+        assert request.job_name == "update_shop"
+        assert request.tags["cartridge/changed_tables"] == "raw/shop/events,raw/shop/orders"
+        cursor = second.cursor
+        assert tick(cursor).run_requests == []
+        # a run in progress holds new changes back without losing them
+        _report(instance, raw_key("shop", "customers"))
+        instance.add_run(dg.DagsterRun(job_name="update_shop", status=dg.DagsterRunStatus.STARTED))
+        held = tick(cursor)
+        assert held.run_requests == [] and "still in progress" in held.skip_message
+        assert held.cursor in (None, cursor)
+
+
+def test_schema_changes_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
+    config = _config(tmp_path, pg_url, mongo_url, "shop")
+    defs = _defs(config)
+    sensor = defs.get_sensor_def("shop_schema_changes")
+    with dg.instance_for_test() as instance:
+
+        def tick() -> Any:
+            ctx = dg.build_sensor_context(instance=instance, definitions=defs)
+            return sensor.evaluate_tick(ctx)
+
+        _report(instance, schema_key("shop"), status="created", version=3)
+        out = tick()
+        assert [r.run_key for r in out.run_requests] == ["shop-schema-3"]
+        assert out.run_requests[0].job_name == "rebuild_models_shop"
+        _report(instance, schema_key("shop"), status="unchanged", version=3)
+        ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=out.cursor)
+        again = sensor.evaluate_tick(ctx)
+        assert again.run_requests == [] and "no new version" in (again.skip_message or "")
+
+
+def test_code_location_loads_with_demo_config() -> None:
+    """The real definitions module assembles with the analytics builder in BUILDERS."""
+    from cartridge_dagster import definitions
+
+    assert build_analytics_defs in definitions.BUILDERS
+    assert os.path.isfile("examples/demo.yaml")
