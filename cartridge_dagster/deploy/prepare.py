@@ -44,7 +44,7 @@ def profile_name(project_dir: Path) -> str:
     if not spec.is_file():
         raise ConfigError(
             f"{spec} not found: the image needs the dbt project",
-            hint="generate it first (`cartridge init`), then build the image",
+            hint="build from the repository root, which holds dbt_project/",
         )
     data = yaml.safe_load(spec.read_text(encoding="utf-8")) or {}
     name = data.get("profile") if isinstance(data, dict) else None
