@@ -37,6 +37,7 @@ __all__ = [
     "MongoConnection",
     "aggregate",
     "bson_options",
+    "compact_change_journal",
     "mongo_session",
     "mongoeco_paths",
     "open_mongo",
@@ -336,11 +337,19 @@ class MongoConnection:
         await self.close()
 
 
-def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
+def open_mongo(
+    url: str,
+    *,
+    timeout_seconds: float = 10.0,
+    history_size: int | None = None,
+    journal_max_bytes: int | None = None,
+) -> MongoConnection:
     """Open a client for ``url`` (no I/O happens until first use; call ``ping()`` to check).
 
     Every embedded-engine client records change events in the journal: the engine's outbox
-    refuses a journaled client after unjournaled writes, so there is no way around it.
+    refuses a journaled client after unjournaled writes, so there is no way around it. Once the
+    retained history is full, the engine rewrites it on every write, so bulk loads pass a
+    ``history_size`` above their size and compact afterwards (:func:`compact_change_journal`).
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     display = redact_url(url)
@@ -373,6 +382,13 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
                 "mongoeco:// needs the embedded engine: pip install 'cartridge-dagster[demo]'"
             ) from None
         paths = mongoeco_paths(url)
+        if history_size is not None or journal_max_bytes is not None:
+            paths = MongoecoPaths(
+                paths.database,
+                paths.journal,
+                journal_max_bytes or paths.journal_max_bytes,
+                history_size or paths.history_size,
+            )
         if paths.database == ":memory:":
             client = AsyncMongoClient(change_stream_history_size=paths.history_size)
         else:
@@ -390,9 +406,12 @@ def open_mongo(url: str, *, timeout_seconds: float = 10.0) -> MongoConnection:
 
 
 @contextlib.asynccontextmanager
-async def mongo_session(url: str, *, timeout_seconds: float = 10.0) -> Any:
-    """``async with mongo_session(url) as conn:`` — opens, pings, always closes."""
-    conn = open_mongo(url, timeout_seconds=timeout_seconds)
+async def mongo_session(url: str, *, timeout_seconds: float = 10.0, **options: Any) -> Any:
+    """``async with mongo_session(url) as conn:`` — opens, pings, always closes.
+
+    ``options`` go to :func:`open_mongo` (``history_size``, ``journal_max_bytes``).
+    """
+    conn = open_mongo(url, timeout_seconds=timeout_seconds, **options)
     try:
         await conn.ping()
         yield conn
@@ -406,3 +425,20 @@ async def aggregate(collection: Any, pipeline: Sequence[Mapping[str, Any]], **kw
     if asyncio.iscoroutine(cursor) or hasattr(cursor, "__await__"):
         cursor = await cursor
     return cursor
+
+
+async def compact_change_journal(url: str) -> None:
+    """Rewrite the embedded engine's journal down to the URL's ``history_size`` (after a bulk
+    load), so later clients load a small history. A no-op for a real server."""
+    conn = open_mongo(url)
+    if conn.kind != "mongoeco":
+        await conn.close()
+        return
+    try:
+        await conn.connect()
+        # mongoeco 4.11 has no public compaction call on the client; its hub has one.
+        hub = getattr(conn.client, "_change_hub", None)
+        if hub is not None and hasattr(hub, "compact_journal"):
+            hub.compact_journal()
+    finally:
+        await conn.close()

@@ -112,15 +112,20 @@ def _money(value: float) -> Decimal128:
 class DemoGenerator:
     """Generates the demo documents (and traffic) from one seeded random source."""
 
-    def __init__(self, sizes: DemoSizes, seed: int = 42) -> None:
+    def __init__(self, sizes: DemoSizes, seed: int = 42, *, fresh_ids: bool = False) -> None:
+        """``fresh_ids``: new documents get real, unique ObjectIds (live traffic), not seeded
+        ones (the deterministic dataset)."""
         self.sizes = sizes
         self.rng = random.Random(seed)
+        self.fresh_ids = fresh_ids
         self.customer_ids = [self._oid() for _ in range(sizes.customers)]
         self.product_ids = [self._oid() for _ in range(sizes.products)]
         self.product_prices: dict[ObjectId, float] = {}
         self.order_ids: list[ObjectId] = []
 
     def _oid(self) -> ObjectId:
+        if self.fresh_ids:
+            return ObjectId()
         return ObjectId(self.rng.randbytes(12))
 
     def _time(self, max_days: float = 300) -> dt.datetime:

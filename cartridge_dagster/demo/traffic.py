@@ -35,7 +35,9 @@ async def run_traffic(
     some add a field the seed never had, ``preferred_language``, so schema drift shows), and
     deletes of old events. Returns counts per operation kind.
     """
-    gen = DemoGenerator(DemoSizes(customers=0, products=0, orders=0, events=0), seed)
+    gen = DemoGenerator(
+        DemoSizes(customers=0, products=0, orders=0, events=0), seed, fresh_ids=True
+    )
     gen.customer_ids = await _ids(database, "customers")
     gen.product_ids = await _ids(database, "products")
     gen.order_ids = await _ids(database, "orders")
