@@ -24,10 +24,10 @@ from cartridge_dagster.analytics.runner import (
     analyze_schema_with,
     source_or_reason,
 )
+from cartridge_dagster.assets.init.dbt import staging_key
 from cartridge_dagster.assets.keys import analytics_key, raw_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.postgres import pg_connection
-from cartridge_dagster.init.naming import staging_model_name
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
 from cartridge_dagster.state import known_collections
 
@@ -51,10 +51,13 @@ CHECK_DESCRIPTIONS = {
 
 
 def staging_keys(settings: CartridgeSettings, schema: str, collection: str) -> list[dg.AssetKey]:
-    """Asset keys of the collection's staging models (dagster-dbt default: the model name)."""
+    """Asset keys of the collection's generated staging models (and child models).
+
+    Read from the dbt manifest, so only models that exist as dbt assets become dependencies;
+    a code-location reload after generation adds them.
+    """
     names = model_names_for(settings, schema, [collection]).get(collection) or []
-    base = staging_model_name(schema, collection)
-    return [dg.AssetKey([n]) for n in sorted({base, *names})]
+    return [staging_key(schema, n) for n in names]
 
 
 def _fmt(value: float | None, unit: str = "") -> str:

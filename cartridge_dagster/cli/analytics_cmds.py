@@ -1,9 +1,127 @@
-"""`cartridge` commands of the analytics capability."""
+"""`cartridge analyze`: profile, reconcile and check, then write the HTML reports."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.table import Table
+
+from cartridge_dagster.analytics.report import default_report_dir
+from cartridge_dagster.analytics.runner import SchemaAnalysis, analyze_schema
+from cartridge_dagster.cli.common import ConfigOption, console, load, run_async
+from cartridge_dagster.errors import CartridgeError
 
 
 def register(app: typer.Typer) -> None:
     """Add this capability's commands to ``app``."""
+    app.command("analyze")(analyze)
+
+
+class ChecksFailed(CartridgeError):
+    """``--strict`` and an ERROR-severity check failed."""
+
+
+def _fmt_seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.1f}s"
+
+
+def _table(result: SchemaAnalysis) -> Table:
+    table = Table(title=f"schema {result.schema_name} (run {result.run_id})", show_header=True)
+    for name, justify in (
+        ("collection", "left"),
+        ("live rows", "right"),
+        ("deleted", "right"),
+        ("growth", "right"),
+        ("lag p95", "right"),
+        ("source / target", "right"),
+        ("mismatches", "right"),
+        ("checks", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name, a in result.collections.items():
+        raw = a.raw
+        rec = a.reconciliation
+        failed = [c for c in a.checks if not c.passed]
+        checks = (
+            "[green]all pass[/green]"
+            if not failed
+            else ", ".join(
+                f"[{'red' if c.severity == 'ERROR' else 'yellow'}]{c.name}[/]" for c in failed
+            )
+        )
+        table.add_row(
+            name,
+            "–" if raw is None else f"{raw.rows_live:,}",
+            "–" if raw is None else f"{raw.rows_deleted:,}",
+            "–" if raw is None or raw.row_count_change is None else f"{raw.row_count_change:+.1%}",
+            "–" if raw is None else _fmt_seconds(raw.lag_p95_seconds),
+            "–" if rec is None else f"{rec.source_count:,} / {rec.target_count:,}",
+            "–" if rec is None else f"{len(rec.mismatches)} of {rec.sampled}",
+            checks,
+        )
+    return table
+
+
+def analyze(
+    config: ConfigOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory for the HTML reports. Default: <state_dir>/reports.",
+            show_default=False,
+        ),
+    ] = None,
+    schema: Annotated[
+        list[str] | None,
+        typer.Option("--schema", "-s", help="Schema to analyse (repeatable). Default: all."),
+    ] = None,
+    collection: Annotated[
+        list[str] | None,
+        typer.Option("--collection", help="Collection to analyse (repeatable). Default: all."),
+    ] = None,
+    reconcile: Annotated[
+        bool,
+        typer.Option("--reconcile/--no-reconcile", help="Compare against the source."),
+    ] = True,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit non-zero when an ERROR-severity check fails.")
+    ] = False,
+) -> None:
+    """Profile raw tables and staging models, reconcile with the source, check, and report."""
+    settings = load(config)
+    names = schema or [s.name for s in settings.schemas]
+    for name in names:
+        settings.get_schema(name)  # unknown names fail before any work
+    out = output or default_report_dir(settings)
+    failed: list[str] = []
+    for name in names:
+        with console.status(f"analysing {name}…"):
+            result = run_async(
+                analyze_schema(
+                    settings,
+                    name,
+                    reconcile=reconcile,
+                    collections=collection or None,
+                    report_dir=out,
+                )
+            )
+        console.print(_table(result))
+        failed += [
+            f"{name}.{c}: {check.name}"
+            for c, a in result.collections.items()
+            for check in a.checks
+            if not check.passed and check.severity == "ERROR"
+        ]
+    console.print(
+        f"report: {out / (names[0] + '.html') if len(names) == 1 else out / 'index.html'}"
+    )
+    console.print(f"index:  {out / 'index.html'}", style="dim")
+    if strict and failed:
+        raise ChecksFailed(
+            f"{len(failed)} checks failed: {', '.join(failed[:5])}",
+            hint="see the report for details",
+        )

@@ -1,5 +1,6 @@
 """The analytics Dagster layer: assets, checks, jobs, sensors, against real services."""
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,19 @@ async def _seed_and_land(mongo_url: str, db: str, pg_url: str, config: Path) -> 
 
 def test_definitions_and_jobs_resolve(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
     config = _config(tmp_path, pg_url, mongo_url, "shop")
+    # the dbt manifest names the generated models (as `dbt parse` writes it)
+    manifest = tmp_path / "dbt" / "target" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    nodes = {
+        f"model.cartridge.{name}": {
+            "resource_type": "model",
+            "name": name,
+            "schema": "shop_staging",
+        }
+        for c in COLLECTIONS
+        for name in (f"stg_shop__{c}", *([f"stg_shop__{c}__items"] if c == "orders" else []))
+    }
+    manifest.write_text(json.dumps({"nodes": nodes}))
     defs = _defs(config)
     repo = defs.get_repository_def()
     keys = repo.asset_graph.get_all_asset_keys()
@@ -89,7 +103,9 @@ def test_definitions_and_jobs_resolve(tmp_path: Path, pg_url: str, mongo_url: st
         # lineage: raw table and staging model are upstream of the summary
         parents = repo.asset_graph.get(analytics_key("shop", c)).parent_keys
         assert raw_key("shop", c) in parents
-        assert dg.AssetKey([f"stg_shop__{c}"]) in parents
+        assert dg.AssetKey(["staging", "shop", f"stg_shop__{c}"]) in parents
+    orders = repo.asset_graph.get(analytics_key("shop", "orders")).parent_keys
+    assert dg.AssetKey(["staging", "shop", "stg_shop__orders__items"]) in orders
     profile = repo.get_job("profile_shop").asset_layer.executable_asset_keys
     assert profile == {analytics_key("shop", c) for c in COLLECTIONS}
     update = repo.get_job("update_shop").asset_layer.executable_asset_keys
