@@ -287,31 +287,25 @@ class LocalPostgres:
         return self.status()
 
     def _create_database(self, port: int, timeout: float) -> None:
-        import psycopg2
-
+        """Create the ``cartridge`` database with psql (stdlib only: no driver needed)."""
+        psql = str(Path(str(self._state()["bin_dir"])) / "psql")
+        base = [psql, "-h", "127.0.0.1", "-p", str(port), "-U", SUPERUSER, "-d", "postgres"]
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                conn = psycopg2.connect(
-                    host="127.0.0.1",
-                    port=port,
-                    user=SUPERUSER,
-                    dbname="postgres",
-                    connect_timeout=5,
-                )
+            probe = subprocess.run(
+                [*base, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+            if probe.returncode == 0:
                 break
-            except psycopg2.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise ServiceError(f"PostgreSQL did not accept connections: {exc}") from None
-                time.sleep(0.1)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-                if cur.fetchone() is None:
-                    cur.execute(f'CREATE DATABASE "{DATABASE}"')
-        finally:
-            conn.close()
+            if time.monotonic() > deadline:
+                raise ServiceError(f"PostgreSQL did not accept connections: {probe.stderr.strip()}")
+            time.sleep(0.1)
+        if probe.stdout.strip() != "1":
+            self._run([*base, "-c", f'CREATE DATABASE "{DATABASE}"'], None, "create database")
 
     def down(self, *, timeout: float = 60) -> bool:
         """Stop the server. Returns whether it was running."""

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import psycopg2
@@ -9,6 +15,7 @@ import pytest
 
 from cartridge_dagster.errors import ServiceError
 from cartridge_dagster.services.postgres import LocalPostgres
+from tests.support.services import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +65,42 @@ def test_immediate_restart_keeps_committed_data(tmp_path: Path) -> None:
         conn.close()
     finally:
         server.destroy()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the non-root path is what already ran as this user")
+def test_works_as_a_normal_user(tmp_path: Path) -> None:
+    """As root we run the server through runuser; a normal user runs initdb/pg_ctl directly."""
+    user = "postgres"
+    base = Path(tempfile.mkdtemp(prefix="cartridge-nonroot-"))
+    pw = pwd.getpwnam(user)
+    os.chown(base, pw.pw_uid, pw.pw_gid)
+    script = (
+        "from cartridge_dagster.services.postgres import LocalPostgres\n"
+        f"s = LocalPostgres({str(base / 'pg')!r}, preferred_port=None, durable=False)\n"
+        "st = s.up()\n"
+        "print('UP', st.port, st.running)\n"
+        "s.destroy()\n"
+    )
+    try:
+        proc = subprocess.run(
+            # The project's interpreter may live where this user cannot enter (/root): the
+            # service module needs only the standard library, so any python3 will do.
+            ["runuser", "-u", user, "--", _system_python(), "-c", script],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": str(base)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "True" in proc.stdout.split("UP", 1)[1]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _system_python() -> str:
+    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(cand):
+            return cand
+    return sys.executable
