@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cartridge_dagster.config import SchemaConfig
+from cartridge_dagster.errors import ConfigError
 
 __all__ = [
     "APP_GID",
@@ -110,6 +111,11 @@ class DeployOptions:
     @classmethod
     def with_image(cls, image: str | None, **kwargs: Any) -> DeployOptions:
         """Options with ``REPO[:TAG]`` split (a registry port is not mistaken for a tag)."""
+        if image and "@" in image:
+            raise ConfigError(
+                f"--image {image!r}: give REPO:TAG (the chart's image values take a tag)",
+                hint="push the digest under a unique tag, e.g. the git commit",
+            )
         if image:
             repo, sep, tag = image.rpartition(":")
             if sep and "/" not in tag:
