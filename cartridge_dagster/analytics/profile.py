@@ -27,6 +27,7 @@ import asyncpg
 from cartridge_dagster.analytics.store import table, try_timestamptz_fn
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.identifiers import pg_name, qualified, quote_ident, quote_literal
+from cartridge_dagster.landing import history_table_name
 from cartridge_dagster.observability import get_logger
 
 __all__ = [
@@ -285,10 +286,23 @@ def bucket_seconds(first: dt.datetime | None, last: dt.datetime | None) -> int:
     return _BUCKETS[-1]
 
 
-async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str, width: int) -> None:
+async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str) -> str:
+    """Changes per time bucket; from the history table when the collection keeps one.
+
+    Returns where the activity came from: ``history`` (every change) or ``latest`` (the last
+    operation of each row, all a raw table without history knows).
+    """
+    source = rel.qualified
+    origin = "latest"
+    history = history_table_name(rel.collection)
+    if await relation_exists(conn, rel.relation_schema, history):
+        source = qualified(rel.relation_schema, history)
+        origin = "history"
     op = quote_ident("_cartridge_op")
     synced = quote_ident("_cartridge_synced_at")
     source_ts = quote_ident("_cartridge_source_ts")
+    span = await conn.fetchrow(f"SELECT min({synced}) AS lo, max({synced}) AS hi FROM {source}")
+    width = bucket_seconds(span["lo"] if span else None, span["hi"] if span else None)
     lag = f"extract(epoch FROM ({synced} - {source_ts}))::float8"
     cdc = f"{op} = ANY($6::text[]) AND {source_ts} IS NOT NULL"
     await conn.execute(
@@ -306,7 +320,7 @@ async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str, width:
           count(*) FILTER (WHERE NOT ({op} = ANY($6::text[]))),
           percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc}),
           percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc})
-        FROM {rel.qualified}
+        FROM {source}
         GROUP BY bucket
         """,
         run_id,
@@ -316,6 +330,7 @@ async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str, width:
         width,
         list(CDC_OPS),
     )
+    return origin
 
 
 # --------------------------------------------------------------------------- column level
@@ -580,10 +595,10 @@ async def profile_relation(
                 f"{', '.join(sorted(missing))}"
             )
         row = await _table_stats_raw(conn, rel, run_id)
-        width = bucket_seconds(row["first_synced_at"], row["last_synced_at"])
-        await _activity(conn, rel, run_id, width)
+        activity_source = await _activity(conn, rel, run_id)
     else:
         row = await _table_stats_model(conn, rel, run_id, columns)
+        activity_source = None
     rows_live = int(row["rows_live"])
     fraction = 1.0 if rows_live <= max_profile_rows else max_profile_rows / rows_live
     if rel.layer == "raw":
@@ -614,13 +629,15 @@ async def profile_relation(
         rel.relation_name,
     )
     await conn.execute(
-        f"UPDATE {table('table_profiles')} SET columns_profiled = $4, rows_profiled = $5 "
+        f"UPDATE {table('table_profiles')} SET columns_profiled = $4, rows_profiled = $5, "
+        "activity_source = $6 "
         "WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3",
         run_id,
         rel.relation_schema,
         rel.relation_name,
         len({c["column_path"] for c in cols}),
         rows_profiled,
+        activity_source,
     )
     profile = TableProfile(
         relation=rel,

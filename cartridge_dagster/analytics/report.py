@@ -400,6 +400,8 @@ def _collection_card(schema: SchemaConfig, c: CollectionReport) -> str:
             + "</div>"
         )
         labels = [_bucket_label(a["bucket"], a["bucket_seconds"]) for a in c.activity]
+        history = raw.get("activity_source") == "history"
+        what = "every change" if history else "last operation per row"
         volume = charts.bar_chart(
             labels,
             {
@@ -420,7 +422,7 @@ def _collection_card(schema: SchemaConfig, c: CollectionReport) -> str:
             title=f"{c.collection}: CDC lag",
         )
         parts.append(
-            "<div class='grid2'><div><h3>Volume over time (last operation per row)</h3>"
+            f"<div class='grid2'><div><h3>Volume over time ({what})</h3>"
             f"{volume}</div><div><h3>CDC lag</h3>{lag}</div></div>"
         )
         if len(c.trend) >= 2:

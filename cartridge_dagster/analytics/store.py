@@ -68,6 +68,7 @@ ANALYTICS_TABLES: dict[str, str] = {
         row_count_change double precision,
         columns_profiled integer NOT NULL DEFAULT 0,
         rows_profiled bigint,
+        activity_source text,
         profiled_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (run_id, relation_schema, relation_name)
     """,

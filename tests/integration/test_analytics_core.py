@@ -13,11 +13,12 @@ from bson import Decimal128, ObjectId
 
 from cartridge_dagster.analytics.profile import Relation, profile_relation
 from cartridge_dagster.analytics.reconcile import reconcile_collection, store_reconciliation
-from cartridge_dagster.analytics.runner import analyze_schema
+from cartridge_dagster.analytics.runner import analyze_schema, analyze_schema_with
 from cartridge_dagster.analytics.store import ensure_analytics_schema
 from cartridge_dagster.config import settings_from_mapping
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+from cartridge_dagster.landing import history_table_ddl
 from tests.conftest import run
 from tests.support.raw_tables import copy_source, land, tombstone
 
@@ -235,3 +236,75 @@ def test_analyze_schema_end_to_end(
     ]
     assert all(c.passed for c in orders.checks), [c.description for c in orders.checks]
     assert result.report_path is not None and result.report_path.is_file()
+
+
+async def _models_fixture(settings: Any, pg_url: str) -> Any:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        docs = [
+            {
+                "_id": ObjectId(),
+                "status": "paid" if i % 2 else None,
+                "total": Decimal128(f"{i}.25"),
+                "placed_at": dt.datetime(2024, 5, 1 + i % 20, 8, 30),
+                "items": [{"sku": f"s{j}", "qty": j + 1} for j in range(1 + i % 3)],
+            }
+            for i in range(20)
+        ]
+        await land(conn, "raw_shop", "orders", docs, op="update", source_ts=NOW, synced_at=NOW)
+        # the collection keeps a history table: every change, not just the last one
+        for stmt in history_table_ddl("raw_shop", "orders"):
+            await conn.execute(stmt)
+        await conn.execute(
+            """INSERT INTO raw_shop.orders__history
+               SELECT _id, document, _cartridge_deleted, _cartridge_version - n, op,
+                      _cartridge_source_ts, _cartridge_synced_at - make_interval(mins => n)
+               FROM raw_shop.orders,
+                    LATERAL (VALUES (2, 'insert'), (1, 'update'), (0, 'update')) v(n, op)"""
+        )
+        # staging models as init generates them: typed columns, one child model per array
+        await conn.execute("CREATE SCHEMA shop_staging")
+        await conn.execute(
+            """CREATE VIEW shop_staging.stg_shop__orders AS
+               SELECT _id, document->>'status' AS status, (document->>'total')::numeric AS total,
+                      (document->>'placed_at')::timestamptz AS placed_at,
+                      _cartridge_deleted, _cartridge_synced_at
+               FROM raw_shop.orders"""
+        )
+        await conn.execute(
+            """CREATE TABLE shop_staging.stg_shop__orders__items AS
+               SELECT o._id AS _parent_id, e.ordinality::int AS _index,
+                      e.value->>'sku' AS sku, (e.value->>'qty')::int AS qty
+               FROM raw_shop.orders o, jsonb_array_elements(o.document->'items')
+                    WITH ORDINALITY e(value, ordinality)"""
+        )
+        result = await analyze_schema_with(conn, None, settings, "shop", collections=["orders"])
+        tables = {
+            r["relation_name"]: dict(r)
+            for r in await conn.fetch("SELECT * FROM cartridge_analytics.table_profiles")
+        }
+        activity = await conn.fetch("SELECT * FROM cartridge_analytics.activity")
+        return result, tables, activity
+    finally:
+        await conn.close()
+
+
+def test_staging_models_and_history_activity(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
+    settings = _settings(tmp_path, mongo_url, pg_url, "shop")
+    result, tables, activity = run(_models_fixture(settings, pg_url))
+    orders = result.collections["orders"]
+    models = {m.relation.relation_name: m for m in orders.models}
+    assert set(models) == {"stg_shop__orders", "stg_shop__orders__items"}
+    stg = {c.path: c for c in models["stg_shop__orders"].columns}
+    assert stg["total"].data_type == "numeric" and stg["total"].json_type == "number"
+    assert stg["placed_at"].data_type == "timestamp with time zone"
+    assert stg["status"].null_ratio == pytest.approx(0.5)
+    assert "_cartridge_deleted" not in stg  # bookkeeping columns are not profiled
+    assert models["stg_shop__orders__items"].rows_live == sum(1 + i % 3 for i in range(20))
+    assert tables["orders"]["activity_source"] == "history"
+    assert tables["stg_shop__orders"]["layer"] == "model"
+    assert sum(a["inserts"] for a in activity) == 20
+    assert sum(a["updates"] for a in activity) == 40
+    # no source connection: reconciliation is not run, and says so
+    rec = next(c for c in orders.checks if c.name == "reconciliation")
+    assert rec.passed and "not run" in rec.description
