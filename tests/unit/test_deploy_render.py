@@ -488,6 +488,13 @@ def test_a_schema_without_metrics_gets_no_probes_nor_scrape_annotations() -> Non
     assert config["pod_template_spec_metadata"]["annotations"] == {}
 
 
+def test_image_digest_is_refused_with_a_hint() -> None:
+    from cartridge_dagster.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="REPO:TAG"):
+        DeployOptions.with_image("registry.local/cartridge@sha256:" + "a" * 64)
+
+
 @pytest.mark.parametrize(
     ("image", "repo", "tag"),
     [
@@ -497,13 +504,6 @@ def test_a_schema_without_metrics_gets_no_probes_nor_scrape_annotations() -> Non
         (None, "cartridge-dagster", "0.1.0"),
     ],
 )
-def test_image_digest_is_refused_with_a_hint() -> None:
-    from cartridge_dagster.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="REPO:TAG"):
-        DeployOptions.with_image("registry.local/cartridge@sha256:" + "a" * 64)
-
-
 def test_image_option_splits_repository_and_tag(image: str | None, repo: str, tag: str) -> None:
     options = DeployOptions.with_image(image)
     assert (options.image_repository, options.image_tag) == (repo, tag)
