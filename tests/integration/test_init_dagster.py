@@ -87,9 +87,9 @@ def test_schema_and_dbt_models_assets_then_dbt_assets(env: InitEnv) -> None:
     assert dbt_def.asset_deps[orders] >= {raw_key("shop", "orders"), dbt_models_key("shop")}
     assert dbt_def.asset_deps[items] >= {raw_key("shop", "orders"), dbt_models_key("shop")}
     assert dbt_def.group_names_by_key[orders] == "shop"
-    assert {staging_key("shop", f"stg_shop__{c}") for c in ("customers", "events", "products")} <= set(
-        dbt_def.keys
-    )
+    assert {
+        staging_key("shop", f"stg_shop__{c}") for c in ("customers", "events", "products")
+    } <= set(dbt_def.keys)
     assert dbt_def.check_specs_by_output_name  # generated dbt tests are asset checks
 
     asyncio.run(land_from_mongo(env.pg_url, env.mongo_url, "shop", "raw_shop"))
