@@ -47,7 +47,7 @@ def test_version_fits_numeric_39_and_round_trips() -> None:
     top = make_version(cluster_base(Timestamp(2**32 - 1, 2**32 - 1)), 65535)
     assert len(str(top)) <= 39
     assert split_version(make_version(123456, 7)) == (123456, 7)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="clusterTime"):
         cluster_base(True)
 
 
