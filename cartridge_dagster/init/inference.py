@@ -584,8 +584,9 @@ def _layout(
         if base == [] and rel == ["_id"]:
             continue
         nonnull = {t for t in entry["types"] if t != "null"}
-        if nonnull == {"object"}:
-            continue  # flattened into its leaves
+        node = _node_at(root, segs)
+        if nonnull == {"object"} and node is not None and node.children:
+            continue  # flattened into its leaves (an object below max_depth stays jsonb)
         if not _flattened_ancestors(fields, segs, depth):
             continue  # an ancestor holds mixed values: it is one jsonb column instead
         elem = fields.get(join_path([*segs, ARRAY_MARK]))
@@ -593,7 +594,6 @@ def _layout(
         if nonnull == {"array"} and elem_types == {"object"} and len(base) == 0:
             children.append(segs)
             continue
-        node = _node_at(root, segs)
         plain = path.replace(".[]", "")
         sql_type = _OVERRIDE_TYPES.get(overrides.get(plain, ""), "") or sql_type_for(nonnull, node)
         columns[path] = {"sql_type": sql_type, "path": rel}

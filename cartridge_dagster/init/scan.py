@@ -287,7 +287,7 @@ WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE'
 ORDER BY c.table_name, c.ordinal_position
 """
 _PG_KEYS = """
-SELECT rel.relname AS table_name, con.contype, att.attname AS column_name,
+SELECT rel.relname AS table_name, con.contype::text AS contype, att.attname AS column_name,
        frel.relname AS ref_table, fatt.attname AS ref_column
 FROM pg_constraint con
 JOIN pg_class rel ON rel.oid = con.conrelid

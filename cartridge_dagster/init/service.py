@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -128,6 +129,20 @@ def generate_schema(
     return result
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LOG_PREFIX = re.compile(r"^\d\d:\d\d:\d\d\s+")
+
+
+def _parse_error(output: str) -> str:
+    """The error dbt printed, on one line (first error line and the three after it)."""
+    lines = [_LOG_PREFIX.sub("", _ANSI.sub("", ln)).strip() for ln in output.splitlines()]
+    for i, line in enumerate(lines):
+        if "Error" in line:
+            text = " ".join(ln for ln in lines[i : i + 4] if ln)
+            return text[:400]
+    return "unknown error"
+
+
 def parse_suggestions(
     project: Path, schema: str, files: dict[str, str], suggestions: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
@@ -158,8 +173,7 @@ def parse_suggestions(
             if result.ok:
                 accepted[name] = text
             else:
-                errors = [ln for ln in result.output.splitlines() if "rror" in ln]
-                rejected[name] = "dbt parse failed: " + (errors[-1].strip() if errors else "?")
+                rejected[name] = "dbt parse failed: " + _parse_error(result.output)
                 path.unlink()
     return accepted, rejected
 
