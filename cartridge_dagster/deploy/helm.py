@@ -27,8 +27,6 @@ from typing import Any
 
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.deploy.k8s import (
-    CONFIG_FILE,
-    POD_BIND_ADDRESS,
     WARP_SCHEMA_TAG,
     DeployOptions,
     container_security_context,
@@ -83,14 +81,8 @@ def _user_deployment(settings: CartridgeSettings, options: DeployOptions) -> dic
         "replicaCount": 1,
         # Run pods get this deployment's env, Secret, ConfigMap, volumes and resources.
         "includeConfigInLaunchedRuns": {"enabled": True},
-        "env": {
-            "CARTRIDGE_ENV": "prod",
-            "CARTRIDGE_CONFIG": CONFIG_FILE,
-            # Warp's /metrics and /health answer on the pod address (probes, Prometheus).
-            "CARTRIDGE_METRICS_HOST": POD_BIND_ADDRESS,
-            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-            "DAGSTER_DISABLE_TELEMETRY": "1",
-        },
+        # Shared env (config path, metrics bind address…) and the connection strings.
+        "envConfigMaps": [{"name": options.env_config_map_name}],
         "envSecrets": [{"name": options.secret_name}],
         "volumes": volumes,
         "volumeMounts": mounts,

@@ -14,8 +14,6 @@ from typing import Any
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.deploy.helm import DAGSTER_PG_SCHEME, tag_concurrency_limits
 from cartridge_dagster.deploy.k8s import (
-    CONFIG_FILE,
-    POD_BIND_ADDRESS,
     DeployOptions,
     container_security_context,
     dbt_project_path,
@@ -70,12 +68,8 @@ def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict
                 "postgres_password_secret": options.dagster_pg_secret_name,
                 "dagster_home": "/opt/dagster/dagster_home",
                 "image_pull_policy": options.image_pull_policy,
+                "env_config_maps": [options.env_config_map_name],
                 "env_secrets": [options.secret_name],
-                "env_vars": [
-                    "CARTRIDGE_ENV=prod",
-                    f"CARTRIDGE_CONFIG={CONFIG_FILE}",
-                    f"CARTRIDGE_METRICS_HOST={POD_BIND_ADDRESS}",
-                ],
                 "volumes": volumes,
                 "volume_mounts": mounts,
                 "resources": {

@@ -38,8 +38,10 @@ __all__ = [
     "container_security_context",
     "dbt_project_path",
     "dns_label",
+    "env_config_map",
     "pod_security_context",
     "prometheus_annotations",
+    "shared_env",
     "state_pvc",
     "state_volumes",
     "warp_deployment",
@@ -84,6 +86,8 @@ class DeployOptions:
     secret_name: str = "cartridge-secrets"
     #: ConfigMap holding the Cartridge config file, rendered by ``cartridge deploy render``.
     config_map_name: str = "cartridge-config"
+    #: ConfigMap with the environment every Cartridge container shares (no secrets).
+    env_config_map_name: str = "cartridge-env"
     #: Name of the code location (the user-code deployment) in the Dagster workspace.
     location_name: str = "cartridge"
     grpc_port: int = 3030
@@ -131,6 +135,31 @@ def dns_label(name: str, prefix: str = "") -> str:
     if len(label) > 63 or not _DNS_LABEL.match(label):
         raise ValueError(f"{label!r} is not a valid Kubernetes name")
     return label
+
+
+def shared_env() -> dict[str, str]:
+    """Environment for every Cartridge container (code server, run pods, standalone warp)."""
+    return {
+        "CARTRIDGE_ENV": "prod",
+        "CARTRIDGE_CONFIG": CONFIG_FILE,
+        # Warp's /metrics and /health answer on the pod address (probes, Prometheus).
+        "CARTRIDGE_METRICS_HOST": POD_BIND_ADDRESS,
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+    }
+
+
+def env_config_map(options: DeployOptions) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": options.env_config_map_name,
+            "namespace": options.namespace,
+            "labels": {"app.kubernetes.io/part-of": PART_OF, **options.labels},
+        },
+        "data": shared_env(),
+    }
 
 
 def dbt_project_path(project_dir: str) -> str:
@@ -329,13 +358,13 @@ def warp_deployment(schema: SchemaConfig, options: DeployOptions) -> dict[str, A
         "command": ["cartridge", "warp", "run"],
         "args": ["--config", CONFIG_FILE, "--mode", "single", "--schema", schema.name],
         "env": [
-            {"name": "CARTRIDGE_ENV", "value": "prod"},
-            {"name": "CARTRIDGE_CONFIG", "value": CONFIG_FILE},
             {"name": "CARTRIDGE_HEALTHCHECK", "value": f"http://127.0.0.1:{port}/health"},
-            {"name": "CARTRIDGE_METRICS_HOST", "value": POD_BIND_ADDRESS},
             {"name": "HOME", "value": "/tmp"},
         ],
-        "envFrom": [{"secretRef": {"name": options.secret_name}}],
+        "envFrom": [
+            {"configMapRef": {"name": options.env_config_map_name}},
+            {"secretRef": {"name": options.secret_name}},
+        ],
         "resources": schema.k8s_resources,
         "securityContext": container_security_context(read_only_root=True),
         "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],

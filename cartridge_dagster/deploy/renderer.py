@@ -33,6 +33,7 @@ from cartridge_dagster.deploy.k8s import (
     STATE_DIR,
     DeployOptions,
     dns_label,
+    env_config_map,
     state_pvc,
     warp_deployment,
     warp_run_k8s_config,
@@ -124,6 +125,9 @@ def render_documents(
         "DAGSTER_PG_DB, DAGSTER_PG_PORT.",
     )
     files["manifests/cartridge-config.yaml"] = dump_yaml(config_map(exported, options))
+    files["manifests/cartridge-env.yaml"] = dump_yaml(
+        env_config_map(options), "Environment shared by every Cartridge container (no secrets)."
+    )
     pvc = state_pvc(options)
     if pvc is not None:
         files["manifests/cartridge-state.yaml"] = dump_yaml(

@@ -93,6 +93,7 @@ def test_production_instance_stores_runs_in_postgres_with_psycopg2(dagster_home:
         assert isinstance(launcher, K8sRunLauncher)
         assert launcher.supports_resume_run
         assert launcher.env_secrets == ["cartridge-secrets"]
+        assert launcher.env_config_maps == ["cartridge-env"]
         assert launcher.job_namespace == "dagster"
 
 

@@ -89,11 +89,19 @@ def test_standalone_warp_pod_spec_runs_probes_and_lands_data(pg_url: str, tmp_pa
     mounted.parent.mkdir()
     mounted.write_text(config_map["data"]["cartridge.yaml"])
     args = [str(mounted) if a == CONFIG_FILE else a for a in container["args"]]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    (env_map,) = [
+        d["data"]
+        for d in yaml.safe_load_all((out / "manifests" / "cartridge-env.yaml").read_text())
+        if d
+    ]
+    env = {**env_map, **{e["name"]: e["value"] for e in container["env"]}}
     env["CARTRIDGE_CONFIG"] = str(mounted)
     env["HOME"] = str(tmp_path)
     # The Secret (envFrom) — the only place the connection strings exist.
-    assert container["envFrom"] == [{"secretRef": {"name": "cartridge-secrets"}}]
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "cartridge-env"}},
+        {"secretRef": {"name": "cartridge-secrets"}},
+    ]
     env["CARTRIDGE_SOURCE__CONNECTION_STRING"] = source
     env["CARTRIDGE_DESTINATION__CONNECTION_STRING"] = pg_url
     env["CARTRIDGE_STATE_DIR"] = str(tmp_path / "state")  # the emptyDir at STATE_DIR

@@ -300,10 +300,14 @@ def test_warp_pods_probe_health_and_are_annotated_for_prometheus(
             assert container[probe]["httpGet"] == {"path": "/health", "port": port}
         assert container["resources"] == schema.k8s_resources
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        # Bound to the pod address, or the kubelet's probes and Prometheus cannot reach it.
-        assert {"name": "CARTRIDGE_METRICS_HOST", "value": "0.0.0.0"} in container["env"]
+        assert {"configMapRef": {"name": "cartridge-env"}} in container["envFrom"]
+    # Bound to the pod address, or the kubelet's probes and Prometheus cannot reach it; the
+    # shared env reaches the code server, its run pods (warp) and the standalone pods alike.
+    (env_map,) = _docs(out / "manifests" / "cartridge-env.yaml")
+    assert env_map["data"]["CARTRIDGE_METRICS_HOST"] == "0.0.0.0"
+    assert env_map["data"]["CARTRIDGE_CONFIG"] == "/etc/cartridge/cartridge.yaml"
     deployment = _values(out)["dagster-user-deployments"]["deployments"][0]
-    assert deployment["env"]["CARTRIDGE_METRICS_HOST"] == "0.0.0.0"  # reaches warp run pods
+    assert deployment["envConfigMaps"] == [{"name": "cartridge-env"}]
 
 
 def test_no_secret_value_reaches_any_rendered_file(rendered: tuple[str, Path]) -> None:
@@ -330,7 +334,10 @@ def test_no_secret_value_reaches_any_rendered_file(rendered: tuple[str, Path]) -
     for _, doc in _manifests(out):
         if doc["kind"] == "Deployment":
             container = doc["spec"]["template"]["spec"]["containers"][0]
-            assert container["envFrom"] == [{"secretRef": {"name": "cartridge-secrets"}}]
+            assert container["envFrom"] == [
+                {"configMapRef": {"name": "cartridge-env"}},
+                {"secretRef": {"name": "cartridge-secrets"}},
+            ]
             assert all("value" not in e or "S3ntinel" not in e["value"] for e in container["env"])
 
 
@@ -432,6 +439,7 @@ def test_dagster_k8s_builds_a_valid_warp_run_pod_per_schema(
     location = K8sContainerContext.create_from_config(
         {
             "k8s": {
+                "env_config_maps": [c["name"] for c in deployment["envConfigMaps"]],
                 "env_secrets": [s["name"] for s in deployment["envSecrets"]],
                 "volumes": deployment["volumes"],
                 "volume_mounts": deployment["volumeMounts"],
@@ -472,6 +480,7 @@ def test_dagster_k8s_builds_a_valid_warp_run_pod_per_schema(
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert container["securityContext"]["runAsUser"] == APP_UID
         assert {"secretRef": {"name": "cartridge-secrets"}} in container["envFrom"]
+        assert {"configMapRef": {"name": "cartridge-env"}} in container["envFrom"]
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/etc/cartridge", "/var/lib/cartridge"} <= mounts
 
