@@ -294,11 +294,10 @@ class Profiler:
             name = "decimal"
             key = value.bid
         else:
-            name = _SCALAR_TYPE_NAMES.get(t) or _type_name(value)
-            if name in _UNKEYED:
-                key = _NO_KEY
-            elif t is not float and t is not bool and t is not ObjectId and t is not dt.datetime:
-                key = _distinct_key(value, name)
+            name = _KEYED_AS_IS.get(t)  # type: ignore[assignment]
+            if name is None:
+                name = _SCALAR_TYPE_NAMES.get(t) or _type_name(value)
+                key = _NO_KEY if name in _UNKEYED else _distinct_key(value, name)
         if key is not _NO_KEY:
             d = node.distinct
             if d is not None:
@@ -318,6 +317,15 @@ class Profiler:
 
 
 _NO_KEY = object()
+#: types whose values are their own distinct key: one dict lookup in the hot loop
+_KEYED_AS_IS: dict[type, str] = {
+    float: "double",
+    bool: "bool",
+    ObjectId: "objectId",
+    dt.datetime: "date",
+    uuid.UUID: "uuid",
+    Int64: "long",
+}
 _UNKEYED = frozenset(
     {"object", "array", "null", "regex", "minKey", "maxKey", "javascript", "dbRef", "timestamp"}
 )
@@ -336,10 +344,28 @@ def _distinct_key(value: Any, name: str) -> Any:
     return value
 
 
+_COEFFICIENT = (1 << 113) - 1
+
+
+def bid_to_decimal(bid: bytes) -> Decimal:
+    """Decimal128's 16 little-endian BID bytes → ``Decimal``, exactly.
+
+    The common form (sign, 14-bit exponent, 113-bit coefficient) is decoded directly, which is
+    about 20× faster than ``Decimal128.to_decimal``; other forms (NaN, ±Infinity, the
+    large-coefficient encoding) go through PyMongo.
+    """
+    x = int.from_bytes(bid, "little")
+    if (x >> 125) & 3 == 3:
+        return Decimal128.from_bid(bid).to_decimal()
+    exponent = ((x >> 113) & 0x3FFF) - 6176
+    sign = "-" if x >> 127 else ""
+    return Decimal(f"{sign}{x & _COEFFICIENT}E{exponent}")
+
+
 def _from_key(key: Any) -> Any:
     """Inverse of the hot loop's keys: Decimal128 is kept as its 16 ``bid`` bytes."""
     if type(key) is bytes and len(key) == 16:
-        return Decimal128.from_bid(key).to_decimal()
+        return bid_to_decimal(key)
     return key
 
 
@@ -360,6 +386,66 @@ def _json_value(value: Any) -> Any:
 
 def _sort_key(value: Any) -> tuple[str, str]:
     return (type(value).__name__, str(value))
+
+
+_NUMBER_PY = (int, float, Decimal, Int64)
+
+
+def _values(node: _Node) -> list[Any] | set[Any]:
+    """The distinct values of a node (Decimal128 keys decoded); the set itself when possible."""
+    d = node.distinct
+    if not d:
+        return []
+    if "decimal" in node.types or "binary" in node.types:
+        return [_from_key(k) for k in d]
+    return d
+
+
+def _range(node: _Node, values: list[Any] | set[Any]) -> tuple[Any, Any] | None:
+    """(min, max) of the numbers, else of the dates, among the distinct values."""
+    if not values:
+        return None
+    nonnull = node.types.keys() - {"null"}
+    if nonnull & NUMERIC_TYPES:
+        homogeneous = nonnull <= NUMERIC_TYPES and "double" not in nonnull
+        candidates: Any = (
+            values
+            if homogeneous
+            else [v for v in values if type(v) in _NUMBER_PY and v == v and abs(v) != math.inf]
+        )
+    elif "date" in nonnull:
+        candidates = (
+            values if nonnull == {"date"} else [v for v in values if type(v) is dt.datetime]
+        )
+    else:
+        return None
+    if not candidates:
+        return None
+    try:
+        return min(candidates), max(candidates)
+    except TypeError:  # naive and aware datetimes, or odd mixes: normalise and compare
+        norm = [
+            v.replace(tzinfo=dt.UTC) if isinstance(v, dt.datetime) and v.tzinfo is None else v
+            for v in candidates
+            if isinstance(v, (*_NUMBER_PY, dt.datetime))
+        ]
+        try:
+            return (min(norm), max(norm)) if norm else None
+        except TypeError:
+            return None
+
+
+def _smallest(k: int, values: list[Any] | set[Any]) -> list[Any]:
+    """The ``k`` smallest distinct values (deterministic examples), cheaply when homogeneous."""
+    plain = (
+        values
+        if not any(isinstance(v, tuple) for v in values)
+        else [v for v in values if not isinstance(v, tuple)]
+    )
+    try:
+        return heapq.nsmallest(k, plain)
+    except TypeError:
+        return heapq.nsmallest(k, plain, key=_sort_key)
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -462,21 +548,11 @@ def _field_entry(
         # values after the cap were unseen before with probability ≈ tracked/seen → linear guess
         entry["distinct"] = max(tracked, int(tracked * seen / max(1, tracked)))
         entry["distinct_exact"] = False
-    values = [_from_key(k) for k in node.distinct] if node.distinct else []
-    numbers = [
-        v
-        for v in values
-        if type(v) in (int, float, Decimal, Int64) and v == v and abs(v) != math.inf
-    ]
-    dates = [
-        v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v
-        for v in values
-        if type(v) is dt.datetime
-    ]
-    ranged = numbers or dates
-    if ranged:
-        entry["min"] = _json_value(min(ranged))
-        entry["max"] = _json_value(max(ranged))
+    values = _values(node)
+    lo_hi = _range(node, values)
+    if lo_hi is not None:
+        entry["min"] = _json_value(lo_hi[0])
+        entry["max"] = _json_value(lo_hi[1])
         entry["range_exact"] = node.distinct_overflow == 0
     n_str = node.types.get("string", 0)
     if n_str:
@@ -496,11 +572,7 @@ def _field_entry(
     sensitive = _redact(path, options)
     entry["sensitive"] = sensitive
     if options.example_values and not sensitive and nonnull - {"object", "array"}:
-        examples = heapq.nsmallest(
-            options.example_values,
-            (v for v in values if not isinstance(v, tuple)),
-            key=_sort_key,
-        )
+        examples = _smallest(options.example_values, values)
         entry["examples"] = [_json_value(v) for v in examples]
     if (
         nonnull == {"string"}

@@ -198,3 +198,22 @@ def test_model_names() -> None:
     assert len(long) <= 63 and long == staging_model_name("shop", "c" * 100)
     assert staging_model_name("shop", "c" * 100) != staging_model_name("shop", "c" * 101)
     assert staging_schema_name("shop") == "shop_staging"
+
+
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
+        lambda d: d.adjusted() < 6000 and d.adjusted() > -6000 and len(d.as_tuple().digits) <= 34
+    )
+)
+def test_bid_to_decimal_matches_pymongo(value: Decimal) -> None:
+    from cartridge_dagster.init.inference import bid_to_decimal
+
+    d128 = Decimal128(value)
+    assert str(bid_to_decimal(d128.bid)) == str(d128.to_decimal())
+
+
+def test_bid_to_decimal_special_values() -> None:
+    from cartridge_dagster.init.inference import bid_to_decimal
+
+    assert bid_to_decimal(Decimal128("NaN").bid).is_nan()
+    assert bid_to_decimal(Decimal128("-Infinity").bid) == Decimal("-Infinity")
