@@ -107,12 +107,16 @@ def _x_labels(labels: Sequence[str], xs: Sequence[float], y: float, max_labels: 
     if not labels:
         return ""
     step = max(1, math.ceil(len(labels) / max_labels))
-    return "".join(
-        f'<text x="{x:.1f}" y="{y}" text-anchor="middle" fill="{PALETTE["axis"]}">'
-        f"{escape(label)}</text>"
-        for i, (label, x) in enumerate(zip(labels, xs, strict=True))
-        if i % step == 0
-    )
+    out = []
+    for i, (label, x) in enumerate(zip(labels, xs, strict=True)):
+        if i % step:
+            continue
+        anchor = "end" if i == len(labels) - 1 and len(labels) > 1 else "middle"
+        out.append(
+            f'<text x="{x:.1f}" y="{y}" text-anchor="{anchor}" fill="{PALETTE["axis"]}">'
+            f"{escape(label)}</text>"
+        )
+    return "".join(out)
 
 
 def _legend(names: Sequence[str], colors: Sequence[str], x: int, y: int) -> str:

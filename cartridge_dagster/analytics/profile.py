@@ -53,7 +53,7 @@ MAX_PROFILE_ROWS = 200_000
 ISO_TIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
 
 #: Bucket widths for activity charts; the smallest that gives at most ~60 buckets is used.
-_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
 
 RAW_META_COLUMNS = frozenset(
     {

@@ -288,7 +288,36 @@ def _pct(value: float | None) -> str:
 def _bucket_label(bucket: dt.datetime, seconds: int) -> str:
     if seconds >= 86400:
         return bucket.strftime("%b %d")
-    return bucket.strftime("%H:%M") if seconds < 3600 else bucket.strftime("%d %H:00")
+    if seconds >= 3600:
+        return bucket.strftime("%d %H:00")
+    return bucket.strftime("%H:%M") if seconds >= 60 else bucket.strftime("%H:%M:%S")
+
+
+def _continuous(activity: list[dict[str, Any]], limit: int = 120) -> list[dict[str, Any]]:
+    """Activity with the empty buckets between the first and the last filled in."""
+    if not activity:
+        return []
+    width = int(activity[0]["bucket_seconds"])
+    by_bucket = {a["bucket"]: a for a in activity}
+    first, last = activity[0]["bucket"], activity[-1]["bucket"]
+    steps = int((last - first).total_seconds() // width) + 1
+    if steps > limit:
+        return activity
+    empty = {"inserts": 0, "updates": 0, "deletes": 0, "other": 0}
+    out = []
+    for i in range(steps):
+        bucket = first + dt.timedelta(seconds=i * width)
+        out.append(
+            by_bucket.get(bucket)
+            or {
+                **empty,
+                "bucket": bucket,
+                "bucket_seconds": width,
+                "lag_p50_seconds": None,
+                "lag_p95_seconds": None,
+            }
+        )
+    return out
 
 
 def _column_summary(col: dict[str, Any]) -> str:
@@ -399,24 +428,25 @@ def _collection_card(schema: SchemaConfig, c: CollectionReport) -> str:
             + _stat("hash mismatches", rec_value)
             + "</div>"
         )
-        labels = [_bucket_label(a["bucket"], a["bucket_seconds"]) for a in c.activity]
+        activity = _continuous(c.activity)
+        labels = [_bucket_label(a["bucket"], a["bucket_seconds"]) for a in activity]
         history = raw.get("activity_source") == "history"
         what = "every change" if history else "last operation per row"
         volume = charts.bar_chart(
             labels,
             {
-                "inserts": [a["inserts"] for a in c.activity],
-                "updates": [a["updates"] for a in c.activity],
-                "deletes": [a["deletes"] for a in c.activity],
-                "snapshot": [a["other"] for a in c.activity],
+                "inserts": [a["inserts"] for a in activity],
+                "updates": [a["updates"] for a in activity],
+                "deletes": [a["deletes"] for a in activity],
+                "snapshot": [a["other"] for a in activity],
             },
             title=f"{c.collection}: changes landed over time",
         )
         lag = charts.line_chart(
             labels,
             {
-                "lag p50": [a["lag_p50_seconds"] for a in c.activity],
-                "lag p95": [a["lag_p95_seconds"] for a in c.activity],
+                "lag p50": [a["lag_p50_seconds"] for a in activity],
+                "lag p95": [a["lag_p95_seconds"] for a in activity],
             },
             durations=True,
             title=f"{c.collection}: CDC lag",
@@ -558,18 +588,21 @@ def render_index(reports: list[SchemaReport]) -> str:
         cols = r.collections
         live = sum(c.raw["rows_live"] for c in cols.values() if c.raw)
         last = max((c.raw["profiled_at"] for c in cols.values() if c.raw), default=None)
+        checks = [ch for c in cols.values() for ch in c.checks]
+        passed = sum(1 for ch in checks if ch["passed"])
         rows.append(
             f"<tr><td><a href='{escape(r.schema.name)}.html'><b>{escape(r.schema.name)}</b></a>"
             f"</td><td>{escape(r.schema.source_database)}</td>"
             f"<td><code>{escape(r.schema.raw_schema)}</code></td>"
             f"<td class='num'>{len(cols)}</td><td class='num'>{charts.fmt_number(live)}</td>"
             f"<td>{'–' if last is None else f'{last:%Y-%m-%d %H:%M} UTC'}</td>"
+            f"<td class='num'>{passed} / {len(checks)}</td>"
             f"<td><span class='pill {r.status}'>{r.status}</span></td></tr>"
         )
     body = (
         "<section class='card' style='margin-top:-30px'><table class='index-table'><tr>"
         "<th>schema</th><th>source database</th><th>raw schema</th><th>collections</th>"
-        "<th>live rows</th><th>last profiled</th><th>status</th></tr>"
+        "<th>live rows</th><th>last profiled</th><th>checks passing</th><th>status</th></tr>"
         + "".join(rows)
         + "</table></section>"
     )
@@ -578,7 +611,8 @@ def render_index(reports: list[SchemaReport]) -> str:
         "Cartridge reports",
         "Cartridge",
         "Warehouse reports",
-        f"{len(reports)} schemas · generated {now:%Y-%m-%d %H:%M} UTC",
+        f"{len(reports)} schema{'' if len(reports) == 1 else 's'} · "
+        f"generated {now:%Y-%m-%d %H:%M} UTC",
         body,
     )
 

@@ -64,8 +64,8 @@ def selections(schema: str) -> dict[str, str]:
     """Selection strings per intent (``S`` is ``[a-z0-9_]``: safe inside quotes)."""
     analytics = f'key:"analytics/{schema}/*"'
     raw = f'key:"raw/{schema}/*"'
-    models_and_summaries = f"((+{analytics}) and not {raw})"
-    models = f"((+{analytics}) and not {raw} and not {analytics})"
+    models_and_summaries = f"((1+{analytics}) and not {raw})"
+    models = f"((1+{analytics}) and not {raw} and not {analytics})"
     control = " or ".join(
         f'key:"cartridge/{schema}/{name}"' for name in ("catalog", "schema", "dbt_models")
     )
