@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import struct
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_UNPACK_QQ = struct.Struct("<QQ").unpack
 
 
 class UnlandableDocument(TerminalError):
@@ -84,8 +86,11 @@ class ConversionStats:
 
 
 def _iso(value: dt.datetime) -> str:
-    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is None:  # naive datetimes are UTC (the embedded engine returns them)
+        return value.isoformat(timespec="milliseconds") + "Z"
+    if value.utcoffset():
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def _datetime_ms(value: DatetimeMS, stats: ConversionStats, path: str) -> str:
@@ -212,12 +217,98 @@ def _non_finite(text: str, policy: ValuePolicy, stats: ConversionStats, path: st
     return text.replace("inf", "Infinity").replace("nan", "NaN")
 
 
+class _NeedsPolicy(Exception):
+    """The fast path met a value a policy must decide on: use the full conversion."""
+
+
+_D128_SPECIAL = 3 << 61
+_D128_MAX_COEFFICIENT = 10**34 - 1
+
+
+def _decimal128_text(value: Decimal128) -> str:
+    """``Decimal128`` → the same text as ``str(value.to_decimal())``, without PyMongo's slow
+    pure-Python ``to_decimal`` for the common (finite, canonical) encodings."""
+    low, high = _UNPACK_QQ(value.bid)
+    if high & _D128_SPECIAL == _D128_SPECIAL:
+        raise _NeedsPolicy  # NaN, Infinity, or the rare large-coefficient form
+    coefficient = ((high & 0x1FFFFFFFFFFFF) << 64) | low
+    if coefficient > _D128_MAX_COEFFICIENT:
+        raise _NeedsPolicy
+    exponent = ((high >> 49) & 0x3FFF) - 6176
+    sign = "-" if high >> 63 else ""
+    return _decimal_text(Decimal(f"{sign}{coefficient}E{exponent}"))
+
+
+def _binary_text(value: Binary) -> str:
+    if value.subtype in (3, 4) and len(value) == 16:
+        return str(uuid.UUID(bytes=bytes(value)))
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+_FAST_TYPES: dict[type, Any] = {
+    ObjectId: str,
+    dt.datetime: _iso,
+    Decimal128: lambda v: orjson.Fragment(_decimal128_text(v)),
+    Binary: _binary_text,
+    bytes: lambda v: base64.b64encode(v).decode("ascii"),
+    Timestamp: lambda v: {"t": v.time, "i": v.inc},
+}
+
+
+def _fast_default(value: Any) -> Any:
+    """orjson's ``default`` for BSON types; anything a policy must see goes the slow way."""
+    convert = _FAST_TYPES.get(type(value))
+    if convert is not None:
+        return convert(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(_decimal_text(value))
+    raise _NeedsPolicy
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            extend(item)
+        elif kind is float:
+            if item != item or item in (math.inf, -math.inf):
+                return True
+        elif isinstance(item, dict):
+            push(dict(item))
+    return False
+
+
+_FAST_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def document_json(
     document: dict[str, Any],
     policy: ValuePolicy | None = None,
     stats: ConversionStats | None = None,
 ) -> bytes:
-    """The ``document`` column value (JSON bytes) for one BSON document."""
+    """The ``document`` column value (JSON bytes) for one BSON document.
+
+    Fast path: orjson walks the document natively (BSON types through ``default``); the output
+    is only kept when no policy applies: no ``\u0000`` escape (a NUL in a string or key) and,
+    when the output has a ``null`` (orjson writes NaN/Infinity as null), no non-finite float.
+    Otherwise the full conversion (:func:`to_jsonable`) runs, applies the policies and counts.
+    Both give the same bytes for documents the fast path accepts.
+    """
+    try:
+        out = orjson.dumps(document, default=_fast_default, option=_FAST_OPTIONS)
+    except (_NeedsPolicy, orjson.JSONEncodeError, TypeError):
+        out = None
+    if (
+        out is not None
+        and b"\\u0000" not in out
+        and (b"null" not in out or not _has_non_finite(document))
+    ):
+        return out
     stats = stats if stats is not None else ConversionStats()
     return orjson.dumps(to_jsonable(document, policy or ValuePolicy(), stats))
 

@@ -1,0 +1,81 @@
+"""The fast conversion path gives the same bytes as the full one (and defers to it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cartridge_dagster.documents import (
+    ConversionStats,
+    ValuePolicy,
+    _decimal128_text,
+    document_json,
+    to_jsonable,
+)
+
+
+def slow(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(to_jsonable(doc, ValuePolicy(), ConversionStats()))
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**63), 2**63 - 1).map(Int64),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.binary(max_size=20).map(lambda b: Binary(b, 0)),
+    st.uuids().map(lambda u: Binary(u.bytes, 4)),
+    st.uuids(),
+    st.builds(ObjectId),
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)).map(
+        lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000, tzinfo=dt.UTC)
+    ),
+    st.builds(
+        lambda c, e, neg: Decimal128(Decimal((neg, tuple(int(x) for x in str(c)), e))),
+        st.integers(0, 10**34 - 1),
+        st.integers(-6000, 6000),
+        st.integers(0, 1),
+    ),
+    st.sampled_from([Decimal128("NaN"), Decimal128("-Infinity"), Decimal128("-0")]),
+    st.builds(Timestamp, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(max_size=10), values, max_size=6))
+def test_fast_path_matches_full_conversion(doc: dict[str, Any]) -> None:
+    assert document_json(doc) == slow(doc)
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False))
+def test_decimal128_text(value: Decimal) -> None:
+    try:
+        d = Decimal128(value)
+    except Exception:
+        return
+    assert _decimal128_text(d) in (str(d.to_decimal()), "0")
+
+
+def test_policies_still_apply_and_count() -> None:
+    stats = ConversionStats()
+    out = document_json(
+        {"_id": 1, "s": "a\x00b", "f": math.nan, "u": uuid.UUID(int=1)}, None, stats
+    )
+    assert orjson.loads(out) == {"_id": 1, "s": "ab", "f": "NaN", "u": str(uuid.UUID(int=1))}
+    assert stats.nul_stripped == 1 and stats.non_finite == 1
