@@ -15,6 +15,7 @@ Per configured schema S:
 """
 
 import asyncio
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -24,6 +25,7 @@ import dagster as dg
 from cartridge_dagster.assets.keys import raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.landing import raw_table_name
+from cartridge_dagster.observability import MetricsServer
 from cartridge_dagster.resources.warp import WarpResource
 from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
 from cartridge_dagster.state import known_collections
@@ -138,7 +140,23 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             observer=observer,
             run_id=context.run_id,
         )
-        summary = asyncio.run(runner.run())
+        server: MetricsServer | None = None
+        if cfg.warp.metrics_port:
+            # In a pod, set CARTRIDGE_METRICS_HOST=0.0.0.0 so Prometheus and probes reach it.
+            host = os.environ.get("CARTRIDGE_METRICS_HOST", "127.0.0.1")
+            try:
+                server = MetricsServer(cfg.warp.metrics_port, host=host).start()
+            except OSError as exc:
+                context.log.warning(
+                    f"metrics disabled: port {cfg.warp.metrics_port} is busy ({exc.strerror})"
+                )
+        try:
+            if server is not None:
+                server.health.set(f"warp/{schema.name}", ok=True, reason="running")
+            summary = asyncio.run(runner.run())
+        finally:
+            if server is not None:
+                server.stop()
         observer.flush(force=True)
         cp = summary.checkpoint
         context.log.info(

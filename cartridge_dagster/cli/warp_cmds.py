@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Annotated, Any
 
@@ -80,7 +81,8 @@ def run(
     server: Any = None
     if port:
         try:
-            server = MetricsServer(port, health=health).start()
+            host = os.environ.get("CARTRIDGE_METRICS_HOST", "127.0.0.1")
+            server = MetricsServer(port, host=host, health=health).start()
             console.print(f"metrics: http://127.0.0.1:{server.port}/metrics (health: /health)")
         except OSError as exc:
             console.print(f"[yellow]metrics disabled: port {port} is busy ({exc.strerror})[/]")

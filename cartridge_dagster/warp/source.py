@@ -104,6 +104,36 @@ class SchemaSource:
     last_version: int = 0
     _last_base: int = -1
     _last_ordinal: int = 0
+    _split_large_events: bool = True
+    _fragments: list[dict[str, Any]] = field(default_factory=list)
+
+    async def _next_event(self, stream: ChangeStream) -> tuple[ChangeStream, Any]:
+        """The next whole event: fragments of a split large event are merged back into one;
+        a server without ``$changeStreamSplitLargeEvent`` gets the stream without it."""
+        while True:
+            try:
+                event = await stream.try_next()
+            except Exception as exc:
+                code = getattr(exc, "code", None)
+                if self._split_large_events and code in (40324, 40573, 9):
+                    log.info("warp.source.no_split_stage", schema=self.schema.name)
+                    self._split_large_events = False
+                    token = stream.resume_token
+                    await stream.close()
+                    stream = self.open_stream(resume_after=token)
+                    continue
+                raise
+            if event is None or "splitEvent" not in event:
+                return stream, event
+            split = event.pop("splitEvent")
+            self._fragments.append(dict(event))
+            if int(split.get("fragment", 1)) < int(split.get("of", 1)):
+                continue
+            merged: dict[str, Any] = {}
+            for part in self._fragments:
+                merged.update(part)
+            self._fragments = []
+            return stream, merged
 
     @property
     def database(self) -> Any:
@@ -223,9 +253,13 @@ class SchemaSource:
         resume_after: Mapping[str, Any] | None = None,
         start_after: Mapping[str, Any] | None = None,
     ) -> ChangeStream:
+        pipeline: list[dict[str, Any]] = []
+        if self.conn.kind == "pymongo" and self._split_large_events:
+            # Events over 16 MiB arrive as fragments (MongoDB 6.0.9+/7.0), reassembled below.
+            pipeline.append({"$changeStreamSplitLargeEvent": {}})
         return self.conn.watch(
             self.schema.source_database,
-            [],
+            pipeline,
             resume_after=resume_after,
             start_after=start_after,
             full_document=self.schema.warp.full_document,
@@ -266,7 +300,7 @@ class SchemaSource:
         self.idle_since = time.monotonic()
         try:
             while not stop.is_set():
-                event = await stream.try_next()
+                stream, event = await self._next_event(stream)
                 now = time.monotonic()
                 if event is None:
                     if len(batch) or batch.wipes:

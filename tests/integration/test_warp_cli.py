@@ -90,3 +90,31 @@ def test_cli_single_mode_needs_a_schema(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["warp", "run", "--config", str(config), "--mode", "single"])
     assert out.exit_code != 0
     assert isinstance(out.exception, ConfigError) and "--schema" in str(out.exception)
+
+
+def test_metrics_and_health_endpoint(tmp_path: Path, pg_url: str, mongo_db_name: str) -> None:
+    import json
+    import urllib.request
+
+    from cartridge_dagster.observability import HealthState, MetricsServer
+    from tests.support.warp import run_warp, warp_settings
+
+    mongo_url = f"mongoeco://{tmp_path / 'source.sqlite'}"
+
+    async def go() -> None:
+        async with mongo_session(mongo_url) as conn:
+            await conn.database(mongo_db_name).metered.insert_many([{"_id": i} for i in range(7)])
+        await run_warp(warp_settings(mongo_url, pg_url, mongo_db_name))
+
+    run(go())
+    health = HealthState()
+    health.set("warp/shop", ok=True, reason="running")
+    with MetricsServer(0, health=health) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+            status = json.loads(resp.read())
+    assert 'cartridge_warp_events_total{op="snapshot",schema="shop",table="metered"} 7.0' in body
+    assert "cartridge_warp_batch_seconds_bucket" in body
+    assert status["status"] == "ok"
