@@ -189,3 +189,53 @@ def test_approve_policy_holds_changes_until_approved(
     assert not (env.state / "v0002.json").exists()
     out = _ok(cartridge("schema", "approve", "--config", str(env.config), "--schema", "shop"))
     assert "approved as v0002" in out and "channel" in out
+
+
+def test_bad_values_become_null_and_are_counted(
+    tmp_path: Path, mongo_url: str, pg_url: str
+) -> None:
+    env = make_env(tmp_path, mongo_url, pg_url, scale=0.005)
+    _ok(cartridge("scan", "--config", str(env.config)))
+    _ok(cartridge("generate", "--config", str(env.config)))
+    asyncio.run(land_from_mongo(env.pg_url, env.mongo_url, "shop", "raw_shop", ["customers"]))
+
+    async def bad_rows() -> None:
+        from tests.support.raw_fixture import land_documents
+
+        conn = await asyncpg.connect(env.pg_url)
+        try:
+            await land_documents(
+                conn,
+                "raw_shop",
+                "customers",
+                [
+                    {"_id": "bad-1", "loyalty_points": "lots", "created_at": "yesterday"},
+                    {"_id": "bad-2", "loyalty_points": {"nested": 1}, "marketing_opt_in": "yes"},
+                ],
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(bad_rows())
+    result = run_dbt(
+        env.project,
+        ["build", "--select", "stg_shop__customers", "--indirect-selection", "cautious"],
+        env=settings_dbt_env(env.settings()),
+        check=False,
+    )
+    assert result.ok, result.output[-3000:]  # a bad value never fails the model
+    statuses = result.statuses()
+    invalid = [u for u in statuses if "cartridge_invalid_values" in u]
+    assert [statuses[u] for u in invalid] == ["warn"]  # counted, reported, not fatal
+    assert statuses["model.cartridge.stg_shop__customers"] == "success"
+    rows = asyncio.run(
+        _fetch(
+            env.pg_url,
+            "SELECT _id, loyalty_points, created_at, marketing_opt_in, _cartridge_invalid_fields "
+            "FROM shop_staging.stg_shop__customers WHERE _id LIKE 'bad-%' ORDER BY _id",
+        )
+    )
+    assert [tuple(r) for r in rows] == [
+        ("bad-1", None, None, None, ["created_at", "loyalty_points"]),
+        ("bad-2", None, None, None, ["loyalty_points", "marketing_opt_in"]),
+    ]
