@@ -3,11 +3,16 @@
 Jobs for the common intents:
 
 - ``profile_<S>``: the ``analytics/<S>/*`` summaries and checks, now.
-- ``update_<S>``: the staging models of ``S`` (dbt) and then the summaries.
-- ``rebuild_models_<S>``: regenerate the dbt files (``cartridge/<S>/dbt_models``) and build
-  the staging models.
-- ``refresh_<S>``: everything but the long-lived warp run: catalog → schema → generated models →
-  staging models → summaries.
+- ``update_<S>``: the staging models of ``S`` (dbt build, with their tests) and then the
+  summaries.
+- ``rebuild_models_<S>``: regenerate the dbt files (``cartridge/<S>/dbt_models``: generate,
+  parse, reload the code location).
+- ``refresh_<S>``: re-scan the source and regenerate: catalog → schema → generated models; the
+  ``<S>_models_generated`` sensor then runs ``update_<S>`` (models and summaries).
+
+Models are built in a run of their own after generation on purpose: a run executes the asset
+definitions loaded when it started, so dbt models generated inside the same run would not match
+the manifest those definitions were built from; the next run sees the reloaded code location.
 
 Triggers (every one visible, with its reason, in the UI's sensor and schedule pages):
 
@@ -17,6 +22,8 @@ Triggers (every one visible, with its reason, in the UI's sensor and schedule pa
   lost: the cursor only moves when a run is requested);
 - sensor ``<S>_schema_changes`` (an asset sensor on ``cartridge/<S>/schema``): a new schema
   version starts ``rebuild_models_<S>``;
+- sensor ``<S>_models_generated`` (an asset sensor on ``cartridge/<S>/dbt_models``): changed
+  model files, or a ``refresh_<S>`` run, start ``update_<S>``;
 - schedule ``<S>_full_profile``: ``profile_<S>`` on ``analytics.profile_cron``.
 
 Selections are Dagster selection strings, so the jobs resolve whether or not the init and warp
@@ -27,7 +34,7 @@ from typing import Any
 
 import dagster as dg
 
-from cartridge_dagster.assets.keys import raw_key, schema_key
+from cartridge_dagster.assets.keys import dbt_models_key, raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.state import known_collections
 
@@ -38,6 +45,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "build_automation_defs",
     "job_names",
+    "models_generated_sensor",
     "raw_changes_sensor",
     "schema_changes_sensor",
     "selections",
@@ -64,16 +72,15 @@ def selections(schema: str) -> dict[str, str]:
     """Selection strings per intent (``S`` is ``[a-z0-9_]``: safe inside quotes)."""
     analytics = f'key:"analytics/{schema}/*"'
     raw = f'key:"raw/{schema}/*"'
-    models_and_summaries = f"((1+{analytics}) and not {raw})"
-    models = f"((1+{analytics}) and not {raw} and not {analytics})"
     control = " or ".join(
         f'key:"cartridge/{schema}/{name}"' for name in ("catalog", "schema", "dbt_models")
     )
     return {
         "profile": analytics,
-        "update": models_and_summaries,
-        "rebuild_models": f'key:"cartridge/{schema}/dbt_models" or {models}',
-        "refresh": f"{control} or {models_and_summaries}",
+        # the summaries and what they read one layer up: the staging models (not raw: warp's)
+        "update": f"((1+{analytics}) and not {raw})",
+        "rebuild_models": f'key:"cartridge/{schema}/dbt_models"',
+        "refresh": control,
     }
 
 
@@ -83,8 +90,8 @@ def _jobs(schema: SchemaConfig) -> dict[str, AssetJob]:
     descriptions = {
         "profile": "Profile, reconcile and check every collection now.",
         "update": "Build the staging models (dbt), then the summaries and checks.",
-        "rebuild_models": "Regenerate the dbt files from the latest schema and build the models.",
-        "refresh": "Everything but warp: catalog, schema, generated models, dbt, summaries.",
+        "rebuild_models": "Regenerate the dbt files from the latest schema (then update runs).",
+        "refresh": "Re-scan and regenerate: catalog, schema, dbt files (then update runs).",
     }
     return {
         intent: dg.define_asset_job(
@@ -175,6 +182,37 @@ def schema_changes_sensor(schema: str, job: AssetJob) -> dg.SensorDefinition:
     return schema_changes
 
 
+def models_generated_sensor(
+    schema: str, job: AssetJob, refresh_job_name: str
+) -> dg.SensorDefinition:
+    @dg.asset_sensor(
+        name=f"{schema}_models_generated",
+        asset_key=dbt_models_key(schema),
+        job=job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Changed dbt files for {schema} (or a {refresh_job_name} run) start {job.name}, in "
+            "a run of its own so it uses the reloaded models."
+        ),
+    )
+    def models_generated(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry) -> Any:
+        mat = asset_event.asset_materialization
+        meta = mat.metadata if mat is not None else {}
+        changed = _metadata_value(meta, "files_changed") or 0
+        run = context.instance.get_run_by_id(asset_event.run_id) if asset_event.run_id else None
+        from_refresh = run is not None and run.job_name == refresh_job_name
+        if not changed and not from_refresh:
+            return dg.SkipReason(f"dbt files of {schema} regenerated without changes")
+        reason = f"{changed} files changed" if changed else f"after {refresh_job_name}"
+        return dg.RunRequest(
+            job_name=job.name,
+            run_key=f"{schema}-models-{asset_event.run_id}-{int(asset_event.timestamp * 1000)}",
+            tags={"cartridge/trigger": "models_generated", "cartridge/reason": reason},
+        )
+
+    return models_generated
+
+
 def build_automation_defs(settings: CartridgeSettings) -> dg.Definitions:
     jobs: list[Any] = []
     sensors: list[Any] = []
@@ -188,6 +226,9 @@ def build_automation_defs(settings: CartridgeSettings) -> dg.Definitions:
         if not collections:
             continue  # no analytics assets yet: nothing to profile or update
         jobs += [by_intent["profile"], by_intent["update"]]
+        sensors.append(
+            models_generated_sensor(schema.name, by_intent["update"], by_intent["refresh"].name)
+        )
         sensors.append(
             raw_changes_sensor(
                 schema.name,

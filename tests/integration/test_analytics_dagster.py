@@ -12,7 +12,7 @@ import yaml
 
 from cartridge_dagster.assets.analytics import build_analytics_defs
 from cartridge_dagster.assets.catalog import build_catalog_defs
-from cartridge_dagster.assets.keys import analytics_key, raw_key, schema_key
+from cartridge_dagster.assets.keys import analytics_key, dbt_models_key, raw_key, schema_key
 from cartridge_dagster.config import load_settings
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
@@ -113,7 +113,13 @@ def test_definitions_and_jobs_resolve(tmp_path: Path, pg_url: str, mongo_url: st
     assert not any(k.path[0] == "raw" for k in update)
     refresh = repo.get_job("refresh_shop").asset_layer.executable_asset_keys
     assert dg.AssetKey(["cartridge", "shop", "catalog"]) in refresh
-    assert {s.name for s in repo.sensor_defs} == {"shop_raw_changes", "shop_schema_changes"}
+    assert {s.name for s in repo.sensor_defs} == {
+        "shop_raw_changes",
+        "shop_schema_changes",
+        "shop_models_generated",
+    }
+    rebuild = repo.get_job("rebuild_models_shop").asset_layer.executable_asset_keys
+    assert rebuild == set()  # init's dbt_models asset is not part of this test's graph
     assert repo.get_schedule_def("shop_full_profile").cron_schedule == "0 * * * *"
 
 
@@ -170,7 +176,9 @@ def test_materialize_analytics_with_checks(
         assert by_name[(analytics_key("shop", "customers"), "reconciliation")].passed
 
 
-def _report(instance: dg.DagsterInstance, *keys: dg.AssetKey, **metadata: Any) -> None:
+def _report(
+    instance: dg.DagsterInstance, *keys: dg.AssetKey, job_name: str = "warp_like", **metadata: Any
+) -> None:
     """Log materializations the way warp does: events from a run, on the same instance."""
 
     @dg.op
@@ -178,11 +186,11 @@ def _report(instance: dg.DagsterInstance, *keys: dg.AssetKey, **metadata: Any) -
         for key in keys:
             context.log_event(dg.AssetMaterialization(key, metadata=metadata))
 
-    @dg.job
-    def warp_like() -> None:
+    @dg.job(name=job_name)
+    def emitter() -> None:
         emit()
 
-    assert warp_like.execute_in_process(instance=instance).success
+    assert emitter.execute_in_process(instance=instance).success
 
 
 def test_raw_changes_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
@@ -237,6 +245,33 @@ def test_schema_changes_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> N
         ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=out.cursor)
         again = sensor.evaluate_tick(ctx)
         assert again.run_requests == [] and "no new version" in (again.skip_message or "")
+
+
+def test_models_generated_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
+    config = _config(tmp_path, pg_url, mongo_url, "shop")
+    defs = _defs(config)
+    sensor = defs.get_sensor_def("shop_models_generated")
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def tick() -> Any:
+            nonlocal cursor
+            ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
+            out = sensor.evaluate_tick(ctx)
+            cursor = out.cursor or cursor
+            return out
+
+        _report(instance, dbt_models_key("shop"), files_changed=0)
+        out = tick()
+        assert out.run_requests == [] and "without changes" in (out.skip_message or "")
+        _report(instance, dbt_models_key("shop"), files_changed=2)
+        out = tick()
+        assert [r.job_name for r in out.run_requests] == ["update_shop"]
+        assert out.run_requests[0].tags["cartridge/reason"] == "2 files changed"
+        # a refresh run continues into the update even when no file changed
+        _report(instance, dbt_models_key("shop"), job_name="refresh_shop", files_changed=0)
+        out = tick()
+        assert [r.tags["cartridge/reason"] for r in out.run_requests] == ["after refresh_shop"]
 
 
 def test_code_location_loads_with_demo_config() -> None:
