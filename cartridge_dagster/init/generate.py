@@ -307,6 +307,7 @@ def _field_tests(
     field_path: str,
     sampled_fully: bool,
     referenced: Mapping[str, str],
+    targets: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     tests: list[Any] = []
     entry = coll["fields"].get(field_path, {})
@@ -322,12 +323,16 @@ def _field_tests(
         )
     ref = coll.get("references", {}).get(field_path)
     if ref and ref["collection"] in referenced:
+        target_field = "_id"
+        target_cols = (targets or {}).get(ref["collection"], {}).get("columns", {})
+        if ref.get("field", "_id") != "_id" and ref["field"] in target_cols:
+            target_field = target_cols[ref["field"]]["column"]
         tests.append(
             {
                 "relationships": {
                     "arguments": {
                         "to": f"ref('{referenced[ref['collection']]}')",
-                        "field": "_id",
+                        "field": target_field,
                     },
                     "config": {"severity": "warn"},
                 }
@@ -362,7 +367,7 @@ def models_yml(
                 _column_entry(
                     col["column"],
                     doc.columns.get(col["column"], path),
-                    _field_tests(schema, coll, path, full, referenced),
+                    _field_tests(schema, coll, path, full, referenced, collections),
                 )
             )
         columns.append(
@@ -413,7 +418,7 @@ def models_yml(
                     _column_entry(
                         col["column"],
                         doc.columns.get(f"{array_path}.{col['column']}", path),
-                        _field_tests(schema, coll, path, full, referenced),
+                        _field_tests(schema, coll, path, full, referenced, collections),
                     )
                 )
             child_cols.append(

@@ -14,6 +14,7 @@ import pytest
 from cartridge_dagster.config import settings_from_mapping
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.init.ai import build_describer
+from cartridge_dagster.init.generate import render_schema
 from cartridge_dagster.init.scan import scan_mongo, scan_postgres
 from cartridge_dagster.init.service import generate_schema, scan_and_record
 from tests.support.init_env import make_env
@@ -97,6 +98,12 @@ def test_postgresql_source_from_catalogs(pg_url: str) -> None:
         assert users["columns"]["created_at"]["sql_type"] == "timestamptz"
         assert orders["references"]["user_id"]["collection"] == "users"
         assert orders["columns"]["total"]["sql_type"] == "numeric"
+        # the same generator serves PostgreSQL sources (rows landed as documents by warp)
+        files, skipped = render_schema("app", "raw_app", "app_staging", result.collections)
+        assert not skipped
+        assert "cartridge_cast('\"created_at\"', 'timestamptz')" in files["stg_app__users.sql"]
+        models = files["_app__models.yml"]
+        assert "to: ref('stg_app__users')" in models and "field: id" in models
 
     asyncio.run(run())
 
