@@ -47,7 +47,7 @@ Layer = Literal["raw", "model"]
 CDC_OPS = ("insert", "update", "replace", "delete")
 
 #: Above this many live rows, column profiles read a random sample of about this many rows.
-MAX_PROFILE_ROWS = 200_000
+MAX_PROFILE_ROWS = 50_000
 
 #: An ISO-8601 date or timestamp, as documents.py writes them and PostgreSQL prints them.
 ISO_TIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
@@ -343,7 +343,8 @@ def _leaves_sql(base: str, max_depth: int) -> str:
     """``CREATE TEMP TABLE`` of every (row, path, type, value) under ``base``'s ``doc``.
 
     ``base`` is a SELECT of ``rid text, doc jsonb``. Objects are walked by key
-    (``a.b``), arrays by element (``a[]``); ``$1`` is the ISO time pattern.
+    (``a.b``), arrays by element (``a[]``); only containers are expanded (scalars end the
+    recursion early). ``$1`` is the ISO time pattern.
     """
     return f"""
     CREATE TEMP TABLE {quote_ident(_LEAVES)} ON COMMIT DROP AS
@@ -362,16 +363,16 @@ def _leaves_sql(base: str, max_depth: int) -> str:
                                        AND w.path IS NOT NULL
                                        THEN w.value ELSE '[]'::jsonb END) e
       ) c(path, value)
-      WHERE w.depth < {int(max_depth)}
+      WHERE w.depth < {int(max_depth)} AND jsonb_typeof(w.value) IN ('object', 'array')
     )
-    SELECT rid, path, jtype,
-      CASE WHEN jtype IN ('string', 'number', 'boolean') THEN value #>> '{{}}' END AS txt,
-      CASE WHEN jtype = 'number' THEN value::numeric END AS num,
-      CASE WHEN jtype = 'string' AND (value #>> '{{}}') ~ $1
-           THEN {try_timestamptz_fn()}(value #>> '{{}}') END AS ts,
-      CASE WHEN jtype = 'string' THEN length(value #>> '{{}}')
+    SELECT rid, path, jtype, txt,
+      CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
+      CASE WHEN jtype = 'string' AND txt ~ $1 THEN {try_timestamptz_fn()}(txt) END AS ts,
+      CASE WHEN jtype = 'string' THEN length(txt)
            WHEN jtype = 'array' THEN jsonb_array_length(value) END AS len
-    FROM (SELECT rid, path, jsonb_typeof(value) AS jtype, value
+    FROM (SELECT rid, path, jsonb_typeof(value) AS jtype, value,
+                 CASE WHEN jsonb_typeof(value) IN ('string', 'number', 'boolean')
+                      THEN value #>> '{{}}' END AS txt
           FROM walk WHERE path IS NOT NULL) w
     """
 
@@ -427,6 +428,7 @@ async def _columns(
         await conn.execute("SET LOCAL timezone = 'UTC'")
         await conn.execute(_leaves_sql(base, max_depth), ISO_TIME_RE)
         leaves = quote_ident(_LEAVES)
+        await conn.execute(f"ANALYZE {leaves}")
         rows_profiled = int(await conn.fetchval(f"SELECT count(DISTINCT rid) FROM {leaves}") or 0)
         is_sensitive = _is_sensitive_sql().replace("$SENS", "$9")
         await conn.execute(
