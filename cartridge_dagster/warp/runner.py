@@ -48,7 +48,7 @@ from cartridge_dagster.errors import (
 from cartridge_dagster.observability import bind_context, get_logger
 from cartridge_dagster.warp import metrics
 from cartridge_dagster.warp.changes import Transformer
-from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, is_transient
+from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, Wipe, is_transient
 from cartridge_dagster.warp.source import SchemaSource
 
 __all__ = ["RunObserver", "RunSummary", "WarpRunner", "run_schemas"]
@@ -277,7 +277,7 @@ class WarpRunner:
         plan = cp.snapshot
         token = cp.resume_token
         source.seed_version(cp.version)
-        if token is None or not plan:
+        if token is None:  # first start (an empty plan is a plan: never re-plan over a gap)
             reset = await self._plan(source, sweep=False)
             await self._put(queue, reset)
             plan, token = reset.snapshot or {}, dict(reset.token) if reset.token else None
@@ -300,6 +300,9 @@ class WarpRunner:
                 log.warning("warp.history_lost.resnapshot", error=str(exc)[:300])
                 self.summary.resnapshots += 1
                 reset = await self._plan(source, sweep=True)
+                for name in sorted(source.known - set(reset.snapshot or {})):
+                    # gone while the history was lost: nothing of it is live any more
+                    reset.wipes.append(Wipe(name, int(reset.version or 0), "sweep"))
                 await self._put(queue, reset)
                 plan, token = reset.snapshot or {}, dict(reset.token) if reset.token else None
 

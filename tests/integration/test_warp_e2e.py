@@ -408,3 +408,43 @@ def test_slow_sink_keeps_memory_bounded(tmp_path: Any, pg_url: str, mongo_db_nam
         await assert_oracle(settings, ["c"])
 
     run(go())
+
+
+def test_multi_mode_runs_schemas_side_by_side(tmp_path: Any, pg_url: str) -> None:
+    from cartridge_dagster.config import settings_from_mapping
+    from cartridge_dagster.warp.runner import run_schemas
+
+    url = f"mongoeco://{tmp_path / 'source.sqlite'}"
+    settings = settings_from_mapping(
+        {
+            "source": {"connection_string": url},
+            "destination": {"connection_string": pg_url},
+            "mode": "multi",
+            "defaults": {"warp": {"metrics_port": 0}, "batching": {"max_batch_seconds": 0.2}},
+            "schemas": [
+                {"name": "alpha", "source_database": "db_a"},
+                {"name": "beta", "source_database": "db_b", "deletes": "hard"},
+            ],
+        }
+    )
+
+    async def go() -> None:
+        async with mongo_session(url) as conn:
+            await conn.database("db_a").c.insert_many([{"_id": i} for i in range(10)])
+            await conn.database("db_b").c.insert_many([{"_id": i} for i in range(20)])
+        summaries = await asyncio.wait_for(
+            run_schemas(settings, settings.schemas, stop=asyncio.Event(), stop_when_idle=0.6), 90
+        )
+        assert {s.schema: s.total_applied for s in summaries} == {"alpha": 10, "beta": 20}
+        pg = await asyncpg.connect(pg_url)
+        try:
+            counts = {
+                s: await pg.fetchval(f"SELECT count(*) FROM raw_{s}.c") for s in ("alpha", "beta")
+            }
+            epochs = await pg.fetch("SELECT schema_name, epoch FROM cartridge_warp.checkpoints")
+        finally:
+            await pg.close()
+        assert counts == {"alpha": 10, "beta": 20}
+        assert {r["schema_name"] for r in epochs} == {"alpha", "beta"}
+
+    run(go())
