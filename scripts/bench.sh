@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"  # dbt, dagster and cartridge from the project venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS=false DAGSTER_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
 BIN=.venv/bin
 $BIN/cartridge services up --state-dir .cartridge/bench --ephemeral --quiet

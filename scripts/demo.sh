@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"  # dbt, dagster and cartridge from the project venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS=false DAGSTER_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
 export CARTRIDGE_CONFIG="${CARTRIDGE_CONFIG:-examples/demo.yaml}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.cartridge/dagster_home}"
 BIN=$PWD/.venv/bin
 PORT="${CARTRIDGE_DEMO_PORT:-3000}"
+export DAGSTER_WEBSERVER_URL="http://127.0.0.1:$PORT"  # assets reload the code location here
 
 echo "==> PostgreSQL"
 $BIN/cartridge services up

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"  # dbt, dagster and cartridge from the project venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS=false DAGSTER_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
 BIN=.venv/bin
 scripts/ensure-browser.sh || echo "warning: no Chromium; browser tests will report why they skip" >&2
