@@ -50,3 +50,11 @@ def test_bad_business_context_names_the_field(tmp_path: Path) -> None:
         load_business_context(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_business_context(tmp_path / "missing.yaml")
+
+
+def test_example_business_context_is_valid() -> None:
+    from tests.support.services import REPO
+
+    ctx = load_business_context(REPO / "examples" / "shop-context.yaml")
+    assert ctx.table("shop", "orders").owner == "commerce-team"
+    assert ctx.table("shop", "events").owner == "analytics-team"
