@@ -308,3 +308,48 @@ def test_staging_models_and_history_activity(tmp_path: Path, pg_url: str, mongo_
     # no source connection: reconciliation is not run, and says so
     rec = next(c for c in orders.checks if c.name == "reconciliation")
     assert rec.passed and "not run" in rec.description
+
+
+def test_hostile_names(tmp_path: Path, pg_url: str, mongo_url: str, mongo_db_name: str) -> None:
+    """Quotes, semicolons, spaces, dots and non-ASCII in schema, table and field names."""
+    raw_schema = 'raw "Shop"; DROP'
+    collection = 'Örders "x"; --'
+    settings = settings_from_mapping(
+        {
+            "source": {"connection_string": mongo_url},
+            "destination": {"connection_string": pg_url},
+            "state_dir": str(tmp_path / "state"),
+            "schemas": [
+                {
+                    "name": "shop",
+                    "source_database": mongo_db_name,
+                    "target_schema": raw_schema,
+                    "include": [collection],
+                    "analytics": {"reconcile_sample_size": 10},
+                }
+            ],
+        }
+    )
+    docs = [
+        {"_id": i, 'we"ird key': i, "sp ace": {"x'y": f"v{i}"}, "<b>": "<script>"}
+        for i in range(12)
+    ]
+
+    async def go() -> Any:
+        async with mongo_session(mongo_url) as mongo:
+            await mongo.database(mongo_db_name)[collection].insert_many([dict(d) for d in docs])
+            conn = await asyncpg.connect(pg_url)
+            try:
+                await land(conn, raw_schema, collection, docs)
+            finally:
+                await conn.close()
+        return await analyze_schema(settings, "shop", report_dir=tmp_path / "reports")
+
+    result = run(go())
+    analysis = result.collections[collection]
+    assert analysis.raw is not None and analysis.raw.rows_live == 12
+    assert {'we"ird key', "sp ace.x'y", "<b>"} <= {c.path for c in analysis.raw.columns}
+    assert analysis.reconciliation is not None and analysis.reconciliation.mismatches == []
+    assert analysis.reconciliation.source_count == 12
+    page = (tmp_path / "reports" / "shop.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
