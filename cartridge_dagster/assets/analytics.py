@@ -9,6 +9,7 @@ column schema) and links to the schema's HTML report; the five checks of
 """
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,12 @@ __all__ = [
     "build_analytics_asset_defs",
     "build_analytics_defs",
     "collection_metadata",
+    "report_url",
     "staging_keys",
 ]
+
+#: Base URL where ``cartridge serve-reports`` serves the reports (links in asset metadata).
+REPORTS_URL_ENV = "CARTRIDGE_REPORTS_URL"
 
 CHECK_DESCRIPTIONS = {
     "freshness_lag": "CDC lag p95 (and warp's checkpoint age) within warp.lag_threshold_seconds.",
@@ -161,9 +166,18 @@ def collection_metadata(a: CollectionAnalysis, report: Path | None) -> dict[str,
             {m.relation.display: m.rows_live for m in a.models}
         )
     if report is not None:
-        meta["report"] = dg.MetadataValue.path(str(report))
-        meta["report_url"] = dg.MetadataValue.url(report.resolve().as_uri())
+        meta["report"] = dg.MetadataValue.path(str(report.resolve()))
+        meta["report_url"] = dg.MetadataValue.url(report_url(report))
     return meta
+
+
+def report_url(report: Path) -> str:
+    """``$CARTRIDGE_REPORTS_URL/<page>`` when reports are served (``cartridge serve-reports``),
+    else the file's ``file://`` URI."""
+    base = os.environ.get(REPORTS_URL_ENV)
+    if base:
+        return f"{base.rstrip('/')}/{report.name}"
+    return report.resolve().as_uri()
 
 
 def _check_result(key: dg.AssetKey, c: CheckOutcome) -> dg.AssetCheckResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,7 @@ from cartridge_dagster.errors import CartridgeError
 def register(app: typer.Typer) -> None:
     """Add this capability's commands to ``app``."""
     app.command("analyze")(analyze)
+    app.command("serve-reports")(serve_reports)
 
 
 class ChecksFailed(CartridgeError):
@@ -125,3 +128,35 @@ def analyze(
             f"{len(failed)} checks failed: {', '.join(failed[:5])}",
             hint="see the report for details",
         )
+
+
+def serve_reports(
+    config: ConfigOption = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Reports directory. Default: <state_dir>/reports."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: any free port).")] = 8765,
+) -> None:
+    """Serve the HTML reports over HTTP (read-only), e.g. for links from the Dagster UI.
+
+    Set ``CARTRIDGE_REPORTS_URL=http://HOST:PORT`` for the code location and the analytics
+    assets link their reports there instead of to ``file://`` paths.
+    """
+    settings = load(config)
+    root = (directory or default_report_dir(settings)).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    with http.server.ThreadingHTTPServer((host, port), handler) as server:
+        bound = server.server_address[1]
+        console.print(f"serving {root} at http://{host}:{bound}/ (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return

@@ -65,3 +65,53 @@ def test_analyze_writes_reports(
 
     unknown = cartridge("analyze", "--config", str(config), "--schema", "nope")
     assert unknown.returncode == 2 and "no schema named 'nope'" in unknown.stderr + unknown.stdout
+
+
+def test_serve_reports(tmp_path: Path) -> None:
+    """`cartridge serve-reports` serves the report directory on 127.0.0.1."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "index.html").write_text("<html><title>Cartridge reports</title></html>")
+    config = tmp_path / "cartridge.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"connection_string": "mongoeco://:memory:"},
+                "destination": {"connection_string": "postgresql://u@127.0.0.1/db"},
+                "state_dir": str(tmp_path),
+                "schemas": [{"name": "shop", "source_database": "shop"}],
+            }
+        )
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
+    command = [sys.executable, "-m", "cartridge_dagster", "serve-reports", "-c", str(config)]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        body = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as r:
+                    body = r.read()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert b"Cartridge reports" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
