@@ -180,6 +180,12 @@ def parse_suggestions(
 
 def validate_project(settings: CartridgeSettings, *, url: str | None = None) -> None:
     """``dbt parse`` the project with the configured destination (raises on error)."""
-    from cartridge_dagster.init.dbtcli import run_dbt, settings_dbt_env
+    from cartridge_dagster.init.dbtcli import dbt_env, run_dbt, settings_dbt_env
 
-    run_dbt(project_dir(settings), ["parse"], env=settings_dbt_env(settings, url))
+    try:
+        env = settings_dbt_env(settings, url)
+    except CartridgeError:
+        # parsing never connects: without a reachable destination (the local service is
+        # down) the profile's defaults do; the manifest then names the default database
+        env = dbt_env("postgresql://postgres@127.0.0.1:5432/postgres", threads=settings.dbt.threads)
+    run_dbt(project_dir(settings), ["parse"], env=env)

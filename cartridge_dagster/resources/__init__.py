@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 
 from cartridge_dagster.resources.cartridge import CartridgeResource, MongoResource, PostgresResource
-from cartridge_dagster.resources.dbt import build_dbt_resource
+from cartridge_dagster.resources.dbt import build_dbt_resources
 from cartridge_dagster.resources.warp import WarpResource
 
 __all__ = ["CartridgeResource", "MongoResource", "PostgresResource", "build_resources"]
@@ -35,6 +35,6 @@ def build_resources(config_path: str) -> dict[str, Any]:
     else:
         mongo = MongoResource(config_path=config_path)
         postgres = PostgresResource(config_path=config_path)
-    dbt = build_dbt_resource(config_path)
+    dbt = build_dbt_resources(config_path)
     warp = {"warp": WarpResource(config_path=config_path)}
-    return {"cartridge": cartridge, "mongo": mongo, "postgres": postgres, "dbt": dbt, **warp}
+    return {"cartridge": cartridge, "mongo": mongo, "postgres": postgres, **dbt, **warp}

@@ -11,7 +11,7 @@ from dagster_dbt import DbtCliResource
 from cartridge_dagster.config import load_settings
 from cartridge_dagster.init.dbtcli import dbt_executable
 
-__all__ = ["build_dbt_resource"]
+__all__ = ["build_dbt_resource", "build_dbt_resources"]
 
 
 def build_dbt_resource(config_path: str) -> DbtCliResource:
@@ -23,3 +23,16 @@ def build_dbt_resource(config_path: str) -> DbtCliResource:
         profiles_dir=str(path / "profiles"),
         dbt_executable=dbt_executable()[0],
     )
+
+
+def build_dbt_resources(config_path: str) -> dict[str, DbtCliResource]:
+    """``{"dbt": …}`` when the configured dbt project exists, else ``{}``.
+
+    Without a project there are no dbt assets either (``build_dbt_assets``), so the code
+    location still loads (e.g. from another working directory, where a relative
+    ``dbt.project_dir`` does not resolve).
+    """
+    settings = load_settings(config_path)
+    if not (Path(settings.dbt.project_dir) / "dbt_project.yml").exists():
+        return {}
+    return {"dbt": build_dbt_resource(config_path)}
