@@ -42,7 +42,13 @@ from cartridge_dagster.identifiers import qualified, quote_ident
 from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.observability import get_logger
 
-__all__ = ["Mismatch", "Reconciliation", "reconcile_collection", "store_reconciliation"]
+__all__ = [
+    "Mismatch",
+    "Reconciliation",
+    "counts_consistent",
+    "reconcile_collection",
+    "store_reconciliation",
+]
 
 log = get_logger(__name__)
 
@@ -70,6 +76,8 @@ class Reconciliation:
     mismatches: list[Mismatch] = field(default_factory=list)
     target_exists: bool = True
     unlandable: int = 0
+    #: The source count moved while it was read and the target lies between its two readings.
+    counts_in_flight: bool = False
 
     @property
     def count_difference(self) -> int:
@@ -77,6 +85,8 @@ class Reconciliation:
 
     @property
     def count_difference_ratio(self) -> float:
+        if self.counts_in_flight:
+            return 0.0
         if self.source_count == 0:
             return 0.0 if self.target_count == 0 else 1.0
         return abs(self.count_difference) / self.source_count
@@ -93,11 +103,21 @@ class Reconciliation:
 
     def describe(self) -> str:
         verdict = "within tolerance" if self.within_tolerance else "OUT OF TOLERANCE"
+        flight = ", changes in flight" if self.counts_in_flight else ""
         return (
             f"{self.collection}: source {self.source_count}, target {self.target_count} "
-            f"(difference {self.count_difference:+d}); {len(self.mismatches)} of {self.sampled} "
-            f"sampled documents differ; {verdict} ({self.tolerance:.2%})"
+            f"(difference {self.count_difference:+d}{flight}); {len(self.mismatches)} of "
+            f"{self.sampled} sampled documents differ; {verdict} ({self.tolerance:.2%})"
         )
+
+
+def counts_consistent(before: int, target: int, after: int) -> bool:
+    """Whether ``target`` is a count the source held between two readings of it.
+
+    Live counts move by one per insert or delete; a target count between (inclusive) the source
+    count read before and the one read after it is one the source passed through.
+    """
+    return min(before, after) <= target <= max(before, after)
 
 
 def _strip_paths(document: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
@@ -149,14 +169,15 @@ class _Sides:
         )
         self.unlandable = 0
 
-    async def counts(self) -> tuple[int, int]:
-        source = int(await self.coll.count_documents({}))
-        target = int(
+    async def source_count(self) -> int:
+        return int(await self.coll.count_documents({}))
+
+    async def target_count(self) -> int:
+        return int(
             await self.conn.fetchval(
                 f"SELECT count(*) FROM {self.table} WHERE NOT {quote_ident('_cartridge_deleted')}"
             )
         )
-        return source, target
 
     def _hash(self, doc: dict[str, Any]) -> str | None:
         try:
@@ -247,12 +268,22 @@ async def reconcile_collection(
         result.target_exists = False
         return result
 
-    source_count, target_count = await sides.counts()
-    for _ in range(attempts - 1):
-        if source_count == target_count:
+    # The target trails the source by the CDC lag: read the source, let the stream settle, read
+    # the target, read the source again. A target count between the two source counts is what
+    # the source held at some moment in between (changes in flight), not a difference.
+    in_flight = False
+    for attempt in range(attempts):
+        before = await sides.source_count()
+        if attempt:
+            await asyncio.sleep(recheck_seconds)
+        target_count = await sides.target_count()
+        source_count = await sides.source_count()
+        if target_count == source_count:
+            break
+        if counts_consistent(before, target_count, source_count):
+            in_flight = True
             break
         await asyncio.sleep(recheck_seconds)
-        source_count, target_count = await sides.counts()
 
     mismatches: list[Mismatch] = []
     sampled = 0
@@ -277,6 +308,7 @@ async def reconcile_collection(
         tolerance,
         mismatches=sorted(mismatches, key=lambda m: (m.kind, m.id)),
         unlandable=sides.unlandable,
+        counts_in_flight=in_flight,
     )
     log.info(
         "analytics.reconciled",

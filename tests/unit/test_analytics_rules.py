@@ -25,7 +25,12 @@ from cartridge_dagster.analytics.profile import (
     bucket_seconds,
     sensitive_names,
 )
-from cartridge_dagster.analytics.reconcile import Mismatch, Reconciliation, _source_id_candidates
+from cartridge_dagster.analytics.reconcile import (
+    Mismatch,
+    Reconciliation,
+    _source_id_candidates,
+    counts_consistent,
+)
 from cartridge_dagster.analytics.report import CollectionReport, SchemaReport, render_schema
 from cartridge_dagster.config import settings_from_mapping
 from cartridge_dagster.sensors.automation import job_names, selections
@@ -178,3 +183,20 @@ def test_schema_page_escapes_collection_names() -> None:
     page = render_schema(report)
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
     assert "<link" not in page and "<script" not in page  # self-contained
+
+
+@pytest.mark.parametrize(
+    ("before", "target", "after", "consistent"),
+    [
+        (10, 10, 10, True),
+        (10, 11, 12, True),
+        (12, 11, 10, True),
+        (10, 9, 12, False),
+        (10, 12, 10, False),
+    ],
+)
+def test_counts_in_flight(before: int, target: int, after: int, consistent: bool) -> None:
+    assert counts_consistent(before, target, after) is consistent
+    rec = Reconciliation("shop", "orders", after, target, 0, 0.0, counts_in_flight=consistent)
+    assert rec.within_tolerance is consistent
+    assert ("in flight" in rec.describe()) is consistent
