@@ -11,6 +11,7 @@ import pytest
 from cartridge_dagster.assets.init import build_init_defs, staging_key
 from cartridge_dagster.assets.init.dbt import cartridge_dbt_project
 from cartridge_dagster.assets.keys import catalog_key, dbt_models_key, raw_key, schema_key
+from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
 from cartridge_dagster.resources.dbt import build_dbt_resource
 from tests.support.init_env import InitEnv, make_env
@@ -99,6 +100,22 @@ def test_schema_and_dbt_models_assets_then_dbt_assets(env: InitEnv) -> None:
     assert orders in done and items in done
     checks = built.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks)
+
+    # a source change shows in the UI: new version, diff as markdown, changed model files
+    async def drift() -> None:
+        async with mongo_session(env.mongo_url) as conn:
+            await conn.database("shop").orders.update_many({}, {"$set": {"channel": "web"}})
+
+    asyncio.run(drift())
+    third = dg.materialize([schema_asset, models_asset], resources=_resources(env))
+    meta3 = {
+        e.asset_key: e.step_materialization_data.materialization.metadata
+        for e in third.get_asset_materialization_events()
+    }
+    assert meta3[schema_key("shop")]["version"].value == 2
+    assert meta3[schema_key("shop")]["changes"].value["fields_added"] == 1
+    assert "| field added | `orders` | `channel` |" in meta3[schema_key("shop")]["diff"].value
+    assert "stg_shop__orders.sql" in " ".join(meta3[dbt_models_key("shop")]["written"].value)
 
 
 def test_code_location_loads_with_init_defs(env: InitEnv, monkeypatch: pytest.MonkeyPatch) -> None:
