@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from bson import DBRef, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
@@ -59,9 +59,10 @@ RESERVED_COLUMNS = (
     "_cartridge_invalid_fields",
 )
 NUMERIC_TYPES = frozenset({"int", "long", "double", "decimal"})
-_NUMBER_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+# ASCII only, like the SQL guards in dbt_project/macros/cartridge_casts.sql
+_NUMBER_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$", re.ASCII)
 _ISO_TEXT = re.compile(
-    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$", re.ASCII
 )
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _TIME_NAMES = ("updated", "modified", "changed", "synced", "ts", "timestamp", "time", "at")
@@ -729,13 +730,3 @@ def finalize(
         "incremental_key": timestamps[0] if timestamps else None,
         "references": {},
     }
-
-
-def parse_number_text(text: str) -> Decimal | None:
-    """A numeric string as Decimal (None when it is not one)."""
-    if not _NUMBER_TEXT.match(text):
-        return None
-    try:
-        return Decimal(text.strip())
-    except InvalidOperation:
-        return None
