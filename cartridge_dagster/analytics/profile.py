@@ -139,11 +139,12 @@ async def _relation_columns(conn: asyncpg.Connection, rel: Relation) -> dict[str
     return {str(r["attname"]): str(r["data_type"]) for r in rows}
 
 
-def _is_sensitive_sql() -> str:
-    """SQL predicate on ``path`` against the text[] parameter of sensitive paths."""
+def _sensitive_predicate(column: str, param: str) -> str:
+    """SQL: ``column`` is a sensitive path (one of the text[] ``param``) or lies under one."""
     return (
-        "EXISTS (SELECT 1 FROM unnest($SENS::text[]) s(p) WHERE path = s.p "
-        "OR path LIKE s.p || '.%' OR path LIKE s.p || '[]%')"
+        f"EXISTS (SELECT 1 FROM unnest({param}::text[]) s(p) WHERE {column} = s.p "
+        f"OR left({column}, length(s.p) + 1) = s.p || '.' "
+        f"OR left({column}, length(s.p) + 2) = s.p || '[]')"
     )
 
 
@@ -430,7 +431,6 @@ async def _columns(
         leaves = quote_ident(_LEAVES)
         await conn.execute(f"ANALYZE {leaves}")
         rows_profiled = int(await conn.fetchval(f"SELECT count(DISTINCT rid) FROM {leaves}") or 0)
-        is_sensitive = _is_sensitive_sql().replace("$SENS", "$9")
         await conn.execute(
             f"""
             INSERT INTO {cp} (
@@ -464,7 +464,7 @@ async def _columns(
                 min(l.len) AS min_length, max(l.len) AS max_length,
                 avg(l.len)::float8 AS avg_length,
                 count(*) FILTER (WHERE l.jtype = 'boolean' AND l.txt = 'true') AS true_count,
-                {is_sensitive.replace("path", "l.path")} AS sensitive
+                {_sensitive_predicate("l.path", "$9")} AS sensitive
               FROM {leaves} l
               JOIN (SELECT path,
                            count(DISTINCT rid) FILTER (WHERE jtype <> 'null') AS rows_present,
