@@ -13,7 +13,7 @@
 {%- set t = type | lower -%}
 {%- set txt = _cartridge_text(v) -%}
 {%- set num = "'^\\s*[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*$'" -%}
-{%- set int = "'^\\s*[-+]?[0-9]{1,18}(\\.0*)?\\s*$'" -%}
+{%- set int = "'^\\s*[-+]?[0-9]{1,19}(\\.0*)?\\s*$'" -%}
 {%- set ts = "'^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$'" -%}
 {%- set dt = "'^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$'" -%}
 {%- set uuid = "'^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$'" -%}
@@ -22,7 +22,7 @@ true
 {%- elif t == 'integer' -%}
 (jsonb_typeof({{ v }}) in ('number', 'string') and {{ txt }} ~ {{ int }} and {{ txt }}::numeric between -2147483648 and 2147483647)
 {%- elif t == 'bigint' -%}
-(jsonb_typeof({{ v }}) in ('number', 'string') and {{ txt }} ~ {{ int }})
+(jsonb_typeof({{ v }}) in ('number', 'string') and {{ txt }} ~ {{ int }} and {{ txt }}::numeric between -9223372036854775808 and 9223372036854775807)
 {%- elif t in ('numeric', 'double precision') -%}
 (jsonb_typeof({{ v }}) in ('number', 'string') and {{ txt }} ~ {{ num }})
 {%- elif t == 'boolean' -%}
