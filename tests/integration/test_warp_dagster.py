@@ -100,6 +100,17 @@ def test_job_materializes_raw_tables(tmp_path: Path, pg_url: str, mongo_db_name:
         )
         assert total == 60
     run(assert_oracle(settings, COLLS))
+    # the asset checks: lag under the threshold, no dead letters
+    defs = build_warp_defs(settings)
+    result = dg.materialize(
+        [*(defs.assets or []), *(defs.asset_checks or [])],  # type: ignore[list-item]
+        selection=dg.AssetSelection.all_asset_checks(),
+        resources={"warp": WarpResource(config_path=str(path))},
+        instance=instance,
+    )
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 2 * len(COLLS)
+    assert all(e.passed for e in evaluations), [(e.asset_key, e.check_name) for e in evaluations]
 
 
 def test_sensor_keeps_exactly_one_run(tmp_path: Path, pg_url: str, mongo_db_name: str) -> None:

@@ -3,7 +3,8 @@
 Run: ``python -m tests.performance.bench_warp`` (``make bench`` runs it against a throwaway
 PostgreSQL; set ``CARTRIDGE_TEST_POSTGRES_DSN`` to use another server). Options through the
 environment: ``BENCH_DOCS`` (default 20000 order documents), ``BENCH_E2E_DOCS`` (default 3000,
-documents seeded into the embedded engine for the end-to-end rows).
+default 1000, documents seeded into the embedded engine for the end-to-end rows; the memory
+row copies ten times as many).
 
 Baselines: ``B_decode`` (BSON decode of the documents, or of the change events),
 ``B_copy`` (asyncpg ``copy_records_to_table`` of the final rows), ``B_naive`` (decode and the
@@ -40,7 +41,7 @@ from cartridge_dagster.warp.changes import Change, Transformer, cluster_base, ma
 from cartridge_dagster.warp.sink import Batch, Sink, setup_jsonb_codec
 
 N = int(os.environ.get("BENCH_DOCS", "20000"))
-N_E2E = int(os.environ.get("BENCH_E2E_DOCS", "3000"))
+N_E2E = int(os.environ.get("BENCH_E2E_DOCS", "1000"))
 BATCH = 5000
 
 
@@ -74,6 +75,10 @@ def orders(n: int) -> list[dict[str, Any]]:
     gen.customer_ids = [ObjectId() for _ in range(500)]
     gen.product_ids = [ObjectId() for _ in range(200)]
     return [gen.order(ObjectId()) for _ in range(n)]
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -205,6 +210,7 @@ async def e2e(server: str, work: Path) -> dict[str, float]:
     results: dict[str, float] = {}
     src = f"mongoeco://{work / 'src.sqlite'}"
     docs = orders(N_E2E * 10)
+    progress("e2e: seeding the embedded engine")
     async with mongo_session(src) as conn:
         db = conn.database("bench")
         for name, count in (("plain", N_E2E), ("small", N_E2E), ("big", N_E2E * 10)):
@@ -230,14 +236,14 @@ async def e2e(server: str, work: Path) -> dict[str, float]:
             }
         )
 
-    # plain process
+    progress("e2e: plain process")
     url = await fresh_db(server)
     s = settings_for(url, ["plain"])
     t, summary = await atimed(WarpRunner(s, s.schemas[0], stop_when_idle=0.3).run())
     results["e2e_plain_docs_s"] = summary.total_applied / t
     await drop_db(server, url)
 
-    # memory: steady (1x) vs a 10x backlog, same queue cap
+    progress("e2e: memory, 1x and 10x backlog")
     for name in ("small", "big"):
         url = await fresh_db(server)
         s = settings_for(url, [name])
@@ -248,7 +254,7 @@ async def e2e(server: str, work: Path) -> dict[str, float]:
         results[f"peak_mb_{name}"] = peak / 1e6
         await drop_db(server, url)
 
-    # inside a Dagster run (same documents as the plain run)
+    progress("e2e: inside a Dagster run")
     import dagster as dg
     import yaml
 
@@ -324,11 +330,13 @@ async def main() -> None:
         (canonical_id(d["_id"]), document_json(d), False, i, "snapshot", now, now)
         for i, d in enumerate(decoded)
     ]
+    progress("baselines")
     url = await fresh_db(server)
     b_copy = N / await baseline_copy(url, final_rows)
     b_naive = N / await baseline_naive(url, raws)
     await drop_db(server, url)
 
+    progress("warp apply: snapshot, inserts, updates, checkpoint overhead")
     url = await fresh_db(server)
     snap = N / await warp_apply(url, raws, events=False)
     await drop_db(server, url)
@@ -353,6 +361,7 @@ async def main() -> None:
             await drop_db(server, url)
     cp_overhead = (min(with_cp) - min(without_cp)) / min(without_cp)
 
+    progress("dlt")
     n_dlt = min(N, 10000)  # dlt is slow: a smaller sample of the same documents
     dlt_rate = n_dlt / await dlt_landing(server, docs[:n_dlt])
 
