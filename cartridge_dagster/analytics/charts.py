@@ -28,6 +28,7 @@ PALETTE = {
     "deletes": "#f43f5e",
     "other": "#a3a3a3",
     "snapshot": "#c7d2fe",
+    "changes": "#6366f1",
     "line": "#4f46e5",
     "line2": "#f59e0b",
     "bar": "#6366f1",

@@ -27,7 +27,7 @@ import asyncpg
 from cartridge_dagster.analytics.store import table, try_timestamptz_fn
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.identifiers import pg_name, qualified, quote_ident, quote_literal
-from cartridge_dagster.landing import history_table_name
+from cartridge_dagster.landing import CONTROL_SCHEMA, history_table_name
 from cartridge_dagster.observability import get_logger
 
 __all__ = [
@@ -554,6 +554,29 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+async def _record_events_applied(conn: asyncpg.Connection, rel: Relation, run_id: str) -> None:
+    """Copy warp's cumulative change counter for the table (its deltas are volume over time)."""
+    name_map = qualified(CONTROL_SCHEMA, "name_map")
+    has = await conn.fetchval(
+        "SELECT count(*) = 3 FROM information_schema.columns WHERE table_schema = $1 "
+        "AND table_name = 'name_map' "
+        "AND column_name IN ('schema_name', 'collection', 'events_applied')",
+        CONTROL_SCHEMA,
+    )
+    if not has:
+        return
+    await conn.execute(
+        f"UPDATE {table('table_profiles')} SET events_applied = ("
+        f"SELECT events_applied FROM {name_map} WHERE schema_name = $4 AND collection = $5) "
+        "WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3",
+        run_id,
+        rel.relation_schema,
+        rel.relation_name,
+        rel.schema_name,
+        rel.collection,
+    )
+
+
 async def _clear(conn: asyncpg.Connection, rel: Relation, run_id: str) -> None:
     """Make a re-run of the same run id idempotent."""
     for name in ("table_profiles", "column_profiles"):
@@ -621,6 +644,8 @@ async def profile_relation(
         top_values=top_values,
         histogram_buckets=histogram_buckets,
     )
+    if rel.layer == "raw":
+        await _record_events_applied(conn, rel, run_id)
     cols = await conn.fetch(
         f"SELECT column_path, json_type, data_type, null_ratio, distinct_estimate, "
         f"rows_with_type, type_share FROM {table('column_profiles')} "

@@ -8,6 +8,7 @@ rows) and render them with :mod:`charts`. They are written under ``DIR/index.htm
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from dataclasses import dataclass, field
 from html import escape
@@ -38,6 +39,7 @@ class CollectionReport:
     raw: dict[str, Any] | None = None
     models: list[dict[str, Any]] = field(default_factory=list)
     trend: list[tuple[dt.datetime, int]] = field(default_factory=list)
+    applied: list[tuple[dt.datetime, int | None]] = field(default_factory=list)
     activity: list[dict[str, Any]] = field(default_factory=list)
     columns: list[dict[str, Any]] = field(default_factory=list)
     model_columns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -104,15 +106,17 @@ async def load_schema_report(conn: asyncpg.Connection, schema: SchemaConfig) -> 
     for c in report.collections.values():
         c.models.sort(key=lambda m: m["relation_name"])
     trend = await conn.fetch(
-        f"""SELECT collection, profiled_at, rows_live FROM (
-          SELECT collection, profiled_at, rows_live,
+        f"""SELECT collection, profiled_at, rows_live, events_applied FROM (
+          SELECT collection, profiled_at, rows_live, events_applied,
                  row_number() OVER (PARTITION BY collection ORDER BY profiled_at DESC) AS rn
           FROM {table("table_profiles")} WHERE schema_name = $1 AND layer = 'raw') t
         WHERE rn <= 60 ORDER BY profiled_at""",
         schema.name,
     )
     for row in trend:
-        coll(str(row["collection"])).trend.append((row["profiled_at"], int(row["rows_live"])))
+        c = coll(str(row["collection"]))
+        c.trend.append((row["profiled_at"], int(row["rows_live"])))
+        c.applied.append((row["profiled_at"], row["events_applied"]))
     for c in report.collections.values():
         runs = {
             (m["run_id"], m["relation_schema"], m["relation_name"]): m
@@ -320,6 +324,14 @@ def _continuous(activity: list[dict[str, Any]], limit: int = 120) -> list[dict[s
     return out
 
 
+def _applied_deltas(applied: list[tuple[dt.datetime, int | None]]) -> list[int | None]:
+    """Changes warp applied between consecutive profiles (None where a counter is missing)."""
+    out: list[int | None] = []
+    for (_, prev), (_, cur) in itertools.pairwise(applied):
+        out.append(None if prev is None or cur is None or cur < prev else cur - prev)
+    return out
+
+
 def _column_summary(col: dict[str, Any]) -> str:
     if col["sensitive"]:
         return "<span class='empty'>sensitive: values not kept</span>"
@@ -420,10 +432,7 @@ def _collection_card(schema: SchemaConfig, c: CollectionReport) -> str:
             )
             + _stat(
                 "source / target",
-                "–"
-                if rec is None
-                else f"{charts.fmt_number(rec['source_count'])} / "
-                f"{charts.fmt_number(rec['target_count'])}",
+                "–" if rec is None else f"{rec['source_count']:,} / {rec['target_count']:,}",
             )
             + _stat("hash mismatches", rec_value)
             + "</div>"
@@ -456,15 +465,27 @@ def _collection_card(schema: SchemaConfig, c: CollectionReport) -> str:
             f"{volume}</div><div><h3>CDC lag</h3>{lag}</div></div>"
         )
         if len(c.trend) >= 2:
-            parts.append(
-                "<h3>Live rows per profile run</h3>"
-                + charts.line_chart(
-                    [t.strftime("%m-%d %H:%M") for t, _ in c.trend],
-                    {"live rows": [float(v) for _, v in c.trend]},
-                    width=1180,
-                    height=180,
-                    title=f"{c.collection}: live rows",
+            run_labels = [t.strftime("%m-%d %H:%M") for t, _ in c.trend]
+            rows_chart = charts.line_chart(
+                run_labels,
+                {"live rows": [float(v) for _, v in c.trend]},
+                height=200,
+                title=f"{c.collection}: live rows",
+            )
+            deltas = _applied_deltas(c.applied)
+            if any(d is not None for d in deltas):
+                applied_chart = charts.bar_chart(
+                    run_labels[1:],
+                    {"changes": [float(d or 0) for d in deltas]},
+                    height=200,
+                    title=f"{c.collection}: changes applied between profiles",
                 )
+            else:
+                applied_chart = charts.line_chart([], {}, height=200)
+            parts.append(
+                "<div class='grid2'><div><h3>Live rows per profile run</h3>"
+                f"{rows_chart}</div><div><h3>Changes applied by warp between profiles</h3>"
+                f"{applied_chart}</div></div>"
             )
         max_null = schema.table(c.collection).max_null_ratio
         if max_null is None:

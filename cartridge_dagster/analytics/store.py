@@ -69,6 +69,7 @@ ANALYTICS_TABLES: dict[str, str] = {
         columns_profiled integer NOT NULL DEFAULT 0,
         rows_profiled bigint,
         activity_source text,
+        events_applied bigint,
         profiled_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (run_id, relation_schema, relation_name)
     """,
@@ -183,6 +184,18 @@ $body$
 """
 
 
+def _column_definitions(columns: str) -> list[tuple[str, str]]:
+    """(name, type and constraints) of each column in one of the DDL bodies above."""
+    out = []
+    for line in columns.strip().splitlines():
+        line = line.strip().rstrip(",")
+        if not line or line.startswith("PRIMARY KEY"):
+            continue
+        name, _, definition = line.partition(" ")
+        out.append((name, definition))
+    return out
+
+
 def table(name: str) -> str:
     """``"cartridge_analytics"."<name>"``."""
     return qualified(ANALYTICS_SCHEMA, name)
@@ -200,6 +213,12 @@ async def ensure_analytics_schema(conn: asyncpg.Connection) -> None:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ANALYTICS_SCHEMA)}")
         for name, columns in ANALYTICS_TABLES.items():
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {table(name)} ({columns})")
+            # additive upgrades: columns added since a table was created (always nullable)
+            for column, definition in _column_definitions(columns):
+                await conn.execute(
+                    f"ALTER TABLE {table(name)} ADD COLUMN IF NOT EXISTS "
+                    f"{quote_ident(column)} {definition}"
+                )
         for name, cols in _INDEXES.items():
             index = quote_ident(f"{name}_by_{cols[0]}_{cols[1]}")
             column_list = ", ".join(quote_ident(c) for c in cols)

@@ -13,12 +13,13 @@ from bson import Decimal128, ObjectId
 
 from cartridge_dagster.analytics.profile import Relation, profile_relation
 from cartridge_dagster.analytics.reconcile import reconcile_collection, store_reconciliation
+from cartridge_dagster.analytics.report import write_reports
 from cartridge_dagster.analytics.runner import analyze_schema, analyze_schema_with
 from cartridge_dagster.analytics.store import ensure_analytics_schema
 from cartridge_dagster.config import settings_from_mapping
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
-from cartridge_dagster.landing import history_table_ddl
+from cartridge_dagster.landing import control_ddl, history_table_ddl
 from tests.conftest import run
 from tests.support.raw_tables import copy_source, land, tombstone
 
@@ -353,3 +354,41 @@ def test_hostile_names(tmp_path: Path, pg_url: str, mongo_url: str, mongo_db_nam
     assert analysis.reconciliation.source_count == 12
     page = (tmp_path / "reports" / "shop.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_events_applied_from_warp_name_map(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
+    """warp's cumulative counter is kept per profile, and the report charts its deltas."""
+    settings = _settings(tmp_path, mongo_url, pg_url, "shop")
+
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            for stmt in control_ddl():
+                await conn.execute(stmt)
+            await land(conn, "raw_shop", "orders", [{"_id": i, "n": i} for i in range(5)])
+            counts = []
+            for applied in (100, 175):
+                await conn.execute(
+                    "INSERT INTO cartridge_warp.name_map (schema_name, collection, raw_schema, "
+                    "table_name, events_applied) VALUES ('shop', 'orders', 'raw_shop', 'orders', "
+                    "$1) ON CONFLICT (schema_name, collection) "
+                    "DO UPDATE SET events_applied = EXCLUDED.events_applied",
+                    applied,
+                )
+                await analyze_schema_with(conn, None, settings, "shop", collections=["orders"])
+            counts = [
+                r["events_applied"]
+                for r in await conn.fetch(
+                    "SELECT events_applied FROM cartridge_analytics.table_profiles "
+                    "WHERE layer = 'raw' ORDER BY profiled_at"
+                )
+            ]
+            await write_reports(conn, settings, tmp_path / "reports")
+            return counts
+        finally:
+            await conn.close()
+
+    assert run(go()) == [100, 175]
+    page = (tmp_path / "reports" / "shop.html").read_text()
+    assert "Changes applied by warp between profiles" in page
+    assert "changes: 75" in page  # the delta's tooltip
