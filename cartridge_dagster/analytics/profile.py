@@ -452,7 +452,9 @@ async def _columns(
               s.min_length, s.max_length, s.avg_length, s.true_count, s.sensitive
             FROM (
               SELECT l.path, l.jtype, p.rows_present, p.value_total,
-                count(DISTINCT l.rid) AS rows_with_type,
+                CASE WHEN strpos(l.path, '[]') > 0
+                     THEN count(DISTINCT l.rid) FILTER (WHERE strpos(l.path, '[]') > 0)
+                     ELSE count(*) END AS rows_with_type,
                 count(*) AS value_count,
                 count(DISTINCT l.txt) AS distinct_estimate,
                 min(l.num) AS min_num, max(l.num) AS max_num,
@@ -467,7 +469,11 @@ async def _columns(
                 {_sensitive_predicate("l.path", "$9")} AS sensitive
               FROM {leaves} l
               JOIN (SELECT path,
-                           count(DISTINCT rid) FILTER (WHERE jtype <> 'null') AS rows_present,
+                           -- a row holds one value per path outside arrays: count, don't sort
+                           CASE WHEN strpos(path, '[]') > 0
+                                THEN count(DISTINCT rid)
+                                     FILTER (WHERE jtype <> 'null' AND strpos(path, '[]') > 0)
+                                ELSE count(*) FILTER (WHERE jtype <> 'null') END AS rows_present,
                            count(*) AS value_total
                     FROM {leaves} GROUP BY path) p ON p.path = l.path
               GROUP BY l.path, l.jtype, p.rows_present, p.value_total
