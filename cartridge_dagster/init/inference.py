@@ -436,13 +436,12 @@ def _range(node: _Node, values: list[Any] | set[Any]) -> tuple[Any, Any] | None:
             return None
 
 
-def _smallest(k: int, values: list[Any] | set[Any]) -> list[Any]:
-    """The ``k`` smallest distinct values (deterministic examples), cheaply when homogeneous."""
-    plain = (
-        values
-        if not any(isinstance(v, tuple) for v in values)
-        else [v for v in values if not isinstance(v, tuple)]
-    )
+def _smallest(k: int, values: list[Any] | set[Any], has_binary: bool = False) -> list[Any]:
+    """The ``k`` smallest distinct values (deterministic examples), cheaply when homogeneous.
+
+    Binary values are tracked as ``("binary", bytes)`` keys and are never examples.
+    """
+    plain = [v for v in values if not isinstance(v, tuple)] if has_binary else values
     try:
         return heapq.nsmallest(k, plain)
     except TypeError:
@@ -573,7 +572,7 @@ def _field_entry(
     sensitive = _redact(path, options)
     entry["sensitive"] = sensitive
     if options.example_values and not sensitive and nonnull - {"object", "array"}:
-        examples = _smallest(options.example_values, values)
+        examples = _smallest(options.example_values, values, "binary" in node.types)
         entry["examples"] = [_json_value(v) for v in examples]
     if (
         nonnull == {"string"}
