@@ -244,7 +244,12 @@ def analytics_assets_for(
         mongo: MongoResource,
     ) -> Any:
         cfg = cartridge.settings()
-        wanted = [c for c in collections if keys[c] in context.selected_asset_keys]
+        checks_for = {k.asset_key for k in context.selected_asset_check_keys}
+        wanted = [
+            c
+            for c in collections
+            if keys[c] in context.selected_asset_keys or keys[c] in checks_for
+        ]
         report_dir = default_report_dir(cfg)
 
         async def run() -> tuple[SchemaAnalysis, dict[str, Path]]:
@@ -273,9 +278,10 @@ def analytics_assets_for(
         )
         for c in wanted:
             analysis = result.collections[c]
-            yield dg.MaterializeResult(
-                asset_key=keys[c], metadata=collection_metadata(analysis, report)
-            )
+            if keys[c] in context.selected_asset_keys:
+                yield dg.MaterializeResult(
+                    asset_key=keys[c], metadata=collection_metadata(analysis, report)
+                )
             for outcome in analysis.checks:
                 check_key = dg.AssetCheckKey(keys[c], outcome.name)
                 if check_key in context.selected_asset_check_keys:

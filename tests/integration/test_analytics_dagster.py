@@ -280,3 +280,30 @@ def test_code_location_loads_with_demo_config() -> None:
 
     assert build_analytics_defs in definitions.BUILDERS
     assert os.path.isfile("examples/demo.yaml")
+
+
+def test_checks_alone_and_one_collection(
+    tmp_path: Path, pg_url: str, mongo_url: str, mongo_db_name: str
+) -> None:
+    """The multi-asset subsets: one collection, or its checks without materializing it."""
+    config = _config(tmp_path, pg_url, mongo_url, mongo_db_name)
+    run(_seed_and_land(mongo_url, mongo_db_name, pg_url, config))
+    defs = _defs(config)
+    orders = analytics_key("shop", "orders")
+    with dg.instance_for_test() as instance:
+        one = dg.materialize(
+            [defs.get_assets_def(orders)],
+            selection=[orders],
+            instance=instance,
+            resources=defs.resources,
+        )
+        assert [m.asset_key for m in one.get_asset_materialization_events()] == [orders]
+        assert {c.asset_key for c in one.get_asset_check_evaluations()} == {orders}
+        job = dg.define_asset_job(
+            "orders_checks", selection=dg.AssetSelection.checks_for_assets(orders)
+        )
+        checks_only = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+        result = checks_only.resolve_job_def("orders_checks").execute_in_process(instance=instance)
+        assert result.success
+        assert result.get_asset_materialization_events() == []
+        assert len(result.get_asset_check_evaluations()) == 5
