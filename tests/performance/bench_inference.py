@@ -2,7 +2,7 @@
 
 Run: ``python -m tests.performance.bench_inference`` (``make bench`` runs it). Options through
 the environment: ``BENCH_DOCS`` (default 20000 documents per collection), ``BENCH_REPEAT``
-(default 3; the best of the repeats is reported), ``BENCH_SCAN_DOCS`` (default 2000 documents
+(default 5; the best of the repeats is reported), ``BENCH_SCAN_DOCS`` (default 2000 documents
 seeded into the embedded engine for the end-to-end scan row; 0 skips it).
 
 Rows, per demo collection and for all of them:
@@ -49,7 +49,7 @@ def _best(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def _documents(n: int) -> dict[str, list[bytes]]:
-    sizes = DemoSizes(customers=n, products=max(50, n // 4), orders=n, events=n)
+    sizes = DemoSizes(customers=n, products=n, orders=n, events=n)
     gen = DemoGenerator(sizes, seed=42)
     opts = bson_options()
     return {
@@ -89,7 +89,7 @@ def _scan_row(n: int) -> tuple[int, float] | None:
 def main() -> int:
     configure_logging("console", "warning")
     n = int(os.environ.get("BENCH_DOCS", "20000"))
-    repeat = int(os.environ.get("BENCH_REPEAT", "3"))
+    repeat = int(os.environ.get("BENCH_REPEAT", "5"))
     raw = _documents(n)
     opts = bson_options()
     rows = []
