@@ -193,55 +193,79 @@ class SchemaSource:
 
     # ------------------------------------------------------------------ snapshot
 
-    async def _chunk(self, collection: str, after: Any, has_after: bool, n: int) -> list[Any]:
+    async def _range(
+        self, collection: str, after: Any, has_after: bool, n: int
+    ) -> AsyncIterator[Any]:
+        """Up to ``n`` documents after ``after`` in ``_id`` order (one query, read lazily)."""
         coll = self.database[collection]
-        if not has_after:
-            return [d async for d in coll.find({}).sort("_id", 1).limit(n)]
-        docs = [d async for d in coll.find({"_id": {"$gt": after}}).sort("_id", 1).limit(n)]
-        if len(docs) < n:
+        query: dict[str, Any] = {"_id": {"$gt": after}} if has_after else {}
+        count = 0
+        last = after
+        async for doc in coll.find(query).sort("_id", 1).limit(n):
+            count += 1
+            last = doc["_id"]
+            yield doc
+        if has_after and count < n:
             # ``$gt`` stays within one BSON type; ``$expr`` compares across types, so a
             # collection with mixed ``_id`` types continues in the next type bracket.
-            last = docs[-1]["_id"] if docs else after
             more = coll.find({"$expr": {"$gt": ["$_id", {"$literal": last}]}})
-            docs += [d async for d in more.sort("_id", 1).limit(n - len(docs))]
-        return docs
+            async for doc in more.sort("_id", 1).limit(n - count):
+                yield doc
 
     async def snapshot(
         self, collection: str, state: Mapping[str, Any], stop: asyncio.Event | None = None
     ) -> AsyncIterator[Batch]:
-        """Copy ``collection`` from ``state["after"]`` in ``_id`` order, one batch per chunk."""
+        """Copy ``collection`` from ``state["after"]`` in ``_id`` order.
+
+        One query per ``snapshot_chunk_size`` documents, read lazily; a batch (a transaction)
+        every ``max_batch_size`` documents, each recording the last ``_id`` copied."""
         version = int(state["version"])
-        size = min(self.schema.batching.snapshot_chunk_size, self.schema.batching.max_batch_size)
+        chunk = self.schema.batching.snapshot_chunk_size
+        size = min(chunk, self.schema.batching.max_batch_size)
         has_after = state.get("after") is not None
         after = decode_after(state["after"]) if has_after else None
+        copied = int(state.get("copied", 0))
+        sweep = bool(state.get("sweep"))
         self.known.add(collection)
-        while True:
-            if stop is not None and stop.is_set():
-                return
-            docs = await self._chunk(collection, after, has_after, size)
-            batch = Batch(kind="snapshot", version=None)
-            now = dt.datetime.now(dt.UTC)
-            for doc in docs:
-                out = self.transformer.document(
-                    collection, doc, op="snapshot", version=version, source_ts=now
-                )
-                (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
-            done = len(docs) < size
-            if docs:
-                after, has_after = docs[-1]["_id"], True
+
+        def close(batch: Batch, done: bool) -> Batch:
             entry = {
                 "done": done,
                 "after": encode_after(after) if has_after else None,
                 "version": version,
-                "sweep": bool(state.get("sweep")),
-                "copied": int(state.get("copied", 0)) + len(docs),
+                "sweep": sweep,
+                "copied": copied,
             }
-            state = entry
             batch.snapshot = {collection: entry}
-            batch.events = len(docs)
-            if done and entry["sweep"]:
+            if done and sweep:
                 batch.wipes.append(Wipe(collection, version, "sweep"))
-            yield batch
+            return batch
+
+        while True:
+            if stop is not None and stop.is_set():
+                return
+            batch = Batch(kind="snapshot", version=None)
+            in_chunk = 0
+            now = dt.datetime.now(dt.UTC)
+            async for doc in self._range(collection, after, has_after, chunk):
+                in_chunk += 1
+                if in_chunk % 500 == 0:
+                    await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
+                out = self.transformer.document(
+                    collection, doc, op="snapshot", version=version, source_ts=now
+                )
+                (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
+                after, has_after = doc["_id"], True
+                copied += 1
+                batch.events += 1
+                if batch.events >= size:
+                    yield close(batch, done=False)
+                    batch = Batch(kind="snapshot", version=None)
+                    if stop is not None and stop.is_set():
+                        return
+            done = in_chunk < chunk
+            if batch.events or done:
+                yield close(batch, done=done)
             if done:
                 return
 

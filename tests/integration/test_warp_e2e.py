@@ -448,3 +448,44 @@ def test_multi_mode_runs_schemas_side_by_side(tmp_path: Any, pg_url: str) -> Non
         assert {r["schema_name"] for r in epochs} == {"alpha", "beta"}
 
     run(go())
+
+
+def test_snapshot_resumes_per_collection(tmp_path: Any, pg_url: str, mongo_db_name: str) -> None:
+    url = f"mongoeco://{tmp_path / 'source.sqlite'}"
+    settings = warp_settings(
+        url,
+        pg_url,
+        mongo_db_name,
+        batching={"max_batch_size": 25, "snapshot_chunk_size": 50, "queue_max_batches": 1},
+    )
+
+    class StopAfter:
+        """Stops the runner after three snapshot transactions (like SIGTERM mid-snapshot)."""
+
+        def __init__(self) -> None:
+            self.batches = 0
+            self.runner: WarpRunner | None = None
+
+        def on_batch(self, schema: str, batch: Any, result: Any) -> None:
+            self.batches += batch.kind == "snapshot"
+            if self.batches >= 3 and self.runner is not None:
+                self.runner.stop.set()
+
+        def should_stop(self) -> bool:
+            return False
+
+    async def go() -> None:
+        async with mongo_session(url) as conn:
+            await conn.database(mongo_db_name).c.insert_many([{"_id": i} for i in range(300)])
+        observer = StopAfter()
+        runner = WarpRunner(settings, settings.schemas[0], observer=observer)
+        observer.runner = runner
+        first = await asyncio.wait_for(runner.run(), 60)
+        assert first.checkpoint is not None
+        state = first.checkpoint.snapshot["c"]
+        assert not state["done"] and 0 < state["copied"] < 300
+        second = await run_warp(settings)
+        assert sum(second.snapshot_rows.values()) == 300 - state["copied"], "resumed, not redone"
+        await assert_oracle(settings, ["c"])
+
+    run(go())

@@ -3,7 +3,7 @@
 Run: ``python -m tests.performance.bench_warp`` (``make bench`` runs it against a throwaway
 PostgreSQL; set ``CARTRIDGE_TEST_POSTGRES_DSN`` to use another server). Options through the
 environment: ``BENCH_DOCS`` (default 20000 order documents), ``BENCH_E2E_DOCS`` (default 3000,
-default 1000, documents seeded into the embedded engine for the end-to-end rows; the memory
+default 500, documents seeded into the embedded engine for the end-to-end rows; the memory
 row copies ten times as many).
 
 Baselines: ``B_decode`` (BSON decode of the documents, or of the change events),
@@ -41,7 +41,7 @@ from cartridge_dagster.warp.changes import Change, Transformer, cluster_base, ma
 from cartridge_dagster.warp.sink import Batch, Sink, setup_jsonb_codec
 
 N = int(os.environ.get("BENCH_DOCS", "20000"))
-N_E2E = int(os.environ.get("BENCH_E2E_DOCS", "1000"))
+N_E2E = int(os.environ.get("BENCH_E2E_DOCS", "500"))
 BATCH = 5000
 
 
@@ -147,28 +147,43 @@ class NoCheckpointSink(Sink):
 async def warp_apply(
     url: str, raws: list[bytes], *, events: bool, sink_cls: type[Sink] = Sink
 ) -> float:
-    """Decode → transform → staged merge + checkpoint, batch by batch (the writer's path)."""
+    """Decode → transform → staged merge + checkpoint, pipelined like the runner's reader and
+    writer (a bounded queue between them)."""
     cfg = schema_cfg()
     sink = sink_cls(url, cfg, owner="bench")
     await sink.setup()
     await sink.acquire()
     transformer = Transformer(cfg)
     now = dt.datetime.now(dt.UTC)
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.batching.queue_max_batches)
+
+    async def produce() -> None:  # the reader's work: decode and transform
+        for i in range(0, len(raws), BATCH):
+            batch = Batch(kind="stream" if events else "snapshot")
+            for j, raw in enumerate(raws[i : i + BATCH]):
+                if j % 500 == 499:
+                    await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
+                doc = bson.decode(raw)
+                if events:
+                    v = make_version(cluster_base(doc["clusterTime"]), 1)
+                    out = transformer.event(doc, v, now)
+                    batch.token = doc["_id"]
+                    batch.version = v
+                else:
+                    out = transformer.document(
+                        "orders", doc, op="snapshot", version=1, source_ts=now
+                    )
+                if isinstance(out, Change):
+                    batch.changes.append(out)
+            await queue.put(batch)
+        await queue.put(None)
+
+    async def consume() -> None:  # the writer's work: one transaction per batch
+        while (batch := await queue.get()) is not None:
+            await sink.apply(batch)
+
     t = time.perf_counter()
-    for i in range(0, len(raws), BATCH):
-        batch = Batch(kind="stream" if events else "snapshot")
-        for raw in raws[i : i + BATCH]:
-            doc = bson.decode(raw)
-            if events:
-                v = make_version(cluster_base(doc["clusterTime"]), 1)
-                out = transformer.event(doc, v, now)
-                batch.token = doc["_id"]
-                batch.version = v
-            else:
-                out = transformer.document("orders", doc, op="snapshot", version=1, source_ts=now)
-            if isinstance(out, Change):
-                batch.changes.append(out)
-        await sink.apply(batch)
+    await asyncio.gather(produce(), consume())
     took = time.perf_counter() - t
     await sink.close()
     return took
@@ -229,7 +244,7 @@ async def e2e(server: str, work: Path) -> dict[str, float]:
                         "source_database": "bench",
                         "target_schema": "raw_bench",
                         "include": include,
-                        "batching": {"max_batch_size": 1000, "queue_max_batches": 4},
+                        "batching": {"max_batch_size": 100, "queue_max_batches": 4},
                         "warp": {"metrics_port": 0, "materialization_interval_seconds": 1},
                     }
                 ],
