@@ -122,10 +122,3 @@ async def checkpoint_row(pg_url: str, schema: str = SCHEMA) -> asyncpg.Record | 
         )
     finally:
         await conn.close()
-
-
-async def last_source_token(mongo_url: str) -> dict[str, Any]:
-    """The embedded engine's newest event token (what the checkpoint must equal at rest)."""
-    async with mongo_session(mongo_url) as conn:
-        state = conn.client.change_stream_state()
-    return {"_data": str(int(state["nextToken"]) - 1)}
