@@ -17,6 +17,12 @@ $BIN/cartridge services up
 echo "==> demo source ($CARTRIDGE_CONFIG)"
 $BIN/cartridge demo seed --if-empty --scale "${CARTRIDGE_DEMO_SCALE:-1.0}"
 
+if [ ! -d dbt_project/models/generated ] || [ -z "$(ls -A dbt_project/models/generated 2>/dev/null)" ]; then
+  echo "==> first run: infer schemas and generate the dbt models (cartridge scan, generate)"
+  $BIN/cartridge scan
+  $BIN/cartridge generate --parse
+fi
+
 mkdir -p "$DAGSTER_HOME"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
