@@ -32,39 +32,38 @@ def _fmt_seconds(value: float | None) -> str:
 
 def _table(result: SchemaAnalysis) -> Table:
     table = Table(title=f"schema {result.schema_name} (run {result.run_id})", show_header=True)
-    for name, justify in (
-        ("collection", "left"),
-        ("live rows", "right"),
-        ("deleted", "right"),
-        ("growth", "right"),
-        ("lag p95", "right"),
-        ("source / target", "right"),
-        ("mismatches", "right"),
-        ("checks", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name in ("collection", "live", "deleted", "growth", "lag p95", "src/tgt", "differ"):
+        table.add_column(name, justify="left" if name == "collection" else "right")
+    table.add_column("checks")
     for name, a in result.collections.items():
         raw = a.raw
         rec = a.reconciliation
         failed = [c for c in a.checks if not c.passed]
-        checks = (
-            "[green]all pass[/green]"
-            if not failed
-            else ", ".join(
-                f"[{'red' if c.severity == 'ERROR' else 'yellow'}]{c.name}[/]" for c in failed
-            )
-        )
+        if not failed:
+            checks = "[green]pass[/green]"
+        else:
+            worst = "red" if any(c.severity == "ERROR" for c in failed) else "yellow"
+            checks = f"[{worst}]{len(failed)} failed[/]"
         table.add_row(
             name,
             "–" if raw is None else f"{raw.rows_live:,}",
             "–" if raw is None else f"{raw.rows_deleted:,}",
             "–" if raw is None or raw.row_count_change is None else f"{raw.row_count_change:+.1%}",
             "–" if raw is None else _fmt_seconds(raw.lag_p95_seconds),
-            "–" if rec is None else f"{rec.source_count:,} / {rec.target_count:,}",
-            "–" if rec is None else f"{len(rec.mismatches)} of {rec.sampled}",
+            "–" if rec is None else f"{rec.source_count:,}/{rec.target_count:,}",
+            "–" if rec is None else f"{len(rec.mismatches)}/{rec.sampled}",
             checks,
         )
     return table
+
+
+def _failures(result: SchemaAnalysis) -> list[str]:
+    return [
+        f"[{'red' if c.severity == 'ERROR' else 'yellow'}]{name}: {c.name}[/] {c.description}"
+        for name, a in result.collections.items()
+        for c in a.checks
+        if not c.passed
+    ]
 
 
 def analyze(
@@ -113,6 +112,8 @@ def analyze(
                 )
             )
         console.print(_table(result))
+        for line in _failures(result):
+            console.print(f"  {line}", highlight=False)
         failed += [
             f"{name}.{c}: {check.name}"
             for c, a in result.collections.items()

@@ -51,7 +51,7 @@ def test_analyze_writes_reports(
     # collections come from the raw tables found (no include list, no state yet)
     for name in ("customers", "events", "orders", "products"):
         assert name in result.stdout
-    assert "150 / 150" in result.stdout  # orders: source / target
+    assert "150/150" in result.stdout  # orders: source/target
     assert "reconciliation" in result.stdout  # products: emptied target fails the check
     page = (out / "shop.html").read_text()
     assert "orders" in page and "<svg" in page
