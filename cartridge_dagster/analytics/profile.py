@@ -438,7 +438,7 @@ async def _columns(
               column_path, json_type, data_type, rows_live, rows_present, rows_with_type,
               value_count, null_ratio, type_share, distinct_estimate,
               min_num, max_num, mean_num, stddev_num, p05, p25, p50, p75, p95,
-              time_values, min_time, max_time, p50_time,
+              time_values, min_time, max_time, p50_time, p25_time, p75_time, mean_time,
               min_length, max_length, avg_length, true_count, sensitive)
             SELECT $1, $2, $3, $4, $5, $6,
               s.path, s.jtype, ($8::jsonb) ->> s.path, $7::bigint, s.rows_present,
@@ -448,7 +448,7 @@ async def _columns(
               s.distinct_estimate,
               s.min_num, s.max_num, s.mean_num, s.stddev_num,
               s.pct[1], s.pct[2], s.pct[3], s.pct[4], s.pct[5],
-              s.time_values, s.min_time, s.max_time, s.p50_time,
+              s.time_values, s.min_time, s.max_time, s.tq[2], s.tq[1], s.tq[3], s.mean_time,
               s.min_length, s.max_length, s.avg_length, s.true_count, s.sensitive
             FROM (
               SELECT l.path, l.jtype, p.rows_present, p.value_total,
@@ -462,7 +462,9 @@ async def _columns(
                 percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]::float8[])
                   WITHIN GROUP (ORDER BY l.num::float8) AS pct,
                 count(l.ts) AS time_values, min(l.ts) AS min_time, max(l.ts) AS max_time,
-                percentile_disc(0.5) WITHIN GROUP (ORDER BY l.ts) AS p50_time,
+                percentile_disc(ARRAY[0.25, 0.5, 0.75]::float8[])
+                  WITHIN GROUP (ORDER BY l.ts) AS tq,
+                to_timestamp(avg(extract(epoch FROM l.ts))) AS mean_time,
                 min(l.len) AS min_length, max(l.len) AS max_length,
                 avg(l.len)::float8 AS avg_length,
                 count(*) FILTER (WHERE l.jtype = 'boolean' AND l.txt = 'true') AS true_count,
@@ -491,7 +493,8 @@ async def _columns(
         await conn.execute(
             f"""UPDATE {cp} SET min_num = NULL, max_num = NULL, mean_num = NULL,
                 stddev_num = NULL, p05 = NULL, p25 = NULL, p50 = NULL, p75 = NULL, p95 = NULL,
-                min_time = NULL, max_time = NULL, p50_time = NULL, true_count = NULL
+                min_time = NULL, max_time = NULL, p50_time = NULL, p25_time = NULL,
+                p75_time = NULL, mean_time = NULL, true_count = NULL
             WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3 AND sensitive""",
             *key,
         )

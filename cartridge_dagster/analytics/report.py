@@ -346,7 +346,8 @@ def _column_summary(col: dict[str, Any]) -> str:
     if col.get("time_values") and col["min_time"] is not None:
         return (
             f"{col['min_time']:%Y-%m-%d %H:%M} → {col['max_time']:%Y-%m-%d %H:%M} "
-            f"(median {col['p50_time']:%Y-%m-%d})"
+            f"(median {col['p50_time']:%Y-%m-%d}, middle half "
+            f"{col['p25_time']:%Y-%m-%d} → {col['p75_time']:%Y-%m-%d})"
         )
     if jt == "boolean" and col["true_count"] is not None:
         share = col["true_count"] / col["value_count"] if col["value_count"] else 0

@@ -138,6 +138,8 @@ def test_raw_profile_in_sql(pg_url: str) -> None:
     placed = cols[("placed_at", "string")]
     assert placed["time_values"] == 36
     assert placed["min_time"].year == 2024
+    assert placed["min_time"] <= placed["p25_time"] <= placed["p50_time"] <= placed["p75_time"]
+    assert placed["min_time"] < placed["mean_time"] < placed["max_time"]
     status = cols[("status", "string")]
     assert status["top_values"][0] == {"value": "paid", "count": 24}
     # sensitive: counts and lengths, no values
