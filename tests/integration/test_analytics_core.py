@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from bson import Decimal128, ObjectId
 
+from cartridge_dagster.analytics.checks import dead_letter_check, dead_letter_count
 from cartridge_dagster.analytics.profile import Relation, profile_relation
 from cartridge_dagster.analytics.reconcile import reconcile_collection, store_reconciliation
 from cartridge_dagster.analytics.report import write_reports
@@ -394,3 +395,30 @@ def test_events_applied_from_warp_name_map(tmp_path: Path, pg_url: str, mongo_ur
     page = (tmp_path / "reports" / "shop.html").read_text()
     assert "Changes applied by warp between profiles" in page
     assert "changes: 75" in page  # the delta's tooltip
+
+
+def test_dead_letters_counted_from_warps_table(tmp_path: Path, pg_url: str) -> None:
+    """No table: no dead letters; pending rows of the collection fail the check; resolved don't."""
+
+    async def go() -> list[int | None]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            counts = [await dead_letter_count(conn, "shop", "orders")]
+            for stmt in control_ddl():
+                await conn.execute(stmt)
+            insert = (
+                "INSERT INTO cartridge_warp.dead_letters (schema_name, collection, document_id, "
+                "version, op, error_class, error_message, raw_event, raw_event_json, status, "
+                "resolved_at) VALUES ($1, $2, 'x', 1, 'insert', 'E', 'm', '\\x00', '{}', $3, $4)"
+            )
+            await conn.execute(insert, "shop", "orders", "pending", None)
+            await conn.execute(insert, "shop", "orders", "resolved", NOW)
+            await conn.execute(insert, "shop", "events", "pending", None)
+            await conn.execute(insert, "other", "orders", "pending", None)
+            counts.append(await dead_letter_count(conn, "shop", "orders"))
+            return counts
+        finally:
+            await conn.close()
+
+    assert run(go()) == [None, 1]
+    assert not dead_letter_check(1).passed and dead_letter_check(None).passed
