@@ -5,6 +5,7 @@ Used by ``cartridge analyze`` and by the ``analytics/<S>/<C>`` assets alike.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -84,6 +85,9 @@ async def analyze_schema_with(
     """
     schema = settings.get_schema(schema_name)
     run_id = run_id or new_run_id()
+    timeout = settings.destination.command_timeout_seconds
+    # every statement of the analysis is bounded (profiling a huge table must not hang a run)
+    await conn.execute(f"SET statement_timeout = {int(timeout * 1000)}")
     await ensure_analytics_schema(conn)
     await start_run(conn, schema.name, run_id, trigger)
     if collections is None:
@@ -104,9 +108,16 @@ async def analyze_schema_with(
             if profile is not None:
                 profiled_models.append(profile)
         rec = None
+        why = reconcile_error
         if mongo is not None:
-            rec = await reconcile_collection(mongo, conn, schema, collection)
-            await store_reconciliation(conn, run_id, rec)
+            try:
+                async with asyncio.timeout(timeout):
+                    rec = await reconcile_collection(mongo, conn, schema, collection)
+            except TimeoutError:
+                why = f"reconciliation of {collection} took longer than {timeout:.0f}s"
+                log.warning("analytics.reconcile_timeout", schema=schema.name, table=collection)
+            if rec is not None:
+                await store_reconciliation(conn, run_id, rec)
         dead = await dead_letter_count(conn, schema.name, collection)
         analysis = CollectionAnalysis(
             collection=collection,
@@ -123,7 +134,7 @@ async def analyze_schema_with(
             reconciliation=rec,
             dead_letters=dead,
             checkpoint_age=age,
-            reconcile_error=reconcile_error,
+            reconcile_error=why,
         )
         await store_checks(conn, run_id, schema.name, collection, analysis.checks)
         result.collections[collection] = analysis
