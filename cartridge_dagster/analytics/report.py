@@ -378,12 +378,14 @@ def _columns_table(cols: list[dict[str, Any]], *, declared: bool = False) -> str
     )
     rows = []
     for c in cols:
+        scalar = c["json_type"] in ("string", "number", "boolean")
+        distinct = charts.fmt_number(c["distinct_estimate"]) if scalar else "–"
         rows.append(
             f"<tr><td><code>{escape(c['column_path'])}</code></td>"
             f"<td><span class='type {escape(c['json_type'])}'>{escape(c['json_type'])}</span></td>"
             + (f"<td><code>{escape(c['data_type'] or '')}</code></td>" if declared else "")
             + f"<td class='num'>{c['null_ratio']:.1%}</td>"
-            f"<td class='num'>{charts.fmt_number(c['distinct_estimate'])}</td>"
+            f"<td class='num'>{distinct}</td>"
             f"<td class='num'>{charts.fmt_number(c['value_count'])}</td>"
             f"<td>{_column_summary(c)}</td></tr>"
         )
