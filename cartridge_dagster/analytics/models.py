@@ -9,7 +9,6 @@ preferred when a name exists in several).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
@@ -17,7 +16,12 @@ from cartridge_dagster.analytics.profile import Relation, sensitive_names
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.identifiers import qualified
 from cartridge_dagster.init.naming import staging_model_name, staging_schema_name
-from cartridge_dagster.landing import ANALYTICS_SCHEMA, CONTROL_SCHEMA, raw_table_name
+from cartridge_dagster.landing import (
+    ANALYTICS_SCHEMA,
+    CONTROL_SCHEMA,
+    history_table_name,
+    raw_table_name,
+)
 from cartridge_dagster.state import known_collections, read_json
 
 __all__ = [
@@ -150,8 +154,10 @@ async def discover_collections(
         "GROUP BY c.table_name HAVING count(*) = 2 ORDER BY c.table_name",
         schema.raw_schema,
     )
-    names: list[Any] = [str(r["table_name"]) for r in rows]
-    names = [n for n in names if not n.endswith("__history")]
+    tables = {str(r["table_name"]) for r in rows}
+    # a collection's history table is not a collection of its own
+    history = {history_table_name(t) for t in tables}
+    names = sorted(t for t in tables if t not in history)
     # Warp's name map knows collections whose tables got hashed names.
     name_map = qualified(CONTROL_SCHEMA, "name_map")
     if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name_map):

@@ -12,6 +12,7 @@ import pytest
 from bson import Decimal128, ObjectId
 
 from cartridge_dagster.analytics.checks import dead_letter_check, dead_letter_count
+from cartridge_dagster.analytics.models import discover_collections
 from cartridge_dagster.analytics.profile import Relation, profile_relation
 from cartridge_dagster.analytics.reconcile import reconcile_collection, store_reconciliation
 from cartridge_dagster.analytics.report import write_reports
@@ -422,3 +423,22 @@ def test_dead_letters_counted_from_warps_table(tmp_path: Path, pg_url: str) -> N
 
     assert run(go()) == [None, 1]
     assert not dead_letter_check(1).passed and dead_letter_check(None).passed
+
+
+def test_discover_collections_from_raw_tables(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
+    """Without config or state, the raw tables that follow the contract are the collections."""
+    settings = _settings(tmp_path, mongo_url, pg_url, "shop")
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await land(conn, "raw_shop", "orders", [{"_id": 1}])
+            await land(conn, "raw_shop", "audit__history", [{"_id": 1}])  # a collection
+            for stmt in history_table_ddl("raw_shop", "orders"):  # orders' history: not one
+                await conn.execute(stmt)
+            await conn.execute("CREATE TABLE raw_shop.notes (id int)")  # not a raw table
+            return await discover_collections(conn, settings, settings.get_schema("shop"))
+        finally:
+            await conn.close()
+
+    assert run(go()) == ["audit__history", "orders"]
