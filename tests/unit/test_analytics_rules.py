@@ -200,3 +200,13 @@ def test_counts_in_flight(before: int, target: int, after: int, consistent: bool
     rec = Reconciliation("shop", "orders", after, target, 0, 0.0, counts_in_flight=consistent)
     assert rec.within_tolerance is consistent
     assert ("in flight" in rec.describe()) is consistent
+
+
+def test_report_url_follows_served_reports(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cartridge_dagster.assets.analytics import REPORTS_URL_ENV, report_url
+
+    page = tmp_path / "shop.html"
+    monkeypatch.delenv(REPORTS_URL_ENV, raising=False)
+    assert report_url(page) == page.resolve().as_uri()
+    monkeypatch.setenv(REPORTS_URL_ENV, "http://127.0.0.1:8765/")
+    assert report_url(page) == "http://127.0.0.1:8765/shop.html"
