@@ -91,6 +91,9 @@ class Batch:
     events: int = 0
     kind: Literal["snapshot", "stream", "idle", "reset"] = "stream"
     #: ``kind == "reset"``: replace the snapshot plan instead of merging into it.
+    #: Initial-snapshot rows past the committed ``_id`` cursor cannot be in the table yet:
+    #: they may be COPYed straight in (a conflict falls back to the staged merge).
+    direct_copy: bool = False
     created: float = field(default_factory=time.monotonic)
     read_at: float = field(default_factory=time.time)
 
@@ -403,6 +406,43 @@ class Sink:
             first = await self._apply_isolating(conn, changes[:mid])
             return first + await self._apply_isolating(conn, changes[mid:])
 
+    async def _direct_copy(self, conn: asyncpg.Connection, changes: Sequence[Change]) -> bool:
+        """COPY rows straight into their raw tables (no staging, no merge) under a savepoint.
+
+        Only for rows that cannot exist yet (the initial snapshot past its committed cursor).
+        Any conflict or rejected row rolls the savepoint back and returns False: the caller
+        then runs the staged merge, which dedups, guards versions and isolates poison."""
+        if not changes:
+            return True
+        by_table: dict[str, list[tuple[Any, ...]]] = {}
+        for ch in changes:
+            if self._history.get(ch.collection) or self.schema.table(ch.collection).history:
+                return False
+            by_table.setdefault(ch.collection, []).append(
+                (ch.id, ch.document, ch.document is None, ch.version, ch.op, ch.source_ts)
+            )
+        try:
+            async with conn.transaction():
+                for collection, records in by_table.items():
+                    await conn.copy_records_to_table(
+                        raw_table_name(collection),
+                        schema_name=self.raw_schema,
+                        records=records,
+                        columns=[
+                            "_id",
+                            "document",
+                            "_cartridge_deleted",
+                            "_cartridge_version",
+                            "_cartridge_op",
+                            "_cartridge_source_ts",
+                        ],
+                    )
+            return True
+        except asyncpg.PostgresError as exc:
+            if not _is_data_error(exc):
+                raise
+            return False
+
     async def _insert_dead(self, conn: asyncpg.Connection, dead: Sequence[DeadLetter]) -> None:
         if not dead:
             return
@@ -480,7 +520,10 @@ class Sink:
                         self._tables[collection] = raw_table_name(collection)
                         if self.schema.table(collection).history:
                             self._history[collection] = history_table_name(collection)
-                poison = await self._apply_isolating(conn, batch.changes)
+                if batch.direct_copy and await self._direct_copy(conn, batch.changes):
+                    poison = []
+                else:
+                    poison = await self._apply_isolating(conn, batch.changes)
                 dead = list(batch.dead)
                 bad = {id(ch) for ch, _ in poison}
                 for ch, exc in poison:

@@ -237,6 +237,7 @@ class SchemaSource:
                 "copied": copied,
             }
             batch.snapshot = {collection: entry}
+            batch.direct_copy = not sweep
             if done and sweep:
                 batch.wipes.append(Wipe(collection, version, "sweep"))
             return batch

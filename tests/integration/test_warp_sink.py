@@ -298,3 +298,24 @@ def test_hostile_collection_and_field_names(pg_url: str, names: list[str], field
             assert by_coll[name] == raw_table_name(name)
 
     run(go())
+
+
+def test_direct_copy_falls_back_to_the_merge_on_conflict(pg_url: str) -> None:
+    async def go() -> None:
+        sink = await open_sink(pg_url, schema_cfg())
+        try:
+            first = batch(*(ch("c", f"d{i}", 5, {"_id": f"d{i}"}, "snapshot") for i in range(3)))
+            first.direct_copy = True
+            await sink.apply(first)
+            await sink.apply(batch(ch("c", "d1", 9, {"_id": "d1", "newer": True})))
+            # a replayed snapshot chunk overlapping committed rows: COPY conflicts, merge wins
+            again = batch(*(ch("c", f"d{i}", 5, {"_id": f"d{i}"}, "snapshot") for i in range(5)))
+            again.direct_copy = True
+            await sink.apply(again)
+            got = await rows(pg_url, "c")
+            assert set(got) == {f"d{i}" for i in range(5)}
+            assert got["d1"] == ({"_id": "d1", "newer": True}, False, 9)
+        finally:
+            await sink.close()
+
+    run(go())

@@ -160,7 +160,7 @@ async def warp_apply(
 
     async def produce() -> None:  # the reader's work: decode and transform
         for i in range(0, len(raws), BATCH):
-            batch = Batch(kind="stream" if events else "snapshot")
+            batch = Batch(kind="stream" if events else "snapshot", direct_copy=not events)
             for j, raw in enumerate(raws[i : i + BATCH]):
                 if j % 500 == 499:
                     await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
