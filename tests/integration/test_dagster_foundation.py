@@ -21,6 +21,7 @@ import yaml
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.definitions import build_definitions
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+from tests.support.init_env import copy_dbt_project
 from tests.support.services import REPO
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,7 @@ def demo_config(tmp_path: Path, pg_url: str) -> Path:
         "source": {"connection_string": f"mongoeco://{tmp_path / 'shop.sqlite'}"},
         "destination": {"connection_string": pg_url},
         "state_dir": str(tmp_path / "state"),
+        "dbt": {"project_dir": str(copy_dbt_project(tmp_path / "dbt_project"))},
         "schemas": [{"name": "shop", "source_database": "shop", "exclude": ["events"]}],
     }
     path = tmp_path / "cartridge.yaml"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
 from tests.support.dagster_dev import dagster_dev
+from tests.support.init_env import copy_dbt_project
 from tests.support.services import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
@@ -57,6 +60,7 @@ def demo_config(tmp_path: Path, pg_url: str) -> Path:
                 "source": {"connection_string": source},
                 "destination": {"connection_string": pg_url},
                 "state_dir": str(tmp_path / "state"),
+                "dbt": {"project_dir": str(copy_dbt_project(tmp_path / "dbt_project"))},
                 "schemas": [{"name": "shop", "source_database": "shop"}],
             }
         )
@@ -71,10 +75,9 @@ def test_materialize_from_the_asset_graph(demo_config: Path, browser, tmp_path: 
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"{dev.url}/locations/cartridge/asset-groups/shop/lineage")
         skip = page.get_by_role("button", name="Skip")
-        try:
-            skip.click(timeout=15_000)  # Dagster's community pop-up on first visit
-        except Exception:  # noqa: BLE001 - the pop-up is not always shown
-            pass
+        # Dagster's community pop-up on first visit (not always shown).
+        with contextlib.suppress(PlaywrightTimeout):
+            skip.click(timeout=15_000)
         page.get_by_text("catalog", exact=True).first.wait_for(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "ui-asset-graph-before.png"))
         page.get_by_role("button", name="Materialize all").click()
