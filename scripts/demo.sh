@@ -37,6 +37,12 @@ echo "==> live traffic on the demo source (cartridge demo traffic)"
 setsid $BIN/cartridge demo traffic --rate "${CARTRIDGE_DEMO_RATE:-2}" > .cartridge/demo-traffic.log 2>&1 &
 pids+=($!)
 
+REPORTS_PORT="${CARTRIDGE_REPORTS_PORT:-8765}"
+echo "==> analytics reports on http://127.0.0.1:$REPORTS_PORT (cartridge serve-reports)"
+setsid $BIN/cartridge serve-reports --port "$REPORTS_PORT" > .cartridge/demo-reports.log 2>&1 &
+pids+=($!)
+export CARTRIDGE_REPORTS_URL="http://127.0.0.1:$REPORTS_PORT"
+
 echo "==> Dagster UI on http://127.0.0.1:$PORT"
 # Reset SIGINT/SIGTERM dispositions so Ctrl-C reaches dagster dev even from non-interactive shells.
 setsid $BIN/python -c 'import os, signal, sys
