@@ -245,10 +245,26 @@ def _binary_text(value: Binary) -> str:
     return base64.b64encode(bytes(value)).decode("ascii")
 
 
+_D128_CACHE: dict[bytes, Any] = {}
+_D128_CACHE_MAX = 65536
+
+
+def _decimal128_fragment(value: Decimal128) -> Any:
+    """Money and quantities repeat: remember the JSON text of recent ``Decimal128`` values."""
+    bid = value.bid
+    found = _D128_CACHE.get(bid)
+    if found is None:
+        found = orjson.Fragment(_decimal128_text(value))
+        if len(_D128_CACHE) >= _D128_CACHE_MAX:
+            _D128_CACHE.clear()
+        _D128_CACHE[bid] = found
+    return found
+
+
 _FAST_TYPES: dict[type, Any] = {
     ObjectId: str,
     dt.datetime: _iso,
-    Decimal128: lambda v: orjson.Fragment(_decimal128_text(v)),
+    Decimal128: _decimal128_fragment,
     Binary: _binary_text,
     bytes: lambda v: base64.b64encode(v).decode("ascii"),
     Timestamp: lambda v: {"t": v.time, "i": v.inc},
