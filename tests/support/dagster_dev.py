@@ -160,8 +160,19 @@ def dagster_dev(
     )
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", launcher, dagster, "dev", "-h", "127.0.0.1", "-p", str(port),
-             "-w", str(REPO / "workspace.yaml")],
+            [
+                sys.executable,
+                "-c",
+                launcher,
+                dagster,
+                "dev",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                str(REPO / "workspace.yaml"),
+            ],
             cwd=REPO,
             env=full_env,
             stdout=out,
