@@ -114,6 +114,7 @@ class BatchResult:
     poisoned: int = 0
     wiped: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    checkpoint_seconds: float = 0.0  # of ``seconds``: the checkpoint and per-table progress
 
 
 @dataclass
@@ -531,7 +532,9 @@ class Sink:
                 await self._insert_dead(conn, dead)
                 for wipe in batch.wipes:
                     result.wiped[wipe.collection] += await self._wipe(conn, wipe)
+                cp_started = time.perf_counter()
                 await self._write_checkpoint(conn, batch, result, bad)
+                result.checkpoint_seconds = time.perf_counter() - cp_started
         except BaseException:
             for collection in new_tables:  # the DDL rolled back with the batch
                 self._tables.pop(collection, None)
