@@ -559,24 +559,20 @@ class Sink:
             result.ops[(ch.collection, ch.op)] += 1
             top[ch.collection] = max(top.get(ch.collection, 0), ch.version)
         result.applied = per_table
-        for collection, count in sorted(per_table.items()):
-            await conn.execute(
-                f"UPDATE {self._cs}.name_map SET version = GREATEST(version, $3), "
-                "events_applied = events_applied + $4, "
-                "last_source_ts = COALESCE($5, last_source_ts), updated_at = now() "
-                "WHERE schema_name = $1 AND collection = $2",
-                self.name,
-                collection,
-                top[collection],
-                count,
-                batch.source_ts,
-            )
+        names = sorted(per_table)
         snapshot_sql = (
             "snapshot = $5::jsonb, "
             if batch.kind == "reset"
             else "snapshot = snapshot || $5::jsonb, "
         )
+        # One round trip: per-table progress and the checkpoint row, in the batch transaction.
         status = await conn.execute(
+            f"WITH tables AS (UPDATE {self._cs}.name_map nm SET "
+            "version = GREATEST(nm.version, u.version), "
+            "events_applied = nm.events_applied + u.n, "
+            "last_source_ts = COALESCE($7, nm.last_source_ts), updated_at = now() "
+            "FROM unnest($8::text[], $9::numeric[], $10::bigint[]) AS u(collection, version, n) "
+            "WHERE nm.schema_name = $1 AND nm.collection = u.collection RETURNING 1) "
             f"UPDATE {self._cs}.checkpoints SET "
             "resume_token = COALESCE($3::jsonb, resume_token), "
             "version = GREATEST(version, $4), "
@@ -591,6 +587,9 @@ class Sink:
             orjson.dumps(batch.snapshot or {}),
             sum(per_table.values()),
             batch.source_ts,
+            names,
+            [top[n] for n in names],
+            [per_table[n] for n in names],
         )
         if status != "UPDATE 1":
             raise Fenced(f"schema {self.name!r}: checkpoint row lost its epoch {self.epoch}")
