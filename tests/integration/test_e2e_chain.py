@@ -1,0 +1,100 @@
+"""The whole chain, the way a user runs it: `dagster dev` on a demo source, work launched through
+the GraphQL API, and sensors moving data along source → schema → models → raw → dbt → summaries.
+The results are checked in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+
+from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+from tests.support.dagster_dev import dagster_dev
+from tests.support.init_env import copy_dbt_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RUNS = """
+{ runsOrError(limit: 50) { ... on Runs { results { runId status jobName } } } }
+"""
+
+
+def _count(url: str, sql: str) -> int:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+    except psycopg2.Error:
+        return -1
+    finally:
+        conn.close()
+
+
+def test_chain_runs_by_itself_after_one_launch(tmp_path: Path, pg_url: str) -> None:
+    source = f"mongoeco://{tmp_path / 'shop.sqlite'}"
+    sizes = DemoSizes.scaled(0.01)
+
+    async def seed() -> None:
+        async with mongo_session(source) as conn:
+            await seed_demo(conn.database("shop"), sizes=sizes)
+
+    asyncio.run(seed())
+    config = tmp_path / "cartridge.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"connection_string": source},
+                "destination": {"connection_string": pg_url},
+                "state_dir": str(tmp_path / "state"),
+                "dbt": {"project_dir": str(copy_dbt_project(tmp_path / "dbt_project"))},
+                "defaults": {
+                    "warp": {"metrics_port": 0, "materialization_interval_seconds": 1},
+                    "analytics": {"refresh_min_interval_seconds": 5, "reconcile_sample_size": 50},
+                },
+                "schemas": [
+                    {"name": "shop", "source_database": "shop", "include": ["customers", "orders"]}
+                ],
+            }
+        )
+    )
+    with dagster_dev(config, tmp_path / "home", timeout=300) as dev:
+        # One launch: catalog → schema → generated dbt models.
+        refresh = dev.launch("refresh_shop")
+        assert dev.wait_run(refresh, timeout=900) == "SUCCESS"
+        # Everything else happens by itself: the supervisor keeps warp running (raw tables),
+        # its materializations trigger update_shop (dbt staging models, then summaries).
+        deadline = time.monotonic() + 1200
+        done = False
+        seen: dict[str, str] = {}
+        while time.monotonic() < deadline and not done:
+            runs = dev.graphql(RUNS)["runsOrError"]["results"]
+            seen = {r["runId"]: f"{r['jobName']}:{r['status']}" for r in runs}
+            done = any(r["jobName"] == "update_shop" and r["status"] == "SUCCESS" for r in runs)
+            failed = [r for r in runs if r["jobName"] == "update_shop" and r["status"] == "FAILURE"]
+            assert not failed, f"update_shop failed: {seen}; log: {dev.log}"
+            time.sleep(5)
+        assert done, f"no successful update_shop run: {seen}; log: {dev.log}"
+        assert any(v.startswith("warp_shop:STARTED") for v in seen.values()), seen
+
+    # PostgreSQL holds the source: raw tables, typed staging models, stored summaries.
+    assert _count(pg_url, 'SELECT count(*) FROM raw_shop."orders"') == sizes.orders
+    assert _count(pg_url, 'SELECT count(*) FROM raw_shop."customers"') == sizes.customers
+    staging = _count(
+        pg_url,
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_name IN ('stg_shop__orders', 'stg_shop__customers', "
+        "'stg_shop__orders__items')",
+    )
+    assert staging == 3
+    summaries = _count(
+        pg_url,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'cartridge_analytics'",
+    )
+    assert summaries > 0
