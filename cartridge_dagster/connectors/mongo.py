@@ -130,6 +130,30 @@ def _reraise(exc: BaseException) -> Any:
     raise translated from exc
 
 
+async def _open_embedded_reader(url: str, attempts: int = 20) -> MongoConnection:
+    """A new embedded-engine client, retrying the engine's journal-load race.
+
+    A writer in another process compacts the journal (rewrites the snapshot and removes the
+    event log) while this client reads it; mongoeco 4.11 then fails the load with
+    ``FileNotFoundError``. The next attempt reads the compacted journal.
+    """
+    from mongoeco.errors import OperationFailure as EmbeddedOperationFailure
+
+    for attempt in range(attempts):
+        try:
+            # The client's constructor loads the journal; connect() opens the engine.
+            conn = open_mongo(url)
+            await conn.connect()
+            return conn
+        except (FileNotFoundError, EmbeddedOperationFailure) as exc:
+            if isinstance(exc, EmbeddedOperationFailure) and "journal" not in str(exc):
+                raise
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class ChangeStream:
     """A change stream with one behaviour for both clients.
 
@@ -171,8 +195,7 @@ class ChangeStream:
         if self._conn.kind == "mongoeco":
             # The embedded engine loads other processes' events from its journal only when a
             # client is created: stream through a private client, re-created when idle.
-            self._stream_conn = open_mongo(self._conn._url)
-            await self._stream_conn.connect()
+            self._stream_conn = await _open_embedded_reader(self._conn._url)
             client = self._stream_conn.client
         if (
             self._conn.kind == "mongoeco"
