@@ -24,6 +24,7 @@ import dagster as dg
 
 from cartridge_dagster.assets.keys import raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
+from cartridge_dagster.deploy.k8s import warp_run_tags as deploy_warp_run_tags
 from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.observability import MetricsServer
 from cartridge_dagster.resources.warp import WarpResource
@@ -41,13 +42,9 @@ class WarpRunConfig(dg.Config):  # type: ignore[misc]
 
 
 def warp_run_tags(schema: SchemaConfig) -> dict[str, Any]:
-    return {
-        "cartridge/warp_schema": schema.name,
-        "cartridge/kind": "warp",
-        "dagster-k8s/config": {
-            "container_config": {"resources": schema.k8s_resources},
-        },
-    }
+    """The concurrency key and the run pod's spec (requests/limits, metrics port, ``/health``
+    probes, Prometheus annotations) from the same renderer as ``cartridge deploy render``."""
+    return {**deploy_warp_run_tags(schema), "cartridge/kind": "warp"}
 
 
 class DagsterObserver:
