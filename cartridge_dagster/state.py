@@ -18,7 +18,14 @@ from typing import Any
 
 from cartridge_dagster.config import CartridgeSettings
 
-__all__ = ["catalog_file", "known_collections", "read_json", "schema_dir", "write_json_atomic"]
+__all__ = [
+    "catalog_file",
+    "known_collections",
+    "read_json",
+    "schema_dir",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def catalog_file(settings: CartridgeSettings, schema: str) -> Path:
@@ -36,9 +43,9 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def write_json_atomic(path: Path, data: Any) -> bool:
-    """Write deterministic JSON (sorted keys); returns False when the file already had it."""
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def write_text_atomic(path: Path, text: str) -> bool:
+    """Replace ``path`` atomically with ``text``; returns False (and writes nothing) when the
+    file already holds exactly that text."""
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +53,13 @@ def write_json_atomic(path: Path, data: Any) -> bool:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return True
+
+
+def write_json_atomic(path: Path, data: Any) -> bool:
+    """Write deterministic JSON (sorted keys); returns False when the file already had it."""
+    return write_text_atomic(
+        path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
 
 
 def known_collections(settings: CartridgeSettings, schema: str) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from cartridge_dagster.errors import CartridgeError
 from cartridge_dagster.init.inference import NUMERIC_TYPES
+from cartridge_dagster.state import write_text_atomic
 
 __all__ = [
     "SchemaDiff",
@@ -56,16 +57,6 @@ _WIDER = {
 def dumps(data: Any) -> str:
     """The store's canonical JSON text."""
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def _write(path: Path, text: str) -> bool:
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return True
 
 
 def structure(collections: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +341,7 @@ def record(
     if latest is not None and policy == "approve":
         doc = _document(scanned, current + 1, current, fp, diff)
         path = directory / "pending.json"
-        _write(path, dumps(doc))
+        write_text_atomic(path, dumps(doc))
         return StoreOutcome("pending", current, fp, diff, path)
     return _commit(directory, _document(scanned, current + 1, current or None, fp, diff), diff)
 
@@ -358,8 +349,8 @@ def record(
 def _commit(directory: Path, doc: dict[str, Any], diff: SchemaDiff) -> StoreOutcome:
     text = dumps(doc)
     path = _version_file(directory, int(doc["version"]))
-    _write(path, text)
-    _write(directory / "latest.json", text)
+    write_text_atomic(path, text)
+    write_text_atomic(directory / "latest.json", text)
     pending = directory / "pending.json"
     if pending.exists():
         pending.unlink()

@@ -4,18 +4,15 @@ The results are checked in PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 import psycopg2
 import pytest
-import yaml
 
-from cartridge_dagster.connectors.mongo import mongo_session
-from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+from cartridge_dagster.demo.seed import DemoSizes
 from tests.support.dagster_dev import dagster_dev
-from tests.support.init_env import copy_dbt_project
+from tests.support.demo_env import seeded_demo_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,31 +35,16 @@ def _count(url: str, sql: str) -> int:
 
 
 def test_chain_runs_by_itself_after_one_launch(tmp_path: Path, pg_url: str) -> None:
-    source = f"mongoeco://{tmp_path / 'shop.sqlite'}"
     sizes = DemoSizes.scaled(0.01)
-
-    async def seed() -> None:
-        async with mongo_session(source) as conn:
-            await seed_demo(conn.database("shop"), sizes=sizes)
-
-    asyncio.run(seed())
-    config = tmp_path / "cartridge.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "source": {"connection_string": source},
-                "destination": {"connection_string": pg_url},
-                "state_dir": str(tmp_path / "state"),
-                "dbt": {"project_dir": str(copy_dbt_project(tmp_path / "dbt_project"))},
-                "defaults": {
-                    "warp": {"metrics_port": 0, "materialization_interval_seconds": 1},
-                    "analytics": {"refresh_min_interval_seconds": 5, "reconcile_sample_size": 50},
-                },
-                "schemas": [
-                    {"name": "shop", "source_database": "shop", "include": ["customers", "orders"]}
-                ],
-            }
-        )
+    config = seeded_demo_config(
+        tmp_path,
+        pg_url,
+        sizes=sizes,
+        schema={"include": ["customers", "orders"]},
+        defaults={
+            "warp": {"metrics_port": 0, "materialization_interval_seconds": 1},
+            "analytics": {"refresh_min_interval_seconds": 5, "reconcile_sample_size": 50},
+        },
     )
     with dagster_dev(config, tmp_path / "home", timeout=300) as dev:
         # One launch: catalog → schema → generated dbt models.

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from cartridge_dagster.connectors.mongo import mongo_session
-from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+from cartridge_dagster.demo.seed import DemoSizes
 from tests.support.dagster_dev import dagster_dev
-from tests.support.init_env import copy_dbt_project
+from tests.support.demo_env import seeded_demo_config
 from tests.support.services import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
@@ -45,27 +42,8 @@ def browser():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def demo_config(tmp_path: Path, pg_url: str) -> Path:
-    """A seeded embedded source (seeded before Playwright starts its own event loop)."""
-    source = f"mongoeco://{tmp_path / 'shop.sqlite'}"
-
-    async def seed() -> None:
-        async with mongo_session(source) as conn:
-            await seed_demo(conn.database("shop"), sizes=DemoSizes.scaled(0.01))
-
-    asyncio.run(seed())
-    config = tmp_path / "cartridge.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "source": {"connection_string": source},
-                "destination": {"connection_string": pg_url},
-                "state_dir": str(tmp_path / "state"),
-                "dbt": {"project_dir": str(copy_dbt_project(tmp_path / "dbt_project"))},
-                "schemas": [{"name": "shop", "source_database": "shop"}],
-            }
-        )
-    )
-    return config
+    """Seeded before Playwright starts its own event loop (fixture order)."""
+    return seeded_demo_config(tmp_path, pg_url, sizes=DemoSizes.scaled(0.01))
 
 
 def test_materialize_from_the_asset_graph(demo_config: Path, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
