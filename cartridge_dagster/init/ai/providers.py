@@ -11,7 +11,7 @@ exchanges; in production the SDKs build their own.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import httpx
@@ -164,7 +164,6 @@ class OpenAIProvider:
 
     def complete(self, system: str, user: str, on_text: OnText | None = None) -> str:
         def call() -> str:
-            parts: list[str] = []
             stream = self.client.chat.completions.create(
                 model=self.model,
                 messages=[
@@ -175,14 +174,25 @@ class OpenAIProvider:
                 temperature=0,
                 stream=True,
             )
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    parts.append(chunk.choices[0].delta.content)
-                    if on_text is not None:
-                        on_text(sum(map(len, parts)))
-            return "".join(parts)
+            return _collect(
+                (chunk.choices[0].delta.content for chunk in stream if chunk.choices), on_text
+            )
 
         return _with_retries(self.config, self.name, call)
+
+
+def _collect(texts: Iterable[str | None], on_text: OnText | None) -> str:
+    """Join streamed text pieces, reporting the characters received so far."""
+    parts: list[str] = []
+    received = 0
+    for text in texts:
+        if not text:
+            continue
+        parts.append(text)
+        received += len(text)
+        if on_text is not None:
+            on_text(received)
+    return "".join(parts)
 
 
 class AnthropicProvider:
@@ -212,18 +222,13 @@ class AnthropicProvider:
 
     def complete(self, system: str, user: str, on_text: OnText | None = None) -> str:
         def call() -> str:
-            parts: list[str] = []
             with self.client.messages.stream(
                 model=self.model,
                 max_tokens=4096,
                 system=system,
                 messages=[{"role": "user", "content": user}],
             ) as stream:
-                for text in stream.text_stream:
-                    parts.append(text)
-                    if on_text is not None:
-                        on_text(sum(map(len, parts)))
-            return "".join(parts)
+                return _collect(stream.text_stream, on_text)
 
         return _with_retries(self.config, self.name, call)
 
@@ -257,8 +262,7 @@ class GeminiProvider:
         types = self._types
 
         def call() -> str:
-            parts: list[str] = []
-            for chunk in self.client.models.generate_content_stream(
+            stream = self.client.models.generate_content_stream(
                 model=self.model,
                 contents=user,
                 config=types.GenerateContentConfig(
@@ -266,12 +270,8 @@ class GeminiProvider:
                     response_mime_type="application/json",
                     temperature=0,
                 ),
-            ):
-                if chunk.text:
-                    parts.append(chunk.text)
-                    if on_text is not None:
-                        on_text(sum(map(len, parts)))
-            return "".join(parts)
+            )
+            return _collect((chunk.text for chunk in stream), on_text)
 
         return _with_retries(self.config, self.name, call)
 
