@@ -23,7 +23,7 @@ from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
 from cartridge_dagster.landing import control_ddl, history_table_ddl
 from tests.conftest import run
-from tests.support.raw_tables import copy_source, land, tombstone
+from tests.support.raw_tables import copy_source, land, shop_config, tombstone
 
 pytestmark = pytest.mark.integration
 
@@ -32,20 +32,14 @@ NOW = dt.datetime.now(dt.UTC)
 
 def _settings(tmp_path: Path, mongo_url: str, pg_url: str, db: str, **analytics: Any) -> Any:
     return settings_from_mapping(
-        {
-            "source": {"connection_string": mongo_url},
-            "destination": {"connection_string": pg_url},
-            "state_dir": str(tmp_path / "state"),
-            "dbt": {"project_dir": str(tmp_path / "dbt")},
-            "schemas": [
-                {
-                    "name": "shop",
-                    "source_database": db,
-                    "analytics": analytics,
-                    "tables": {"customers": {"sensitive_fields": ["email", "phone"]}},
-                }
-            ],
-        }
+        shop_config(
+            tmp_path,
+            mongo_url,
+            pg_url,
+            db,
+            analytics=analytics,
+            tables={"customers": {"sensitive_fields": ["email", "phone"]}},
+        )
     )
 
 

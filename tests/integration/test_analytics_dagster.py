@@ -22,7 +22,7 @@ from cartridge_dagster.resources.cartridge import (
     PostgresResource,
 )
 from tests.conftest import run
-from tests.support.raw_tables import copy_source
+from tests.support.raw_tables import copy_source, shop_config
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +33,15 @@ def _config(tmp_path: Path, pg_url: str, mongo_url: str, db: str, **analytics: A
     path = tmp_path / "cartridge.yaml"
     path.write_text(
         yaml.safe_dump(
-            {
-                "source": {"connection_string": mongo_url},
-                "destination": {"connection_string": pg_url},
-                "state_dir": str(tmp_path / "state"),
-                "dbt": {"project_dir": str(tmp_path / "dbt")},
-                "schemas": [
-                    {
-                        "name": "shop",
-                        "source_database": db,
-                        "include": COLLECTIONS,
-                        "analytics": {"reconcile_sample_size": 40, **analytics},
-                        "tables": {"orders": {"max_row_count_change": 0.5}},
-                    }
-                ],
-            }
+            shop_config(
+                tmp_path,
+                mongo_url,
+                pg_url,
+                db,
+                include=COLLECTIONS,
+                analytics={"reconcile_sample_size": 40, **analytics},
+                tables={"orders": {"max_row_count_change": 0.5}},
+            )
         )
     )
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -106,3 +107,17 @@ async def copy_source(
         docs = [doc async for doc in mongo_db[name].find({})]
         out[name] = await land(conn, schema.raw_schema, name, docs)
     return out
+
+
+def shop_config(
+    tmp_path: Path, mongo_url: str, pg_url: str, db: str, **schema: Any
+) -> dict[str, Any]:
+    """A Cartridge configuration (as data) for one schema ``shop`` over database ``db``, with
+    its own state and dbt directories under ``tmp_path``; ``schema`` adds schema keys."""
+    return {
+        "source": {"connection_string": mongo_url},
+        "destination": {"connection_string": pg_url},
+        "state_dir": str(tmp_path / "state"),
+        "dbt": {"project_dir": str(tmp_path / "dbt")},
+        "schemas": [{"name": "shop", "source_database": db, **schema}],
+    }
