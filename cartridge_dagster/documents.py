@@ -282,21 +282,37 @@ def _fast_default(value: Any) -> Any:
 
 
 def _has_non_finite(value: Any) -> bool:
-    stack = [value]
-    pop, push, extend = stack.pop, stack.append, stack.extend
-    while stack:
-        item = pop()
+    """Whether a NaN or ±Infinity float hides anywhere in ``value`` (dicts and lists walked).
+
+    ``x - x`` is ``0.0`` for every finite float and NaN for NaN and ±Infinity, so one
+    subtraction and one comparison test a float; scalars are never pushed on a stack."""
+    kind = type(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    elif kind is float:
+        return bool(value - value != 0.0)
+    elif isinstance(value, dict):
+        items = value.values()
+    else:
+        return False
+    for item in items:
         kind = type(item)
-        if kind is dict:
-            extend(item.values())
-        elif kind is list or kind is tuple:
-            extend(item)
-        elif kind is float:
-            if item != item or item in (math.inf, -math.inf):
+        if kind is float:
+            if item - item != 0.0:
                 return True
-        elif isinstance(item, dict):
-            push(dict(item))
+        elif kind in _SCALARS:
+            continue
+        elif _has_non_finite(item):
+            return True
     return False
+
+
+#: Types that can hold no float: the walk skips them without a call.
+_SCALARS = frozenset(
+    {str, int, bool, type(None), ObjectId, dt.datetime, Decimal128, Binary, bytes, uuid.UUID}
+)
 
 
 _FAST_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME

@@ -12,6 +12,7 @@ they are put in a message.
 from __future__ import annotations
 
 import re
+import sqlite3
 
 __all__ = [
     "CartridgeError",
@@ -72,6 +73,20 @@ def redact_url(text: str) -> str:
     return _PASSWORD_PARAM.sub(lambda m: f"{m.group(1)}=***", redacted)
 
 
+#: Server error codes worth retrying: the retryable-reads/writes set of the drivers' specs
+#: (not primary, node recovering or shutting down, host unreachable, network timeout, socket
+#: error, time limit, majority read concern not yet available).
+_TRANSIENT_MONGO_CODES = frozenset(
+    {6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+)
+#: Error labels the server or driver puts on errors a retry (or a change stream resume) fixes.
+_TRANSIENT_MONGO_LABELS = (
+    "ResumableChangeStreamError",
+    "RetryableWriteError",
+    "TransientTransactionError",
+)
+
+
 def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
     """Map a driver exception onto the transient/terminal split.
 
@@ -90,13 +105,22 @@ def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
     if pme is not None:
         if isinstance(exc, pme.OperationFailure) and exc.code in (286, 280):
             return TerminalError
-        if isinstance(
-            exc, (pme.AutoReconnect, pme.NetworkTimeout, pme.ServerSelectionTimeoutError)
+        # A dropped connection: ConnectionFailure is the base of AutoReconnect (and so of
+        # NotPrimaryError), NetworkTimeout, ServerSelectionTimeoutError and WaitQueueTimeoutError;
+        # the embedded engine's own ConnectionFailure and ServerSelectionTimeoutError subclass
+        # PyMongo's. CursorNotFound: the server dropped the cursor (a restart, a failover).
+        if isinstance(exc, (pme.ConnectionFailure, pme.CursorNotFound)):
+            return TransientError
+        if isinstance(exc, pme.OperationFailure) and exc.code in _TRANSIENT_MONGO_CODES:
+            return TransientError
+        if isinstance(exc, pme.PyMongoError) and any(
+            exc.has_error_label(label) for label in _TRANSIENT_MONGO_LABELS
         ):
             return TransientError
-        if isinstance(exc, pme.PyMongoError) and exc.has_error_label("RetryableChangeStreamError"):
-            return TransientError
-        if isinstance(exc, pme.PyMongoError) and exc.has_error_label("TransientTransactionError"):
+    if isinstance(exc, sqlite3.OperationalError):
+        # The embedded engine's SQLite file is held by a writer in another process.
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
             return TransientError
     try:
         import asyncpg

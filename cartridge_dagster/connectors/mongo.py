@@ -149,7 +149,11 @@ async def _open_embedded_reader(url: str, attempts: int = 20) -> MongoConnection
             if isinstance(exc, EmbeddedOperationFailure) and "journal" not in str(exc):
                 raise
             if attempt == attempts - 1:
-                raise
+                # Still racing a writer: transient for the caller's retry policy.
+                raise ConnectionFailed(
+                    f"the embedded engine at {redact_url(url)} could not load its change "
+                    f"journal after {attempts} attempts: {type(exc).__name__}: {exc}"
+                ) from exc
             await asyncio.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 

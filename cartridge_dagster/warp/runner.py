@@ -6,8 +6,11 @@ batches, so memory stays flat whatever the backlog: when PostgreSQL is slow, the
 
 Transient errors (connection loss, failover, lock timeouts) are retried with tenacity: capped
 exponential backoff with jitter. The writer retries the same batch (its transaction rolled
-back); the reader re-opens the stream from the last position it handed over. Terminal errors
-(bad configuration, a fenced process, lost history with ``history_lost_policy: fail``) stop the
+back); the reader re-opens the stream from the last position it handed over, and a snapshot
+copy continues after the last ``_id`` it handed over. The reader's retry budget counts
+consecutive failures (a batch handed over or a successful read ends an outage); a source that
+stays down stops the runner with :class:`ConnectionFailed` naming it. Terminal errors (bad
+configuration, a fenced process, lost history with ``history_lost_policy: fail``) stop the
 runner with a clear message.
 
 Stopping (a stop event: SIGTERM in the CLI, run cancellation in Dagster, or ``stop_when_idle``)
@@ -24,7 +27,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,10 +43,12 @@ from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.errors import (
     CartridgeError,
+    ConnectionFailed,
     ResumeTokenLost,
     TerminalError,
     TransientError,
     classify,
+    redact_url,
 )
 from cartridge_dagster.observability import bind_context, get_logger
 from cartridge_dagster.warp import metrics
@@ -161,6 +166,62 @@ class WarpRunner:
             reraise=True,
         )
 
+    def _source_down(self, exc: BaseException) -> ConnectionFailed:
+        """The error a runner stops with when the source stays unreachable."""
+        return ConnectionFailed(
+            f"schema {self.schema.name!r}: lost the MongoDB source {redact_url(self.mongo_url)} "
+            f"and could not read from it again in {self.max_retries} attempts "
+            f"({type(exc).__name__}: {redact_url(str(exc))[:300]})",
+            hint="check that the source is up and reachable from here; warp resumes from its "
+            "checkpoint when started again (in Dagster, the supervisor sensor relaunches it)",
+        )
+
+    async def _source_call[T](self, call: Callable[[], Awaitable[T]]) -> T:
+        """One read of the source (its position, its collections), retried when transient."""
+        try:
+            async for attempt in self._retrying("mongodb", _mongo_transient):
+                with attempt:
+                    return await call()
+        except Exception as exc:
+            if _mongo_transient(exc):
+                raise self._source_down(exc) from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _from_source(
+        self,
+        source: SchemaSource,
+        queue: asyncio.Queue[Any],
+        produce: Callable[[], AsyncIterator[Batch]],
+        handed: Callable[[Batch], None] | None = None,
+    ) -> None:
+        """Hand ``produce()``'s batches to the writer, retrying transient source errors.
+
+        After an error ``produce`` is called again and must continue after the last batch
+        handed over (``handed`` hears of each). The retry budget counts consecutive failures:
+        a batch handed over or a successful read of the stream ends an outage, so a long-lived
+        run rides out any number of separate disconnects, and the backoff starts small again."""
+        try:
+            async for attempt in self._retrying("mongodb", _mongo_transient):
+                with attempt:
+                    reads = source.reads
+                    progressed = False
+                    try:
+                        async for batch in produce():
+                            await self._put(queue, batch)
+                            progressed = True
+                            if handed is not None:
+                                handed(batch)
+                    except Exception:
+                        source.idle_since = None  # disconnected is not idle
+                        if progressed or source.reads != reads:
+                            attempt.retry_state.attempt_number = 1  # a new outage
+                        raise
+        except Exception as exc:
+            if _mongo_transient(exc):
+                raise self._source_down(exc) from exc
+            raise
+
     # ------------------------------------------------------------------ writer
 
     async def _apply(self, sink: Sink, batch: Batch) -> BatchResult:
@@ -269,8 +330,26 @@ class WarpRunner:
                 continue
             with bind_context(table=name):
                 log.info("warp.snapshot.start", copied=state.get("copied", 0))
-                async for batch in source.snapshot(name, state, self.stop):
-                    await self._put(queue, batch)
+                await self._copy(source, queue, name, state)
+
+    async def _copy(
+        self, source: SchemaSource, queue: asyncio.Queue[Any], name: str, state: dict[str, Any]
+    ) -> None:
+        """Copy one collection of the snapshot plan. After a transient source error the copy
+        continues after the last ``_id`` handed to the writer: rows past it were never queued,
+        so nothing is copied twice and the direct COPY of initial-snapshot rows stays safe."""
+        current = dict(state)
+
+        def produce() -> AsyncIterator[Batch]:
+            return source.snapshot(name, current, self.stop)
+
+        def handed(batch: Batch) -> None:
+            nonlocal current
+            entry = (batch.snapshot or {}).get(name)
+            if entry is not None:
+                current = dict(entry)
+
+        await self._from_source(source, queue, produce, handed)
 
     async def _read(self, source: SchemaSource, queue: asyncio.Queue[Any], cp: Checkpoint) -> None:
         policy = self.schema.warp.history_lost_policy
@@ -278,7 +357,7 @@ class WarpRunner:
         token = cp.resume_token
         source.seed_version(cp.version)
         if token is None:  # first start (an empty plan is a plan: never re-plan over a gap)
-            reset = await self._plan(source, sweep=False)
+            reset = await self._source_call(lambda: self._plan(source, sweep=False))
             await self._put(queue, reset)
             plan, token = reset.snapshot or {}, dict(reset.token) if reset.token else None
         while not self.stop.is_set():
@@ -299,7 +378,7 @@ class WarpRunner:
                     ) from exc
                 log.warning("warp.history_lost.resnapshot", error=str(exc)[:300])
                 self.summary.resnapshots += 1
-                reset = await self._plan(source, sweep=True)
+                reset = await self._source_call(lambda: self._plan(source, sweep=True))
                 for name in sorted(source.known - set(reset.snapshot or {})):
                     # gone while the history was lost: nothing of it is live any more
                     reset.wipes.append(Wipe(name, int(reset.version or 0), "sweep"))
@@ -310,10 +389,7 @@ class WarpRunner:
         self, source: SchemaSource, queue: asyncio.Queue[Any], token: dict[str, Any] | None
     ) -> None:
         self._read_token = dict(token) if token else None
-        async for attempt in self._retrying("mongodb", _mongo_transient):
-            with attempt:
-                async for batch in source.stream(self._read_token, self.stop):
-                    await self._put(queue, batch)
+        await self._from_source(source, queue, lambda: source.stream(self._read_token, self.stop))
 
     # ------------------------------------------------------------------ control
 

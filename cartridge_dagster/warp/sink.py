@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal
 
 import asyncpg
@@ -260,6 +261,10 @@ class Sink:
             self._tables[r["collection"]] = r["table_name"]
             if r["history_table"]:
                 self._history[r["collection"]] = r["history_table"]
+        # Plan the per-batch statements once, at start: the batch path reuses them.
+        for reset in (False, True):
+            await conn.prepare(self._checkpoint_sql(reset=reset))
+        await conn.prepare(self._fence_sql())
         log.info("warp.fence.acquired", schema=self.name, epoch=self.epoch)
         return cp
 
@@ -491,13 +496,13 @@ class Sink:
             )
         return int(status.rsplit(" ", 1)[-1])
 
+    def _fence_sql(self) -> str:
+        return f"SELECT epoch FROM {self._cs}.checkpoints WHERE schema_name = $1 FOR UPDATE"
+
     async def _check_fence(self, conn: asyncpg.Connection) -> None:
         if self.epoch is None:
             raise TerminalError("the sink has not acquired its schema (call acquire() first)")
-        current = await conn.fetchval(
-            f"SELECT epoch FROM {self._cs}.checkpoints WHERE schema_name = $1 FOR UPDATE",
-            self.name,
-        )
+        current = await conn.fetchval(self._fence_sql(), self.name)
         if current != self.epoch:
             raise Fenced(
                 f"schema {self.name!r} was taken over by another warp process "
@@ -532,8 +537,9 @@ class Sink:
                 await self._insert_dead(conn, dead)
                 for wipe in batch.wipes:
                     result.wiped[wipe.collection] += await self._wipe(conn, wipe)
+                top = _tally(batch.changes, bad, result)
                 cp_started = time.perf_counter()
-                await self._write_checkpoint(conn, batch, result, bad)
+                await self._write_checkpoint(conn, batch, result, top)
                 result.checkpoint_seconds = time.perf_counter() - cp_started
         except BaseException:
             for collection in new_tables:  # the DDL rolled back with the batch
@@ -547,26 +553,9 @@ class Sink:
         result.seconds = time.perf_counter() - started
         return result
 
-    async def _write_checkpoint(
-        self, conn: asyncpg.Connection, batch: Batch, result: BatchResult, bad: set[int]
-    ) -> None:
-        per_table: Counter[str] = Counter()
-        top: dict[str, int] = {}
-        for ch in batch.changes:
-            if id(ch) in bad:
-                continue
-            per_table[ch.collection] += 1
-            result.ops[(ch.collection, ch.op)] += 1
-            top[ch.collection] = max(top.get(ch.collection, 0), ch.version)
-        result.applied = per_table
-        names = sorted(per_table)
-        snapshot_sql = (
-            "snapshot = $5::jsonb, "
-            if batch.kind == "reset"
-            else "snapshot = snapshot || $5::jsonb, "
-        )
-        # One round trip: per-table progress and the checkpoint row, in the batch transaction.
-        status = await conn.execute(
+    def _checkpoint_sql(self, *, reset: bool) -> str:
+        snapshot_sql = "snapshot = $5::jsonb, " if reset else "snapshot = snapshot || $5::jsonb, "
+        return (
             f"WITH tables AS (UPDATE {self._cs}.name_map nm SET "
             "version = GREATEST(nm.version, u.version), "
             "events_applied = nm.events_applied + u.n, "
@@ -579,7 +568,17 @@ class Sink:
             + snapshot_sql
             + "events_applied = events_applied + $6, "
             "last_source_ts = COALESCE($7, last_source_ts), "
-            "updated_at = now() WHERE schema_name = $1 AND epoch = $2",
+            "updated_at = now() WHERE schema_name = $1 AND epoch = $2"
+        )
+
+    async def _write_checkpoint(
+        self, conn: asyncpg.Connection, batch: Batch, result: BatchResult, top: dict[str, int]
+    ) -> None:
+        per_table = result.applied
+        names = sorted(per_table)
+        # One round trip: per-table progress and the checkpoint row, in the batch transaction.
+        status = await conn.execute(
+            self._checkpoint_sql(reset=batch.kind == "reset"),
             self.name,
             self.epoch,
             orjson.dumps(dict(batch.token)) if batch.token is not None else None,
@@ -593,6 +592,28 @@ class Sink:
         )
         if status != "UPDATE 1":
             raise Fenced(f"schema {self.name!r}: checkpoint row lost its epoch {self.epoch}")
+
+
+_OPS_KEY = attrgetter("collection", "op")
+_VERSION = attrgetter("version")
+
+
+def _tally(changes: Sequence[Change], bad: set[int], result: BatchResult) -> dict[str, int]:
+    """Fill ``result.applied`` and ``result.ops`` for the landed changes (poison excluded) and
+    return the highest version per collection. C-level iteration: a batch is thousands of rows."""
+    landed = [ch for ch in changes if id(ch) not in bad] if bad else changes
+    ops: Counter[tuple[str, str]] = Counter(map(_OPS_KEY, landed))
+    applied: Counter[str] = Counter()
+    for (collection, _op), n in ops.items():
+        applied[collection] += n
+    result.ops, result.applied = ops, applied
+    if len(applied) == 1:
+        return {next(iter(applied)): max(map(_VERSION, landed))}
+    top: dict[str, int] = {}
+    for ch in landed:
+        if ch.version > top.get(ch.collection, -1):
+            top[ch.collection] = ch.version
+    return top
 
 
 def _poison_letter(change: Change, exc: BaseException) -> DeadLetter:

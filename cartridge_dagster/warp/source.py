@@ -104,12 +104,23 @@ class SchemaSource:
     last_version: int = 0
     _last_base: int = -1
     _last_ordinal: int = 0
+    #: Successful reads of the change stream (a retry loop's sign that the source is back).
+    reads: int = 0
     _split_large_events: bool = True
     _fragments: list[dict[str, Any]] = field(default_factory=list)
+    #: How the current stream was opened (``resume_after``, ``start_after``).
+    _opened: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
+    #: Live copies (a rename's target, a collection that appeared) not finished yet, with the
+    #: state after the last batch handed over: a re-opened stream finishes them first.
+    _copies: dict[str, tuple[dict[str, Any], bool]] = field(default_factory=dict)
 
     async def _next_event(self, stream: ChangeStream) -> tuple[ChangeStream, Any]:
         """The next whole event: fragments of a split large event are merged back into one;
-        a server without ``$changeStreamSplitLargeEvent`` gets the stream without it."""
+        a server without ``$changeStreamSplitLargeEvent`` gets the stream without it.
+
+        MongoDB splits an event over 16 MiB at top-level fields: every fragment has its own
+        ``_id`` (resume token) and ``splitEvent: {fragment: n, of: m}``. The merged event keeps
+        the last fragment's ``_id``, so resuming after it never re-reads half an event."""
         while True:
             try:
                 event = await stream.try_next()
@@ -118,22 +129,37 @@ class SchemaSource:
                 if self._split_large_events and code in (40324, 40573, 9):
                     log.info("warp.source.no_split_stage", schema=self.schema.name)
                     self._split_large_events = False
+                    self._fragments = []
+                    resume_after, start_after = self._opened
                     token = stream.resume_token
+                    if token is not None and token not in (resume_after, start_after):
+                        resume_after, start_after = dict(token), None  # events were read
                     await stream.close()
-                    stream = self.open_stream(resume_after=token)
+                    stream = self.open_stream(resume_after=resume_after, start_after=start_after)
                     continue
                 raise
+            self.reads += 1
             if event is None or "splitEvent" not in event:
                 return stream, event
             split = event.pop("splitEvent")
+            fragment, of = int(split.get("fragment", 1)), int(split.get("of", 1))
+            if fragment == 1:
+                self._fragments = []  # a re-opened stream delivers the event from its start
             self._fragments.append(dict(event))
-            if int(split.get("fragment", 1)) < int(split.get("of", 1)):
+            if fragment < of:
                 continue
             merged: dict[str, Any] = {}
             for part in self._fragments:
                 merged.update(part)
             self._fragments = []
             return stream, merged
+
+    def _position(self, stream: ChangeStream) -> dict[str, Any] | None:
+        """The stream's resume token, unless it points inside a split event."""
+        if self._fragments:
+            return None
+        token = stream.resume_token
+        return dict(token) if token is not None else None
 
     @property
     def database(self) -> Any:
@@ -278,6 +304,10 @@ class SchemaSource:
         resume_after: Mapping[str, Any] | None = None,
         start_after: Mapping[str, Any] | None = None,
     ) -> ChangeStream:
+        self._opened = (
+            dict(resume_after) if resume_after else None,
+            dict(start_after) if start_after else None,
+        )
         pipeline: list[dict[str, Any]] = []
         if self.conn.kind == "pymongo" and self._split_large_events:
             # Events over 16 MiB arrive as fragments (MongoDB 6.0.9+/7.0), reassembled below.
@@ -322,8 +352,13 @@ class SchemaSource:
         last_emitted_token = dict(token) if token else None
         last_activity = time.monotonic()
         last_reconcile = time.monotonic()
-        self.idle_since = time.monotonic()
+        self.idle_since = None  # idle once a read finds nothing, not before
+        self._fragments = []
         try:
+            for name, (state, versioned) in sorted(self._copies.items()):
+                # interrupted (a lost connection): continue after the last batch handed over
+                async for snap in self._live_copy(name, state, stop, versioned=versioned):
+                    yield snap
             while not stop.is_set():
                 stream, event = await self._next_event(stream)
                 now = time.monotonic()
@@ -341,7 +376,7 @@ class SchemaSource:
                         last_reconcile = now
                         async for extra in self.reconcile(stop):
                             yield extra
-                    current = stream.resume_token
+                    current = self._position(stream)
                     if (
                         now - last_activity >= idle_every
                         and current is not None
@@ -422,8 +457,7 @@ class SchemaSource:
             target = (event.get("to") or {}).get("coll")
             if target is not None and self.schema.selects(str(target)):
                 state = {"done": False, "after": None, "version": version, "sweep": True}
-                async for snap in self.snapshot(str(target), state, stop):
-                    snap.snapshot = None  # a live copy, not the initial snapshot
+                async for snap in self._live_copy(str(target), state, stop, versioned=False):
                     yield snap
 
     async def reconcile(self, stop: asyncio.Event) -> AsyncIterator[Batch]:
@@ -447,7 +481,27 @@ class SchemaSource:
             version = self._synthetic_version()
             log.info("warp.source.appeared", schema=self.schema.name, collection=name)
             state = {"done": False, "after": None, "version": version, "sweep": True}
-            async for snap in self.snapshot(name, state, stop):
-                snap.snapshot = None
-                snap.version = version
+            async for snap in self._live_copy(name, state, stop, versioned=True):
                 yield snap
+
+    async def _live_copy(
+        self, collection: str, state: Mapping[str, Any], stop: asyncio.Event, *, versioned: bool
+    ) -> AsyncIterator[Batch]:
+        """Copy ``collection`` while streaming (not part of the initial snapshot's plan).
+
+        Until the copy is done it stays in ``_copies`` with the state after the last batch the
+        consumer took, so a stream re-opened after a lost connection finishes it first (the
+        stream's position is already past the event that started the copy)."""
+        self._copies[collection] = (dict(state), versioned)
+        version = int(state["version"])
+        async for snap in self.snapshot(collection, state, stop):
+            entry = (snap.snapshot or {}).get(collection)
+            snap.snapshot = None  # a live copy, not the initial snapshot
+            if versioned:
+                snap.version = version
+            yield snap
+            if entry is not None:  # handed over
+                if entry.get("done"):
+                    self._copies.pop(collection, None)
+                else:
+                    self._copies[collection] = (entry, versioned)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 from bson import Decimal128, ObjectId
 from bson.datetime_ms import DatetimeMS
 
-from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
 from cartridge_dagster.demo.traffic import run_traffic
@@ -29,12 +27,16 @@ from cartridge_dagster.warp.runner import WarpRunner
 from cartridge_dagster.warp.source import DropPolicyStop
 from tests.conftest import run
 from tests.support.warp import (
+    assert_checkpoint_at_end,
     assert_oracle,
+    background,
     checkpoint_row,
     dead_letters,
+    quiesce,
     run_warp,
     source_hashes,
     target_hashes,
+    until_streaming,
     warp_settings,
 )
 
@@ -43,77 +45,9 @@ pytestmark = pytest.mark.integration
 DEMO = ["customers", "events", "orders", "products"]
 
 
-@pytest.fixture(params=["embedded", "replset"])
-def source(request: pytest.FixtureRequest, tmp_path: Any, mongo_db_name: str) -> Iterator[str]:
-    """The source URL: the embedded engine, and a real replica set when one is available."""
-    if request.param == "embedded":
-        yield f"mongoeco://{tmp_path / 'source.sqlite'}"
-    else:
-        yield request.getfixturevalue("replset_url")
-
-
 async def seed(url: str, db: str, scale: float = 0.02) -> None:
     async with mongo_session(url) as conn:
         await seed_demo(conn.database(db), sizes=DemoSizes.scaled(scale), seed=42)
-
-
-async def assert_checkpoint_at_end(settings: CartridgeSettings) -> None:
-    """Nothing in the source after the stored position (the checkpoint is the last event)."""
-    schema = settings.schemas[0]
-    row = await checkpoint_row(settings.destination_url(), schema.name)
-    assert row is not None and row["resume_token"] is not None
-    import orjson
-
-    token = orjson.loads(row["resume_token"])
-    async with mongo_session(settings.source.url()) as conn:
-        stream = conn.watch(schema.source_database, [], resume_after=token, max_await_time_ms=200)
-        try:
-            for _ in range(3):
-                event = await stream.try_next()
-                assert event is None or event["operationType"] not in (
-                    "insert",
-                    "update",
-                    "replace",
-                    "delete",
-                ), f"unapplied event after the checkpoint: {event['operationType']}"
-        finally:
-            await stream.close()
-
-
-async def background(settings: CartridgeSettings) -> tuple[WarpRunner, asyncio.Task[Any]]:
-    runner = WarpRunner(settings, settings.schemas[0])
-    task = asyncio.create_task(runner.run())
-    return runner, task
-
-
-async def until_streaming(runner: WarpRunner, task: asyncio.Task[Any]) -> None:
-    """Wait until the snapshot is done and the change stream is being read."""
-    for _ in range(600):
-        if task.done():
-            task.result()
-        if runner.source is not None and runner.source.idle_since is not None:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("warp never started streaming")
-
-
-async def quiesce(runner: WarpRunner, task: asyncio.Task[Any], idle: float = 0.8) -> None:
-    """Wait until the runner has been idle for ``idle`` seconds, then stop it."""
-    deadline = asyncio.get_running_loop().time() + 90
-    while asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.1)
-        if task.done():
-            task.result()
-        src = runner.source
-        if (
-            src is not None
-            and src.idle_since is not None
-            and asyncio.get_running_loop().time() - src.idle_since >= idle
-            and not runner._writer_busy
-        ):
-            break
-    runner.stop.set()
-    await asyncio.wait_for(task, 30)
 
 
 def test_snapshot_then_live_changes(source: str, pg_url: str, mongo_db_name: str) -> None:

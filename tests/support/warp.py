@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import orjson
 
 from cartridge_dagster.config import CartridgeSettings, settings_from_mapping
 from cartridge_dagster.connectors.mongo import mongo_session
@@ -25,6 +26,7 @@ def warp_settings(
     schema: dict[str, Any] | None = None,
     batching: dict[str, Any] | None = None,
     warp: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
     state_dir: str = ".cartridge",
 ) -> CartridgeSettings:
     spec: dict[str, Any] = {"name": SCHEMA, "source_database": db, "target_schema": "raw_shop"}
@@ -34,7 +36,7 @@ def warp_settings(
     spec["warp"] = {"metrics_port": 0, "idle_checkpoint_seconds": 0.5, **(warp or {})}
     return settings_from_mapping(
         {
-            "source": {"connection_string": mongo_url},
+            "source": {"connection_string": mongo_url, **(source or {})},
             "destination": {"connection_string": pg_url},
             "state_dir": state_dir,
             "schemas": [spec],
@@ -122,3 +124,62 @@ async def checkpoint_row(pg_url: str, schema: str = SCHEMA) -> asyncpg.Record | 
         )
     finally:
         await conn.close()
+
+
+async def assert_checkpoint_at_end(settings: CartridgeSettings) -> None:
+    """Nothing in the source after the stored position (the checkpoint is the last event)."""
+    schema = settings.schemas[0]
+    row = await checkpoint_row(settings.destination_url(), schema.name)
+    assert row is not None and row["resume_token"] is not None
+    token = orjson.loads(row["resume_token"])
+    async with mongo_session(settings.source.url()) as conn:
+        stream = conn.watch(schema.source_database, [], resume_after=token, max_await_time_ms=200)
+        try:
+            for _ in range(3):
+                event = await stream.try_next()
+                assert event is None or event["operationType"] not in (
+                    "insert",
+                    "update",
+                    "replace",
+                    "delete",
+                ), f"unapplied event after the checkpoint: {event['operationType']}"
+        finally:
+            await stream.close()
+
+
+async def background(
+    settings: CartridgeSettings, **kwargs: Any
+) -> tuple[WarpRunner, asyncio.Task[Any]]:
+    runner = WarpRunner(settings, settings.schemas[0], **kwargs)
+    task = asyncio.create_task(runner.run())
+    return runner, task
+
+
+async def until_streaming(runner: WarpRunner, task: asyncio.Task[Any]) -> None:
+    """Wait until the snapshot is done and the change stream is being read."""
+    for _ in range(600):
+        if task.done():
+            task.result()
+        if runner.source is not None and runner.source.idle_since is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("warp never started streaming")
+
+
+async def quiesce(runner: WarpRunner, task: asyncio.Task[Any], idle: float = 0.8) -> None:
+    """Wait until the runner has been idle for ``idle`` seconds, then stop it."""
+    deadline = asyncio.get_running_loop().time() + 90
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        if task.done():
+            task.result()
+        src = runner.source
+        if (
+            src is not None
+            and src.idle_since is not None
+            and asyncio.get_running_loop().time() - src.idle_since >= idle
+            and not runner._writer_busy
+        ):
+            break
+    runner.stop.set()
+    await asyncio.wait_for(task, 30)
