@@ -458,6 +458,11 @@ class DbtConfig(StrictModel):
         "staging", description="PostgreSQL schema suffix for the staging models."
     )
     threads: int = Field(2, ge=1, le=32, description="dbt threads.")
+    staging_materialized: Literal["view", "table"] = Field(
+        "view",
+        description="How generated staging models are built: `view` (always current, no "
+        "storage) or `table` (typed once per dbt run; fastest to query).",
+    )
 
 
 class AIConfig(StrictModel):

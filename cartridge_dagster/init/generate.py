@@ -119,18 +119,42 @@ class GenerationResult:
 # --------------------------------------------------------------------------- SQL
 
 
-def _typed_select(columns: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str]]:
-    typed, checks = [], []
-    for col in columns.values():
+def _typed_tail(keys: list[str], columns: Mapping[str, Mapping[str, Any]]) -> str:
+    """``typed`` (every guarded cast evaluated once per row) and the final select, which lists
+    the columns whose value did not convert: a non-null JSON value whose cast came out NULL.
+
+    When the model is materialized as a table, ``cartridge_fence()`` (``offset 0``) keeps
+    PostgreSQL from inlining ``typed`` and ``extracted``, which would evaluate each path and
+    cast again for every reference; views keep no fence, so filters on them still reach the
+    raw table's indexes."""
+    used = {str(c["column"]) for c in columns.values()} | set(keys) | set(META_COLUMNS)
+    typed, final, checks = [], [], []
+    for i, col in enumerate(columns.values(), 1):
         name = quote_ident(col["column"])
         sql_type = col["sql_type"]
-        typed.append(f"    {{{{ cartridge_cast('{name}', '{sql_type}') }}}} as {name}")
+        typed.append(f"        {{{{ cartridge_cast('{name}', '{sql_type}') }}}} as {name}")
+        final.append(f"    {name}")
         if sql_type not in ("text", "jsonb"):
+            helper = f"_cartridge_src_{i}"
+            while helper in used:
+                helper += "_"
+            used.add(helper)
+            src = quote_ident(helper)
+            typed.append(f"        {name} as {src}")
             checks.append(
-                f"            case when not {{{{ cartridge_valid('{name}', '{sql_type}') }}}} "
-                f"then {quote_literal(col['column'])} end"
+                f"            case when {src} is not null and jsonb_typeof({src}) <> 'null' "
+                f"and {name} is null then {quote_literal(col['column'])} end"
             )
-    return typed, checks
+    key_cols = [f"        {quote_ident(k)}" for k in keys]
+    meta = [f"        {quote_ident(c)}" for c in META_COLUMNS]
+    select = [f"    {quote_ident(k)}" for k in keys] + final + [_invalid_array(checks)]
+    return (
+        "typed as (\n"
+        "    select\n" + ",\n".join(key_cols + typed + meta) + "\n    from extracted\n"
+        "    {{ cartridge_fence() }}\n"
+        ")\n\n"
+        "select\n" + ",\n".join(select + _meta_select()) + "\nfrom typed\n"
+    )
 
 
 def _invalid_array(checks: list[str]) -> str:
@@ -148,7 +172,9 @@ def _meta_select(prefix: str = "") -> list[str]:
     return [f"    {prefix}{quote_ident(c)}" for c in META_COLUMNS]
 
 
-def staging_sql(schema: str, collection: str, coll: Mapping[str, Any]) -> str:
+def staging_sql(
+    schema: str, collection: str, coll: Mapping[str, Any], materialized: str = "view"
+) -> str:
     source = dbt_source_name(schema)
     table = dbt_source_table_name(collection)
     extracted = [f"        {quote_ident('_id')}"]
@@ -156,11 +182,9 @@ def staging_sql(schema: str, collection: str, coll: Mapping[str, Any]) -> str:
         expr = _path_expr(quote_ident("document"), col["path"])
         extracted.append(f"        {expr} as {quote_ident(col['column'])}")
     extracted += [f"        {quote_ident(c)}" for c in META_COLUMNS]
-    typed, checks = _typed_select(coll["columns"])
-    select = [f"    {quote_ident('_id')}", *typed, _invalid_array(checks), *_meta_select()]
     return (
         f"{MARKER}\n"
-        "{{ config(materialized='view') }}\n\n"
+        f"{{{{ config(materialized='{materialized}') }}}}\n\n"
         "with source as (\n"
         f"    select * from {{{{ source('{source}', '{table}') }}}}\n"
         "),\n\n"
@@ -170,12 +194,14 @@ def staging_sql(schema: str, collection: str, coll: Mapping[str, Any]) -> str:
         "),\n\n"
         "extracted as (\n"
         "    select\n" + ",\n".join(extracted) + "\n    from live\n"
-        ")\n\n"
-        "select\n" + ",\n".join(select) + "\nfrom extracted\n"
+        "    {{ cartridge_fence() }}\n"
+        "),\n\n" + _typed_tail(["_id"], coll["columns"])
     )
 
 
-def child_sql(schema: str, collection: str, array: Mapping[str, Any]) -> str:
+def child_sql(
+    schema: str, collection: str, array: Mapping[str, Any], materialized: str = "view"
+) -> str:
     source = dbt_source_name(schema)
     table = dbt_source_table_name(collection)
     arr = _path_expr(f"live.{quote_ident('document')}", array["path"])
@@ -188,19 +214,10 @@ def child_sql(schema: str, collection: str, array: Mapping[str, Any]) -> str:
         expr = _path_expr(quote_ident("_element"), col["path"])
         extracted.append(f"        {expr} as {quote_ident(col['column'])}")
     extracted += [f"        {quote_ident(c)}" for c in META_COLUMNS]
-    typed, checks = _typed_select(array["columns"])
-    select = [
-        f"    {quote_ident('_id')}",
-        f"    {quote_ident('_parent_id')}",
-        f"    {quote_ident('_index')}",
-        *typed,
-        _invalid_array(checks),
-        *_meta_select(),
-    ]
     meta = ",\n".join(f"        live.{quote_ident(c)}" for c in META_COLUMNS)
     return (
         f"{MARKER}\n"
-        "{{ config(materialized='view') }}\n\n"
+        f"{{{{ config(materialized='{materialized}') }}}}\n\n"
         "with source as (\n"
         f"    select * from {{{{ source('{source}', '{table}') }}}}\n"
         "),\n\n"
@@ -222,8 +239,8 @@ def child_sql(schema: str, collection: str, array: Mapping[str, Any]) -> str:
         "),\n\n"
         "extracted as (\n"
         "    select\n" + ",\n".join(extracted) + "\n    from elements\n"
-        ")\n\n"
-        "select\n" + ",\n".join(select) + "\nfrom extracted\n"
+        "    {{ cartridge_fence() }}\n"
+        "),\n\n" + _typed_tail(["_id", "_parent_id", "_index"], array["columns"])
     )
 
 
@@ -471,6 +488,7 @@ def render_schema(
     describe: Describer | None = None,
     business_context: Mapping[str, Any] | None = None,
     suggestions: dict[str, str] | None = None,
+    materialized: str = "view",
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Render every file of ``schema``: ({file name: text}, {collection: reason skipped}).
 
@@ -498,10 +516,12 @@ def render_schema(
     files[f"_{schema}__sources.yml"] = sources_yml(schema, raw_schema, usable, docs)
     files[f"_{schema}__models.yml"] = models_yml(schema, staging_schema, usable, docs)
     for name, coll in usable.items():
-        files[f"{staging_model_name(schema, name)}.sql"] = staging_sql(schema, name, coll)
+        files[f"{staging_model_name(schema, name)}.sql"] = staging_sql(
+            schema, name, coll, materialized
+        )
         for array_path, array in sorted(coll["arrays"].items()):
             files[f"{child_model_name(schema, name, array_path)}.sql"] = child_sql(
-                schema, name, array
+                schema, name, array, materialized
             )
     if suggestions is not None:
         for name in usable:

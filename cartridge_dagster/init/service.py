@@ -112,6 +112,7 @@ def generate_schema(
         describe=describe,
         business_context=context.model_dump(),
         suggestions=suggestions,
+        materialized=settings.dbt.staging_materialized,
     )
     rejected: dict[str, str] = {}
     if suggestions:

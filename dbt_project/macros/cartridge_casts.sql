@@ -19,12 +19,20 @@
 {%- set uuid = "'^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$'" -%}
 {%- if t in ('text', 'jsonb') -%}
 true
-{%- elif t == 'integer' -%}
-(jsonb_typeof({{ v }}) in ('number', 'string') and {{ txt }} ~ {{ int }} and {{ txt }}::numeric between -2147483648 and 2147483647)
-{%- elif t == 'bigint' -%}
-(jsonb_typeof({{ v }}) in ('number', 'string') and {{ txt }} ~ {{ int }} and {{ txt }}::numeric between -9223372036854775808 and 9223372036854775807)
-{%- elif t in ('numeric', 'double precision') -%}
-(jsonb_typeof({{ v }}) in ('number', 'string') and {{ txt }} ~ {{ num }})
+{%- elif t in ('integer', 'bigint') -%}
+{%- set range = '-2147483648 and 2147483647' if t == 'integer' else '-9223372036854775808 and 9223372036854775807' -%}
+(case jsonb_typeof({{ v }})
+  when 'number' then ({{ v }})::numeric = trunc(({{ v }})::numeric) and ({{ v }})::numeric between {{ range }}
+  when 'string' then {{ txt }} ~ {{ int }} and {{ txt }}::numeric between {{ range }}
+  else false end)
+{%- elif t == 'numeric' -%}
+(case jsonb_typeof({{ v }}) when 'number' then true when 'string' then {{ txt }} ~ {{ num }} else false end)
+{%- elif t == 'double precision' -%}
+{#- a JSON number always is a numeric; double precision also needs it within its range -#}
+(case jsonb_typeof({{ v }})
+  when 'number' then abs(({{ v }})::numeric) = 0 or abs(({{ v }})::numeric) between 4.9e-324 and 1.7976931348623157e308
+  when 'string' then {{ txt }} ~ {{ num }} and (abs({{ txt }}::numeric) = 0 or abs({{ txt }}::numeric) between 4.9e-324 and 1.7976931348623157e308)
+  else false end)
 {%- elif t == 'boolean' -%}
 (jsonb_typeof({{ v }}) = 'boolean')
 {%- elif t in ('timestamptz', 'timestamp') -%}
@@ -55,4 +63,14 @@ case when {{ _cartridge_convertible(v, type) }} then {{ _cartridge_text(v) }}::t
 {%- else -%}
 case when {{ _cartridge_convertible(v, type) }} then {{ _cartridge_text(v) }}::{{ t }} end
 {%- endif -%}
+{%- endmacro %}
+
+{#-
+  cartridge_fence(): `offset 0` when the calling model is materialized as a table (or
+  incremental), nothing for a view. The fence stops PostgreSQL from inlining a CTE into the next
+  one, so each JSON path and each guarded cast is evaluated once per row instead of once per
+  reference; a view keeps no fence, so filters on it still reach the raw table's indexes.
+-#}
+{% macro cartridge_fence() -%}
+{%- if config.get('materialized', 'view') != 'view' -%}offset 0{%- endif -%}
 {%- endmacro %}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import yaml
 
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.init.dbtcli import run_dbt, settings_dbt_env
@@ -191,12 +192,18 @@ def test_approve_policy_holds_changes_until_approved(
     assert "approved as v0002" in out and "channel" in out
 
 
+@pytest.mark.parametrize("materialized", ["view", "table"])
 def test_bad_values_become_null_and_are_counted(
-    tmp_path: Path, mongo_url: str, pg_url: str
+    tmp_path: Path, mongo_url: str, pg_url: str, materialized: str
 ) -> None:
     env = make_env(tmp_path, mongo_url, pg_url, scale=0.005)
+    config = yaml.safe_load(env.config.read_text())
+    config["dbt"]["staging_materialized"] = materialized
+    env.config.write_text(yaml.safe_dump(config))
     _ok(cartridge("scan", "--config", str(env.config)))
     _ok(cartridge("generate", "--config", str(env.config)))
+    model = (env.generated / "stg_shop__customers.sql").read_text()
+    assert f"materialized='{materialized}'" in model and "cartridge_fence()" in model
     asyncio.run(land_from_mongo(env.pg_url, env.mongo_url, "shop", "raw_shop", ["customers"]))
 
     async def bad_rows() -> None:
@@ -224,6 +231,9 @@ def test_bad_values_become_null_and_are_counted(
         check=False,
     )
     assert result.ok, result.output[-3000:]  # a bad value never fails the model
+    compiled = next((env.project / "target" / "compiled").rglob("stg_shop__customers.sql"))
+    # tables get the fence (each cast evaluated once per row); views keep filters pushable
+    assert ("offset 0" in compiled.read_text()) is (materialized == "table")
     statuses = result.statuses()
     invalid = [u for u in statuses if "cartridge_invalid_values" in u]
     assert [statuses[u] for u in invalid] == ["warn"]  # counted, reported, not fatal
