@@ -225,10 +225,23 @@ _D128_SPECIAL = 3 << 61
 _D128_MAX_COEFFICIENT = 10**34 - 1
 
 
+def _decimal128_parts(value: Decimal128) -> tuple[int, int]:
+    """(high, low) 64-bit halves; PyMongo keeps them in slots (``bid`` packs them to bytes)."""
+    try:
+        return value._Decimal128__high, value._Decimal128__low  # type: ignore[attr-defined]
+    except AttributeError:  # a PyMongo without the slots: the public (slower) way
+        low, high = _UNPACK_QQ(value.bid)
+        return high, low
+
+
 def _decimal128_text(value: Decimal128) -> str:
     """``Decimal128`` → the same text as ``str(value.to_decimal())``, without PyMongo's slow
-    pure-Python ``to_decimal`` for the common (finite, canonical) encodings."""
-    low, high = _UNPACK_QQ(value.bid)
+    pure-Python ``to_decimal`` for the common (finite, canonical) encodings.
+
+    Plain notation (what ``Decimal.__str__`` prints when the exponent is <= 0 and the adjusted
+    exponent >= -6: prices, quantities, amounts) is formatted here; other forms go through
+    ``Decimal``."""
+    high, low = _decimal128_parts(value)
     if high & _D128_SPECIAL == _D128_SPECIAL:
         raise _NeedsPolicy  # NaN, Infinity, or the rare large-coefficient form
     coefficient = ((high & 0x1FFFFFFFFFFFF) << 64) | low
@@ -236,6 +249,15 @@ def _decimal128_text(value: Decimal128) -> str:
         raise _NeedsPolicy
     exponent = ((high >> 49) & 0x3FFF) - 6176
     sign = "-" if high >> 63 else ""
+    digits = str(coefficient)
+    if exponent <= 0 and exponent + len(digits) - 1 >= -6:
+        if exponent == 0:
+            text = digits
+        elif len(digits) > -exponent:
+            text = f"{digits[:exponent]}.{digits[exponent:]}"
+        else:
+            text = "0." + "0" * (-exponent - len(digits)) + digits
+        return "0" if sign and text == "0" else sign + text
     return _decimal_text(Decimal(f"{sign}{coefficient}E{exponent}"))
 
 
@@ -245,20 +267,8 @@ def _binary_text(value: Binary) -> str:
     return base64.b64encode(bytes(value)).decode("ascii")
 
 
-_D128_CACHE: dict[bytes, Any] = {}
-_D128_CACHE_MAX = 65536
-
-
 def _decimal128_fragment(value: Decimal128) -> Any:
-    """Money and quantities repeat: remember the JSON text of recent ``Decimal128`` values."""
-    bid = value.bid
-    found = _D128_CACHE.get(bid)
-    if found is None:
-        found = orjson.Fragment(_decimal128_text(value))
-        if len(_D128_CACHE) >= _D128_CACHE_MAX:
-            _D128_CACHE.clear()
-        _D128_CACHE[bid] = found
-    return found
+    return orjson.Fragment(_decimal128_text(value))
 
 
 _FAST_TYPES: dict[type, Any] = {

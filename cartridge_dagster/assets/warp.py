@@ -158,7 +158,8 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
         cp = summary.checkpoint
         context.log.info(
             f"warp {schema.name} stopped ({summary.stop_reason}): {summary.total_applied} "
-            f"changes applied in {summary.batches} batches ({summary.seconds:.2f}s), "
+            f"changes applied in {summary.batches} batches ({summary.seconds:.2f}s, "
+            f"busy {summary.busy_seconds:.2f}s), "
             f"{sum(summary.dead_letters.values())} dead letters, checkpoint version "
             f"{cp.version if cp else '-'}"
         )

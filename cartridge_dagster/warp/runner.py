@@ -94,6 +94,10 @@ class RunSummary:
     seconds: float = 0.0
     last_lag_seconds: float | None = None
     peak_queue: int = 0
+    #: Seconds from the start of the run to the last batch that landed rows (throughput
+    #: without the idle tail of ``stop_when_idle``).
+    busy_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
     def total_applied(self) -> int:
@@ -255,6 +259,8 @@ class WarpRunner:
         name = self.schema.name
         s = self.summary
         s.batches += 1
+        if result.applied:
+            s.busy_seconds = time.perf_counter() - s.started
         s.applied.update(result.applied)
         s.dead_letters.update(result.dead_letters)
         if batch.kind == "snapshot":
@@ -411,7 +417,7 @@ class WarpRunner:
                 self.stop.set()
 
     async def run(self) -> RunSummary:
-        started = time.perf_counter()
+        started = self.summary.started = time.perf_counter()
         name = self.schema.name
         with bind_context(schema=name, run_id=self.run_id):
             sink = Sink(

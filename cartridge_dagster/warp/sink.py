@@ -421,10 +421,12 @@ class Sink:
         if not changes:
             return True
         by_table: dict[str, list[tuple[Any, ...]]] = {}
-        for ch in changes:
-            if self._history.get(ch.collection) or self.schema.table(ch.collection).history:
+        for collection in {ch.collection for ch in changes}:
+            if self._history.get(collection) or self.schema.table(collection).history:
                 return False
-            by_table.setdefault(ch.collection, []).append(
+            by_table[collection] = []
+        for ch in changes:
+            by_table[ch.collection].append(
                 (ch.id, ch.document, ch.document is None, ch.version, ch.op, ch.source_ts)
             )
         try:

@@ -72,6 +72,19 @@ def test_decimal128_text(value: Decimal) -> None:
     assert _decimal128_text(d) in (str(d.to_decimal()), "0")
 
 
+@given(
+    st.integers(0, 10**34 - 1),
+    st.integers(-60, 12),
+    st.sampled_from(["", "-"]),
+)
+def test_decimal128_text_formats_like_decimal(coefficient: int, exponent: int, sign: str) -> None:
+    """The formatter's own plain notation and its Decimal fallback both print what
+    ``str(Decimal)`` prints (``-0`` aside, which lands as ``0``)."""
+    d = Decimal128(f"{sign}{coefficient}E{exponent}")
+    expected = str(d.to_decimal())
+    assert _decimal128_text(d) == ("0" if expected in ("-0", "0E-0") else expected)
+
+
 def test_policies_still_apply_and_count() -> None:
     stats = ConversionStats()
     out = document_json(
