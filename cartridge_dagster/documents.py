@@ -103,8 +103,18 @@ def _datetime_ms(value: DatetimeMS, stats: ConversionStats, path: str) -> str:
         return f"{millis}ms"
 
 
+def _oid_hex(value: ObjectId) -> str:
+    """``str(ObjectId)`` at half the cost: the 12 bytes PyMongo keeps in a slot, as hex."""
+    try:
+        return value._ObjectId__id.hex()  # type: ignore[attr-defined, no-any-return]
+    except AttributeError:  # a PyMongo without the slot
+        return str(value)
+
+
 def canonical_id(value: Any) -> str:
     """The ``_id`` column value: ObjectId as 24 hex chars, strings as is, others as JSON."""
+    if type(value) is ObjectId:
+        return _oid_hex(value)
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, str):
@@ -272,7 +282,7 @@ def _decimal128_fragment(value: Decimal128) -> Any:
 
 
 _FAST_TYPES: dict[type, Any] = {
-    ObjectId: str,
+    ObjectId: _oid_hex,
     dt.datetime: _iso,
     Decimal128: _decimal128_fragment,
     Binary: _binary_text,

@@ -20,10 +20,12 @@ changes nothing (versions never move backwards).
 from __future__ import annotations
 
 import datetime as dt
+import struct
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Literal
 
@@ -51,9 +53,11 @@ __all__ = [
     "BatchResult",
     "Checkpoint",
     "Fenced",
+    "NumericCodec",
     "Sink",
     "Wipe",
     "setup_jsonb_codec",
+    "setup_numeric_codec",
 ]
 
 log = get_logger("cartridge.warp.sink")
@@ -61,7 +65,9 @@ log = get_logger("cartridge.warp.sink")
 STAGE = "_cartridge_warp_stage"
 #: Key marking a dead letter's raw event as a row PostgreSQL rejected (not a source event).
 POISON_MARK = "cartridge_poison"
-_STAGE_COLUMNS = ["coll", "_id", "document", "deleted", "version", "op", "source_ts", "latest"]
+_STAGE_COLUMNS = ["coll", "_id", "document", "deleted", "vhi", "vlo", "op", "source_ts", "latest"]
+_LOW_BITS = 32
+_LOW_MASK = (1 << _LOW_BITS) - 1
 
 
 class Fenced(TerminalError):
@@ -157,6 +163,65 @@ async def setup_jsonb_codec(conn: asyncpg.Connection) -> None:
     )
 
 
+_NUMERIC_HEADER = struct.Struct("!hhHh")  # ndigits, weight, sign, dscale
+_NUMERIC_NEG, _NUMERIC_NAN = 0x4000, 0xC000
+
+
+class NumericCodec:
+    """``numeric`` in binary for the sink's connection, which only sends integers (versions).
+
+    Snapshot rows of one batch share one version, so the last encoding is kept: a COPY of
+    thousands of rows encodes it once instead of once per row (asyncpg's general encoder goes
+    through ``Decimal``). Decoding gives ``int`` for integral values, ``Decimal`` otherwise."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._last_bytes = b""
+
+    def encode(self, value: Any) -> bytes:
+        if type(value) is not int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"numeric parameter must be an int, got {type(value).__name__}")
+            value = int(value)
+        if value == self._last:
+            return self._last_bytes
+        rest = -value if value < 0 else value
+        groups: list[int] = []  # base-10000 digits, least significant first
+        while rest:
+            rest, digit = divmod(rest, 10000)
+            groups.append(digit)
+        weight = len(groups) - 1
+        skip = 0
+        while skip < len(groups) and groups[skip] == 0:  # trailing zero groups are implied
+            skip += 1
+        digits = groups[skip:][::-1]
+        out = _NUMERIC_HEADER.pack(
+            len(digits), weight if digits else 0, _NUMERIC_NEG if value < 0 else 0, 0
+        ) + struct.pack(f"!{len(digits)}h", *digits)
+        self._last, self._last_bytes = value, out
+        return out
+
+    @staticmethod
+    def decode(data: bytes) -> int | Decimal:
+        ndigits, weight, sign, dscale = _NUMERIC_HEADER.unpack_from(data)
+        if sign == _NUMERIC_NAN:
+            return Decimal("NaN")
+        digits = struct.unpack_from(f"!{ndigits}h", data, _NUMERIC_HEADER.size)
+        text = "".join(f"{d:04d}" for d in digits) or "0"
+        exponent = 4 * (weight - ndigits + 1)
+        number = Decimal(f"{'-' if sign == _NUMERIC_NEG else ''}{text}E{exponent}")
+        if dscale == 0 and number == number.to_integral_value():
+            return int(number)
+        return number.quantize(Decimal(1).scaleb(-dscale))
+
+
+async def setup_numeric_codec(conn: asyncpg.Connection) -> None:
+    codec = NumericCodec()
+    await conn.set_type_codec(
+        "numeric", encoder=codec.encode, decoder=codec.decode, schema="pg_catalog", format="binary"
+    )
+
+
 def _row_to_checkpoint(row: asyncpg.Record) -> Checkpoint:
     return Checkpoint(
         schema_name=row["schema_name"],
@@ -208,11 +273,14 @@ class Sink:
             return self.conn
         conn = await connect(self.url, timeout=self.timeout, command_timeout=self.command_timeout)
         await setup_jsonb_codec(conn)
+        await setup_numeric_codec(conn)
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(STAGE)} ("
             "coll text NOT NULL, _id text NOT NULL, document jsonb, deleted boolean NOT NULL, "
-            "version numeric(39,0) NOT NULL, op text NOT NULL, source_ts timestamptz, "
-            "latest boolean NOT NULL) ON COMMIT DELETE ROWS"
+            # versions travel as two bigints (cheap to encode); the server puts them together
+            "vhi bigint NOT NULL, vlo bigint NOT NULL, version numeric(39,0) GENERATED ALWAYS "
+            f"AS (vhi::numeric * {1 << _LOW_BITS} + vlo) STORED, op text NOT NULL, "
+            "source_ts timestamptz, latest boolean NOT NULL) ON COMMIT DELETE ROWS"
         )
         self.conn = conn
         return conn
@@ -379,7 +447,8 @@ class Sink:
                 ch.id,
                 ch.document,
                 ch.document is None,
-                ch.version,
+                ch.version >> _LOW_BITS,
+                ch.version & _LOW_MASK,
                 ch.op,
                 ch.source_ts,
                 flag,

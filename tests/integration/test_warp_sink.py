@@ -319,3 +319,60 @@ def test_direct_copy_falls_back_to_the_merge_on_conflict(pg_url: str) -> None:
             await sink.close()
 
     run(go())
+
+
+def test_numeric_codec_round_trips_through_postgresql(pg_url: str) -> None:
+    """The sink's own binary ``numeric`` codec: what it sends PostgreSQL reads as the same
+    number, and what PostgreSQL sends back (integral or not) decodes to the same value."""
+    from decimal import Decimal
+
+    from cartridge_dagster.warp.sink import setup_numeric_codec
+
+    ints = [0, 1, -1, 9999, 10000, 10001, 10**8, -(10**8), 2**63, -(2**79) - 7]
+    ints += list(range(-30001, 30001, 7919))
+    ints += [(1_700_000_000 << 48) | (12 << 16) | 3, 10**38 - 1]
+    texts = ["0.5", "-0.0001", "123.4500", "1e20", "-98765.4321", "NaN", "0.000000"]
+
+    async def go() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await setup_numeric_codec(conn)
+            for value in ints:
+                assert await conn.fetchval("SELECT $1::numeric::text", value) == str(value)
+                assert await conn.fetchval("SELECT $1::numeric(39,0)", value) == value
+                repeated = await conn.fetch(
+                    "SELECT $1::numeric = x FROM unnest($2::numeric[]) x", value, [value, value]
+                )
+                assert [r[0] for r in repeated] == [True, True]  # the cached encoding is reused
+            for text in texts:
+                got = await conn.fetchval(f"SELECT '{text}'::numeric")
+                expected = Decimal(text)
+                if text == "NaN":
+                    assert isinstance(got, Decimal) and got.is_nan()
+                else:
+                    assert got == expected and str(got) == str(
+                        await conn.fetchval(f"SELECT '{text}'::numeric::text")
+                    )
+            with pytest.raises(asyncpg.DataError, match="must be an int"):
+                await conn.fetchval("SELECT $1::numeric", Decimal("1.5"))
+        finally:
+            await conn.close()
+
+    run(go())
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(-(10**38) + 1, 10**38 - 1))
+def test_numeric_codec_property(pg_url: str, value: int) -> None:
+    from cartridge_dagster.warp.sink import setup_numeric_codec
+
+    async def go() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await setup_numeric_codec(conn)
+            assert await conn.fetchval("SELECT $1::numeric::text", value) == str(value)
+            assert await conn.fetchval("SELECT $1::numeric", value) == value
+        finally:
+            await conn.close()
+
+    run(go())
