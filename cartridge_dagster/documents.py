@@ -260,13 +260,14 @@ def _decimal128_text(value: Decimal128) -> str:
     exponent = ((high >> 49) & 0x3FFF) - 6176
     sign = "-" if high >> 63 else ""
     digits = str(coefficient)
-    if exponent <= 0 and exponent + len(digits) - 1 >= -6:
+    size = len(digits)
+    if exponent <= 0 and exponent + size > -6:
         if exponent == 0:
             text = digits
-        elif len(digits) > -exponent:
+        elif size > -exponent:
             text = f"{digits[:exponent]}.{digits[exponent:]}"
         else:
-            text = "0." + "0" * (-exponent - len(digits)) + digits
+            text = "0." + "0" * (-exponent - size) + digits
         return "0" if sign and text == "0" else sign + text
     return _decimal_text(Decimal(f"{sign}{coefficient}E{exponent}"))
 

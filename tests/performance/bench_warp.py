@@ -457,6 +457,8 @@ async def landing_and_staging(
     from cartridge_dagster.init.dbtcli import dbt_env, run_dbt
 
     url = await fresh_db(server)
+    gc.collect()
+    gc.freeze()  # what dlt's run left alive in this process is not warp's to scan
     landing = await warp_apply(url, raws, events=False, collection="plain")
     env = dbt_env(url, schema="bench_staging")
     run_dbt(project, ["parse"], env=env)  # dlt's pipeline is built before its clock starts too
