@@ -4,7 +4,7 @@ Run: ``python -m tests.performance.bench_warp`` (``make bench`` runs it against 
 PostgreSQL; set ``CARTRIDGE_TEST_POSTGRES_DSN`` to use another server). Options through the
 environment: ``BENCH_DOCS`` (default 50000 order documents, the size the issue's reference
 numbers were measured on), ``BENCH_ROUNDS`` (default 3: every measure, baselines and warp alike,
-runs once per round, rounds interleaved, best kept), ``BENCH_E2E_DOCS`` (default 2000 documents
+runs once per round, rounds interleaved, best kept), ``BENCH_E2E_DOCS`` (default 4000 documents
 seeded into the embedded engine for the plain-process vs Dagster rows), ``BENCH_DLT_DOCS``
 (default 30000, dlt and the landing + staging comparison; a fifth of it is the small size).
 
@@ -51,7 +51,7 @@ from cartridge_dagster.warp.sink import Batch, Sink, setup_jsonb_codec
 
 N = int(os.environ.get("BENCH_DOCS", "50000"))
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
-N_E2E = int(os.environ.get("BENCH_E2E_DOCS", "2000"))
+N_E2E = int(os.environ.get("BENCH_E2E_DOCS", "4000"))
 N_DLT = int(os.environ.get("BENCH_DLT_DOCS", "30000"))
 N_MEM = 500  # memory rows: a backlog of N_MEM, then of 10 x N_MEM
 BATCH = 5000
