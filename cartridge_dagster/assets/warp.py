@@ -16,6 +16,7 @@ Per configured schema S:
 
 import asyncio
 import os
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -26,13 +27,16 @@ from cartridge_dagster.assets.keys import raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.deploy.k8s import warp_run_tags as deploy_warp_run_tags
 from cartridge_dagster.landing import raw_table_name
-from cartridge_dagster.observability import MetricsServer
+from cartridge_dagster.observability import MetricsServer, get_logger
 from cartridge_dagster.resources.warp import WarpResource
 from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
 from cartridge_dagster.state import known_collections
 from cartridge_dagster.warp.sink import Batch, BatchResult
 
 __all__ = ["DagsterObserver", "WarpRunConfig", "build_warp_defs", "warp_run_tags"]
+
+
+log = get_logger("cartridge.warp.dagster")
 
 
 class WarpRunConfig(dg.Config):  # type: ignore[misc]
@@ -68,8 +72,10 @@ class DagsterObserver:
         self.last_emit: dict[str, float] = {}
         self.lag: float | None = None
         self.materializations = 0
-        self._last_poll = 0.0
         self._stop = False
+        self._stop_logged = False
+        self._closed = threading.Event()
+        self._poller: threading.Thread | None = None
 
     def on_batch(self, schema: str, batch: Batch, result: BatchResult) -> None:
         self.pending.update(result.applied)
@@ -107,20 +113,35 @@ class DagsterObserver:
             self.materializations += 1
 
     def should_stop(self) -> bool:
-        if self._stop:
-            return True
-        now = time.monotonic()
-        if now - self._last_poll < self.cancel_poll:
-            return False
-        self._last_poll = now
-        run = self.context.instance.get_run_by_id(self.context.run_id)
-        if run is not None and run.status in (
-            dg.DagsterRunStatus.CANCELING,
-            dg.DagsterRunStatus.CANCELED,
-        ):
+        """Whether the run was canceled. The run storage is polled by a daemon thread, so the
+        query never stalls warp's event loop."""
+        if self._poller is None:
+            self._poller = threading.Thread(
+                target=self._poll_cancellation, name="warp-cancel-poll", daemon=True
+            )
+            self._poller.start()
+        if self._stop and not self._stop_logged:
+            self._stop_logged = True
             self.context.log.info("run cancellation requested: stopping warp cleanly")
-            self._stop = True
         return self._stop
+
+    def _poll_cancellation(self) -> None:
+        while not self._stop and not self._closed.wait(self.cancel_poll):
+            try:
+                run = self.context.instance.get_run_by_id(self.context.run_id)
+            except Exception as exc:  # noqa: BLE001 - a storage hiccup must not end the poller
+                log.warning("warp.cancel_poll.failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            if run is not None and run.status in (
+                dg.DagsterRunStatus.CANCELING,
+                dg.DagsterRunStatus.CANCELED,
+            ):
+                self._stop = True
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
 
 
 def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
@@ -152,6 +173,7 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
                 server.health.set(f"warp/{schema.name}", ok=True, reason="running")
             summary = asyncio.run(runner.run())
         finally:
+            observer.close()
             if server is not None:
                 server.stop()
         observer.flush(force=True)

@@ -206,7 +206,7 @@ class Transformer:
                 return None
             return self.document(
                 collection,
-                dict(full),
+                full if type(full) is dict else dict(full),  # document() copies before edits
                 op=op,  # type: ignore[arg-type]
                 version=version,
                 source_ts=source_ts,
