@@ -39,9 +39,11 @@ from bson import (
     Regex,
     Timestamp,
 )
-from bson.binary import Binary
+from bson.binary import Binary, UuidRepresentation
 from bson.code import Code
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.datetime_ms import DatetimeMS
+from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.errors import TerminalError
 
@@ -52,8 +54,29 @@ __all__ = [
     "canonical_hash",
     "canonical_id",
     "document_json",
+    "raw_document_json",
+    "split_event",
     "to_jsonable",
 ]
+
+try:  # the C fast path (hatch_build.py compiles it at install; optional)
+    from cartridge_dagster import _bsonjson
+except ImportError:  # pragma: no cover - an install without a C compiler
+    _bsonjson = None  # type: ignore[assignment]
+
+#: Whether raw BSON converts in C (without building Python objects); see raw_document_json.
+FAST_BSON: bool = _bsonjson is not None
+
+#: How Cartridge decodes BSON (and how its PyMongo client is configured): timezone-aware UTC
+#: datetimes, dates outside Python's range as ``DatetimeMS``, standard UUIDs.
+DECODE_OPTIONS: Any = CodecOptions(
+    tz_aware=True,
+    tzinfo=dt.UTC,
+    uuid_representation=UuidRepresentation.STANDARD,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+)
+#: The same, reading documents as ``RawBSONDocument`` (bytes, decoded only when looked into).
+RAW_OPTIONS: Any = DECODE_OPTIONS.with_options(document_class=RawBSONDocument)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _UNPACK_QQ = struct.Struct("<QQ").unpack
@@ -364,6 +387,29 @@ def document_json(
         return out
     stats = stats if stats is not None else ConversionStats()
     return orjson.dumps(to_jsonable(document, policy or ValuePolicy(), stats))
+
+
+def raw_document_json(raw: bytes | memoryview) -> tuple[str, bytes] | None:
+    """``(canonical_id(_id), document_json(document))`` straight from BSON bytes, or ``None``.
+
+    The C fast path (``_bsonjson.c``) for documents read raw (PyMongo's ``RawBSONDocument``):
+    no Python objects are built for the document. It writes the bytes :func:`document_json`
+    writes for the common BSON types and returns ``None`` for anything a policy or the Python
+    conversion must decide (NUL, NaN, rarer types, dates out of range, an unusual ``_id``);
+    the caller then decodes with :data:`DECODE_OPTIONS` and converts in Python.
+    """
+    if _bsonjson is None:
+        return None
+    return _bsonjson.convert(raw)
+
+
+def split_event(raw: bytes | memoryview) -> tuple[bytes, bytes | None, bytes | None] | None:
+    """A change event's BSON → (the event without ``fullDocument`` and
+    ``fullDocumentBeforeChange``, those documents' BSON or ``None``), in C; ``None`` without
+    the extension or for BSON it cannot walk."""
+    if _bsonjson is None:
+        return None
+    return _bsonjson.split_event(raw)
 
 
 def _canonical(value: Any) -> Any:

@@ -21,7 +21,8 @@ find_python() {
 }
 
 stamp=.venv/.cartridge-installed
-if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$stamp" -nt uv.lock ] && [ "$stamp" -nt pyproject.toml ]; then
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$stamp" -nt uv.lock ] && [ "$stamp" -nt pyproject.toml ] \
+    && [ "$stamp" -nt cartridge_dagster/_bsonjson.c ] && [ "$stamp" -nt hatch_build.py ]; then
   exit 0
 fi
 

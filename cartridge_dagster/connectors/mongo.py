@@ -40,8 +40,77 @@ __all__ = [
     "compact_change_journal",
     "mongo_session",
     "mongoeco_paths",
+    "open_event",
     "open_mongo",
+    "raw_database",
 ]
+
+#: Change event fields kept as raw BSON by :func:`open_event` (converted to JSON in C).
+RAW_EVENT_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange"})
+
+
+def _plain(value: Any) -> Any:
+    from bson.raw_bson import RawBSONDocument
+
+    from cartridge_dagster.documents import DECODE_OPTIONS
+
+    if isinstance(value, RawBSONDocument):
+        import bson
+
+        return bson.decode(value.raw, DECODE_OPTIONS)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def open_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A change event read as ``RawBSONDocument`` → a dict whose documents stay raw.
+
+    Every field is decoded as usual except ``fullDocument`` and ``fullDocumentBeforeChange``,
+    which stay ``RawBSONDocument``: warp converts them to JSON in C without building them
+    (``_bsonjson.split_event`` cuts them out of the event's bytes first). A plain dict passes
+    through unchanged."""
+    if type(event) is dict:
+        return event
+    from bson.raw_bson import RawBSONDocument
+
+    from cartridge_dagster.documents import DECODE_OPTIONS, RAW_OPTIONS, split_event
+
+    raw = getattr(event, "raw", None)
+    parts = split_event(raw) if raw is not None else None
+    if parts is None:  # no C extension, or BSON it could not walk: the field-by-field way
+        return {
+            key: value if key in RAW_EVENT_FIELDS else _plain(value) for key, value in event.items()
+        }
+    import bson
+
+    envelope, full, before = parts
+    opened: dict[str, Any] = bson.decode(envelope, DECODE_OPTIONS)
+    if full is not None:
+        opened["fullDocument"] = RawBSONDocument(full, RAW_OPTIONS)
+    if before is not None:
+        opened["fullDocumentBeforeChange"] = RawBSONDocument(before, RAW_OPTIONS)
+    return opened
+
+
+def raw_database(conn: MongoConnection, name: str) -> Any:
+    """``conn``'s database ``name`` reading documents as ``RawBSONDocument`` (PyMongo, with the
+    C conversion available), or as dicts (the embedded engine, which builds dicts anyway)."""
+    from cartridge_dagster.documents import FAST_BSON
+
+    db = conn.database(name)
+    if conn.kind != "pymongo" or not FAST_BSON:
+        return db
+    return _raw_view(db)
+
+
+def _raw_view(db: Any) -> Any:
+    from bson.raw_bson import RawBSONDocument
+
+    return db.with_options(
+        codec_options=db.codec_options.with_options(document_class=RawBSONDocument)
+    )
+
 
 MongoKind = Literal["pymongo", "mongoeco"]
 FullDocument = Literal["default", "updateLookup", "whenAvailable", "required"]
@@ -176,8 +245,14 @@ class ChangeStream:
         start_after: Mapping[str, Any] | None,
         full_document: FullDocument,
         max_await_time_ms: int,
+        raw_documents: bool = False,
     ) -> None:
         self._conn = connection
+        self._raw = raw_documents and database is not None
+        if connection.kind == "pymongo":
+            from cartridge_dagster.documents import FAST_BSON
+
+            self._raw = self._raw and FAST_BSON
         self._database = database
         self._pipeline = [dict(stage) for stage in pipeline]
         self._resume_after = dict(resume_after) if resume_after else None
@@ -219,6 +294,8 @@ class ChangeStream:
         elif self._resume_after is not None:
             kwargs["resume_after"] = self._resume_after
         target = client[self._database] if self._database is not None else client
+        if self._raw and self._conn.kind == "pymongo":
+            target = _raw_view(target)
         try:
             if self._conn.kind == "pymongo":
                 self._cursor = await target.watch(self._pipeline, **kwargs)
@@ -246,8 +323,9 @@ class ChangeStream:
             _reraise(exc)
         if event is not None:
             self._idle_polls = 0
+            event = open_event(event) if self._raw else dict(event)
             self._last_token = dict(event["_id"])
-            return dict(event)
+            return event  # type: ignore[no-any-return]
         if self._conn.kind == "pymongo":
             token = getattr(self._cursor, "resume_token", None)
             if token is not None:
@@ -331,8 +409,12 @@ class MongoConnection:
         start_after: Mapping[str, Any] | None = None,
         full_document: FullDocument = "updateLookup",
         max_await_time_ms: int = 500,
+        raw_documents: bool = False,
     ) -> ChangeStream:
-        """A change stream on one database (or the whole deployment when ``database`` is None)."""
+        """A change stream on one database (or the whole deployment when ``database`` is None).
+
+        ``raw_documents``: events' full documents stay raw BSON (see :func:`open_event`) where
+        the client and the C conversion allow it (:func:`raw_database`)."""
         return ChangeStream(
             self,
             database,
@@ -341,6 +423,7 @@ class MongoConnection:
             start_after=start_after,
             full_document=full_document,
             max_await_time_ms=max_await_time_ms,
+            raw_documents=raw_documents,
         )
 
     @property
@@ -390,7 +473,7 @@ def open_mongo(
                 url,
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
-                tz_aware=True,
+                tz_aware=True,  # as documents.DECODE_OPTIONS
                 uuidRepresentation="standard",
                 datetime_conversion="DATETIME_AUTO",  # dates past datetime range: DatetimeMS
                 appname="cartridge",

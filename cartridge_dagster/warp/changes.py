@@ -25,14 +25,17 @@ import orjson
 from bson import Timestamp
 from bson.json_util import RELAXED_JSON_OPTIONS
 from bson.json_util import dumps as bson_json_dumps
+from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.documents import (
+    DECODE_OPTIONS,
     ConversionStats,
     UnlandableDocument,
     ValuePolicy,
     canonical_id,
     document_json,
+    raw_document_json,
 )
 
 __all__ = [
@@ -118,6 +121,8 @@ def _drop_path(document: dict[str, Any], path: Sequence[str]) -> None:
 
 
 def _encode_raw(value: Mapping[str, Any]) -> bytes:
+    if isinstance(value, RawBSONDocument):
+        return bytes(value.raw)
     try:
         return bson.encode(dict(value))
     except (bson.errors.BSONError, ValueError, TypeError, OverflowError):
@@ -153,7 +158,7 @@ class Transformer:
     def document(
         self,
         collection: str,
-        doc: dict[str, Any],
+        doc: Mapping[str, Any],
         *,
         op: Op,
         version: int,
@@ -161,7 +166,22 @@ class Transformer:
         raw: Mapping[str, Any] | None = None,
         token: Mapping[str, Any] | None = None,
     ) -> Change | DeadLetter:
-        """A full document (snapshot row or an event's ``fullDocument``) → change."""
+        """A full document (snapshot row or an event's ``fullDocument``) → change.
+
+        A ``RawBSONDocument`` (PyMongo reading raw BSON) converts in C without being decoded;
+        the rare document the C path leaves to Python (see :func:`raw_document_json`), or one
+        with ``exclude_fields``, is decoded first."""
+        if isinstance(doc, RawBSONDocument):
+            fast = None if self._excluded(collection) else raw_document_json(doc.raw)
+            if fast is not None:
+                doc_id, body = fast
+                if len(body) <= self.max_bytes:
+                    return Change(collection, doc_id, op, version, body, source_ts)
+            raw = raw or doc
+            try:
+                doc = bson.decode(doc.raw, DECODE_OPTIONS)
+            except (bson.errors.BSONError, ValueError, TypeError, OverflowError) as exc:
+                return self._dead(collection, None, version, op, exc, raw, token)
         try:
             doc_id = canonical_id(doc.get("_id"))
         except (UnlandableDocument, TypeError, ValueError, orjson.JSONEncodeError) as exc:
@@ -172,7 +192,7 @@ class Transformer:
             for path in excludes:
                 _drop_path(doc, path)
         try:
-            body = document_json(doc, self.policy, self.stats)
+            body = document_json(doc, self.policy, self.stats)  # type: ignore[arg-type]
         except (UnlandableDocument, orjson.JSONEncodeError, TypeError, ValueError) as exc:
             return self._dead(collection, doc_id, version, op, exc, raw or doc, token)
         if len(body) > self.max_bytes:
@@ -206,7 +226,8 @@ class Transformer:
                 return None
             return self.document(
                 collection,
-                full if type(full) is dict else dict(full),  # document() copies before edits
+                # document() copies before edits; raw BSON stays raw (converted in C)
+                full if type(full) is dict or isinstance(full, RawBSONDocument) else dict(full),
                 op=op,  # type: ignore[arg-type]
                 version=version,
                 source_ts=source_ts,

@@ -30,7 +30,7 @@ import bson
 from bson import Timestamp
 
 from cartridge_dagster.config import SchemaConfig
-from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection
+from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, raw_database
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.observability import get_logger
 from cartridge_dagster.warp.changes import (
@@ -50,6 +50,9 @@ __all__ = [
     "decode_after",
     "encode_after",
 ]
+
+#: Documents read between two explicit yields to the event loop (the writer shares it).
+YIELD_EVERY = 100
 
 log = get_logger("cartridge.warp.source")
 
@@ -222,18 +225,22 @@ class SchemaSource:
     async def _range(
         self, collection: str, after: Any, has_after: bool, n: int
     ) -> AsyncIterator[Any]:
-        """Up to ``n`` documents after ``after`` in ``_id`` order (one query, read lazily)."""
-        coll = self.database[collection]
+        """Up to ``n`` documents after ``after`` in ``_id`` order (one query, read lazily).
+
+        Documents come as raw BSON where the client allows (:func:`raw_database`): only the
+        last one's ``_id`` is ever decoded."""
+        coll = raw_database(self.conn, self.schema.source_database)[collection]
         query: dict[str, Any] = {"_id": {"$gt": after}} if has_after else {}
         count = 0
-        last = after
+        last_doc = None
         async for doc in coll.find(query).sort("_id", 1).limit(n):
             count += 1
-            last = doc["_id"]
+            last_doc = doc
             yield doc
         if has_after and count < n:
             # ``$gt`` stays within one BSON type; ``$expr`` compares across types, so a
             # collection with mixed ``_id`` types continues in the next type bracket.
+            last = after if last_doc is None else last_doc["_id"]
             more = coll.find({"$expr": {"$gt": ["$_id", {"$literal": last}]}})
             async for doc in more.sort("_id", 1).limit(n - count):
                 yield doc
@@ -254,7 +261,15 @@ class SchemaSource:
         sweep = bool(state.get("sweep"))
         self.known.add(collection)
 
+        last_doc: Any = None  # the last document copied (its ``_id`` decoded only when needed)
+
+        def sync_after() -> None:
+            nonlocal after, has_after, last_doc
+            if last_doc is not None:
+                after, has_after, last_doc = last_doc["_id"], True, None
+
         def close(batch: Batch, done: bool) -> Batch:
+            sync_after()
             entry = {
                 "done": done,
                 "after": encode_after(after) if has_after else None,
@@ -274,15 +289,16 @@ class SchemaSource:
             batch = Batch(kind="snapshot", version=None)
             in_chunk = 0
             now = dt.datetime.now(dt.UTC)
+            sync_after()
             async for doc in self._range(collection, after, has_after, chunk):
                 in_chunk += 1
-                if in_chunk % 500 == 0:
+                if in_chunk % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
                 out = self.transformer.document(
                     collection, doc, op="snapshot", version=version, source_ts=now
                 )
                 (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
-                after, has_after = doc["_id"], True
+                last_doc = doc
                 copied += 1
                 batch.events += 1
                 if batch.events >= size:
@@ -319,6 +335,7 @@ class SchemaSource:
             start_after=start_after,
             full_document=self.schema.warp.full_document,
             max_await_time_ms=self.max_await_ms,
+            raw_documents=True,
         )
 
     def _drop(self, collection: str, version: int, what: str) -> Wipe | None:
@@ -391,6 +408,10 @@ class SchemaSource:
                 if not len(batch) and not batch.wipes:
                     batch.created = now
                 self.events_read += 1
+                if self.events_read % YIELD_EVERY == 0:
+                    # a driver handing out a buffered batch never suspends: let the writer's
+                    # I/O (another batch's transaction) progress meanwhile
+                    await asyncio.sleep(0)
                 op = str(event.get("operationType"))
                 ns = event.get("ns") or {}
                 collection = ns.get("coll")

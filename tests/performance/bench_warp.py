@@ -39,8 +39,10 @@ from typing import Any
 import asyncpg
 import bson
 from bson import ObjectId, Timestamp
+from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.config import SchemaConfig, settings_from_mapping
+from cartridge_dagster.connectors.mongo import open_event
 from cartridge_dagster.demo.seed import DemoGenerator, DemoSizes
 from cartridge_dagster.documents import canonical_id, document_json
 from cartridge_dagster.identifiers import quote_ident
@@ -48,6 +50,8 @@ from cartridge_dagster.landing import RAW_COLUMNS, raw_table_ddl
 from cartridge_dagster.observability import configure_logging
 from cartridge_dagster.warp.changes import Change, Transformer, cluster_base, make_version
 from cartridge_dagster.warp.sink import Batch, Sink, setup_jsonb_codec
+from cartridge_dagster.warp.source import YIELD_EVERY
+from tests.support.raw_source import RAW_OPTIONS
 
 N = int(os.environ.get("BENCH_DOCS", "50000"))
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
@@ -185,9 +189,15 @@ async def warp_apply(
     sink_cls: type[Sink] = Sink,
     collection: str = "orders",
     share: list[float] | None = None,
+    raw_documents: bool = True,
 ) -> float:
-    """Decode → transform → staged merge + checkpoint, pipelined like the runner's reader and
-    writer (a bounded queue between them). ``share`` collects [checkpoint s, transaction s]."""
+    """Read → transform → staged merge + checkpoint, pipelined like the runner's reader and
+    writer (a bounded queue between them). ``share`` collects [checkpoint s, transaction s].
+
+    ``raw_documents``: what warp gets from PyMongo reading a server (``RawBSONDocument``: the
+    bytes off the wire; an event's envelope decoded by ``open_event``, its ``fullDocument``
+    converted to JSON in C); otherwise every document is decoded into dicts first (what the
+    embedded engine hands over), then converted in Python."""
     cfg = schema_cfg()
     sink = sink_cls(url, cfg, owner="bench")
     await sink.setup()
@@ -200,9 +210,14 @@ async def warp_apply(
         for i in range(0, len(raws), BATCH):
             batch = Batch(kind="stream" if events else "snapshot", direct_copy=not events)
             for j, raw in enumerate(raws[i : i + BATCH]):
-                if j % 500 == 499:
-                    await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
-                doc = bson.decode(raw)
+                if j % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # as the runner's source does
+                if raw_documents:
+                    doc = RawBSONDocument(raw, RAW_OPTIONS)
+                    if events:
+                        doc = open_event(doc)
+                else:
+                    doc = bson.decode(raw)
                 if events:
                     v = make_version(cluster_base(doc["clusterTime"]), 1)
                     out = transformer.event(doc, v, now)
@@ -542,6 +557,14 @@ async def main() -> None:
             ),
         )
         await measure("update", in_fresh_db(lambda u: warp_apply(u, upd_events, events=True)))
+        await measure(
+            "snapshot_dict",
+            in_fresh_db(lambda u: warp_apply(u, raws, events=False, raw_documents=False)),
+        )
+        await measure(
+            "insert_dict",
+            in_fresh_db(lambda u: warp_apply(u, ins_events, events=True, raw_documents=False)),
+        )
 
     rate = {k: N / best(v) for k, v in seconds.items()}
     cp_overhead = (best(seconds["insert"]) - best(seconds["no_checkpoint"])) / best(
@@ -611,6 +634,16 @@ async def main() -> None:
             f"{rate['update'] / floor_ev:.2f} x min (>= 0.4)",
         ),
         ("warp insert-heavy apply vs B_naive", rate["insert"] / rate["naive"], "(>= 1.5)"),
+        (
+            "warp snapshot, documents decoded to dicts first (docs/s)",
+            rate["snapshot_dict"],
+            f"{rate['snapshot_dict'] / floor:.2f} x min (the embedded engine's path; no target)",
+        ),
+        (
+            "warp insert-heavy, events decoded to dicts first (events/s)",
+            rate["insert_dict"],
+            f"{rate['insert_dict'] / rate['naive']:.2f} x B_naive (embedded engine; no target)",
+        ),
         (
             "checkpoint overhead, with vs without",
             cp_overhead * 100,

@@ -81,6 +81,7 @@ class StubConnection:
         start_after: Mapping[str, Any] | None = None,
         full_document: str = "updateLookup",
         max_await_time_ms: int = 500,
+        raw_documents: bool = False,
     ) -> StubStream:
         self.opened.append(
             {
