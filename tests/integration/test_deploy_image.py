@@ -30,12 +30,12 @@ def _context(tmp: Path) -> Path:
     """What .dockerignore lets into the build context, for the files the Dockerfile copies."""
     ctx = tmp / "context"
     (ctx / "deploy" / "docker").mkdir(parents=True)
-    for name in ("pyproject.toml", "uv.lock", "README.md"):
+    for name in ("pyproject.toml", "uv.lock", "README.md", "hatch_build.py"):
         shutil.copy2(REPO / name, ctx / name)
     shutil.copytree(
         REPO / "cartridge_dagster",
         ctx / "cartridge_dagster",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".env"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", ".env"),
     )
     shutil.copy2(REPO / "deploy" / "docker" / "install.sh", ctx / "deploy" / "docker")
     project = ctx / "dbt_project"
@@ -121,6 +121,7 @@ def test_image_install_steps_in_a_fresh_environment(tmp_path: Path) -> None:
     installed = site / "cartridge_dagster"
     assert installed.is_dir() and not installed.is_symlink()
     assert not list(site.glob("*cartridge*.pth")), "the image installs a wheel, not an editable"
+    assert list(installed.glob("_bsonjson.*.so")), "the wheel carries the compiled C extension"
 
     _step(ctx, venv, "dbt")
     manifest = ctx / "dbt_project" / "target" / "manifest.json"
