@@ -27,7 +27,7 @@ trap cleanup EXIT
 
 echo "==> pytest"
 set +e
-$BIN/pytest "$@"
+$BIN/pytest --durations=15 "$@"  # the slowest tests, in every log
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

@@ -1,0 +1,44 @@
+"""warp raises the cyclic GC's young threshold while it runs and restores it after."""
+
+from __future__ import annotations
+
+import gc
+
+from cartridge_dagster.warp.runner import GC_YOUNG_THRESHOLD, young_gc_threshold
+
+
+def test_threshold_raised_while_running_and_restored_by_the_last_runner() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with young_gc_threshold():
+            assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+            with young_gc_threshold():  # a second runner in the process (multi mode)
+                assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+            assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, "the first runner still runs"
+        assert gc.get_threshold() == (700, 10, 10)
+        gc.set_threshold(100_000, 5, 5)  # already higher: left alone
+        with young_gc_threshold():
+            assert gc.get_threshold() == (100_000, 5, 5)
+        assert gc.get_threshold() == (100_000, 5, 5)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_what_lived_before_is_frozen_out_of_collections() -> None:
+    kept = [[i] for i in range(1000)]  # lists are always tracked by the GC
+    frozen_before = gc.get_freeze_count()
+    with young_gc_threshold():
+        assert gc.get_freeze_count() >= frozen_before + len(kept)
+    assert gc.get_freeze_count() >= frozen_before + len(kept), "left frozen (never unfrozen)"
+    del kept
+
+
+def test_restored_when_the_runner_fails() -> None:
+    before = gc.get_threshold()
+    try:
+        with young_gc_threshold():
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert gc.get_threshold() == before
