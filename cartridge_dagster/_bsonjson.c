@@ -377,6 +377,46 @@ static int put_document(buf_t *b, const uint8_t *p, size_t n, int array, int dep
     return buf_putc(b, array ? ']' : '}') < 0 ? NOMEM : OK;
 }
 
+/* Size of the element value of type t at q (avail bytes left), or -1 when malformed. */
+static Py_ssize_t value_size(uint8_t t, const uint8_t *q, size_t avail) {
+    size_t used;
+    switch (t) {
+    case 0x01: case 0x09: case 0x11: case 0x12: used = 8; break;
+    case 0x10: used = 4; break;
+    case 0x07: used = 12; break;
+    case 0x08: used = 1; break;
+    case 0x06: case 0x0A: case 0x7F: case 0xFF: used = 0; break;
+    case 0x13: used = 16; break;
+    case 0x02: case 0x0D: case 0x0E:
+        if (avail < 4) return -1;
+        used = 4 + (size_t)(uint32_t)rd_i32(q);
+        break;
+    case 0x03: case 0x04: case 0x0F:
+        if (avail < 4) return -1;
+        used = (size_t)(uint32_t)rd_i32(q);
+        break;
+    case 0x05:
+        if (avail < 4) return -1;
+        used = 5 + (size_t)(uint32_t)rd_i32(q);
+        break;
+    case 0x0B: { /* regex: two C strings */
+        Py_ssize_t a = cstr_len(q, q + avail);
+        if (a < 0) return -1;
+        Py_ssize_t b = cstr_len(q + a + 1, q + avail);
+        if (b < 0) return -1;
+        used = (size_t)(a + b + 2);
+        break;
+    }
+    case 0x0C: /* DBPointer: string + 12 bytes */
+        if (avail < 4) return -1;
+        used = 4 + (size_t)(uint32_t)rd_i32(q) + 12;
+        break;
+    default:
+        return -1;
+    }
+    return used > avail ? -1 : (Py_ssize_t)used;
+}
+
 /* The canonical _id text (what canonical_id gives) for ObjectId, string and integer _ids. */
 static PyObject *canonical_id(const uint8_t *p, size_t n) {
     const uint8_t *end = p + n - 1, *q = p + 4;
@@ -410,30 +450,8 @@ static PyObject *canonical_id(const uint8_t *p, size_t n) {
             return NULL;
         }
         /* not the _id: skip the element by its size */
-        size_t used = 0;
-        switch (t) {
-        case 0x01: case 0x09: case 0x12: case 0x11: used = 8; break;
-        case 0x10: used = 4; break;
-        case 0x07: used = 12; break;
-        case 0x08: used = 1; break;
-        case 0x0A: case 0x06: case 0x7F: case 0xFF: used = 0; break;
-        case 0x13: used = 16; break;
-        case 0x02: case 0x0D: case 0x0E:
-            if (avail < 4) return NULL;
-            used = 4 + (size_t)(uint32_t)rd_i32(q);
-            break;
-        case 0x03: case 0x04: case 0x0F:
-            if (avail < 4) return NULL;
-            used = (size_t)(uint32_t)rd_i32(q);
-            break;
-        case 0x05:
-            if (avail < 4) return NULL;
-            used = 5 + (size_t)(uint32_t)rd_i32(q);
-            break;
-        default:
-            return NULL; /* regex, DBPointer: let Python look */
-        }
-        if (used > avail) return NULL;
+        Py_ssize_t used = value_size(t, q, avail);
+        if (used < 0) return NULL;
         q += used;
     }
     return NULL;
@@ -475,46 +493,6 @@ fallback:
 done:
     PyBuffer_Release(&view);
     return result;
-}
-
-/* Size of the element value of type t at q (avail bytes left), or -1 when malformed. */
-static Py_ssize_t value_size(uint8_t t, const uint8_t *q, size_t avail) {
-    size_t used;
-    switch (t) {
-    case 0x01: case 0x09: case 0x11: case 0x12: used = 8; break;
-    case 0x10: used = 4; break;
-    case 0x07: used = 12; break;
-    case 0x08: used = 1; break;
-    case 0x06: case 0x0A: case 0x7F: case 0xFF: used = 0; break;
-    case 0x13: used = 16; break;
-    case 0x02: case 0x0D: case 0x0E:
-        if (avail < 4) return -1;
-        used = 4 + (size_t)(uint32_t)rd_i32(q);
-        break;
-    case 0x03: case 0x04: case 0x0F:
-        if (avail < 4) return -1;
-        used = (size_t)(uint32_t)rd_i32(q);
-        break;
-    case 0x05:
-        if (avail < 4) return -1;
-        used = 5 + (size_t)(uint32_t)rd_i32(q);
-        break;
-    case 0x0B: { /* regex: two C strings */
-        Py_ssize_t a = cstr_len(q, q + avail);
-        if (a < 0) return -1;
-        Py_ssize_t b = cstr_len(q + a + 1, q + avail);
-        if (b < 0) return -1;
-        used = (size_t)(a + b + 2);
-        break;
-    }
-    case 0x0C: /* DBPointer: string + 12 bytes */
-        if (avail < 4) return -1;
-        used = 4 + (size_t)(uint32_t)rd_i32(q) + 12;
-        break;
-    default:
-        return -1;
-    }
-    return used > avail ? -1 : (Py_ssize_t)used;
 }
 
 /* split_event(raw) -> (envelope, fullDocument, fullDocumentBeforeChange) | None

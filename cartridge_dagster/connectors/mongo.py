@@ -68,16 +68,16 @@ def open_event(event: Mapping[str, Any]) -> dict[str, Any]:
 
     Every field is decoded as usual except ``fullDocument`` and ``fullDocumentBeforeChange``,
     which stay ``RawBSONDocument``: warp converts them to JSON in C without building them
-    (``_bsonjson.split_event`` cuts them out of the event's bytes first). A plain dict passes
-    through unchanged."""
-    if type(event) is dict:
-        return event
+    (``_bsonjson.split_event`` cuts them out of the event's bytes first). Any other mapping
+    (the embedded engine's dicts) comes back as a shallow copy."""
+    raw = getattr(event, "raw", None)
+    if raw is None:
+        return dict(event)
     from bson.raw_bson import RawBSONDocument
 
     from cartridge_dagster.documents import DECODE_OPTIONS, RAW_OPTIONS, split_event
 
-    raw = getattr(event, "raw", None)
-    parts = split_event(raw) if raw is not None else None
+    parts = split_event(raw)
     if parts is None:  # no C extension, or BSON it could not walk: the field-by-field way
         return {
             key: value if key in RAW_EVENT_FIELDS else _plain(value) for key, value in event.items()
@@ -248,11 +248,11 @@ class ChangeStream:
         raw_documents: bool = False,
     ) -> None:
         self._conn = connection
-        self._raw = raw_documents and database is not None
-        if connection.kind == "pymongo":
-            from cartridge_dagster.documents import FAST_BSON
+        from cartridge_dagster.documents import FAST_BSON
 
-            self._raw = self._raw and FAST_BSON
+        # PyMongo reads events as RawBSONDocument (the embedded engine builds dicts anyway)
+        self._raw = raw_documents and database is not None and connection.kind == "pymongo"
+        self._raw = self._raw and FAST_BSON
         self._database = database
         self._pipeline = [dict(stage) for stage in pipeline]
         self._resume_after = dict(resume_after) if resume_after else None
@@ -294,7 +294,7 @@ class ChangeStream:
         elif self._resume_after is not None:
             kwargs["resume_after"] = self._resume_after
         target = client[self._database] if self._database is not None else client
-        if self._raw and self._conn.kind == "pymongo":
+        if self._raw:
             target = _raw_view(target)
         try:
             if self._conn.kind == "pymongo":
@@ -323,7 +323,7 @@ class ChangeStream:
             _reraise(exc)
         if event is not None:
             self._idle_polls = 0
-            event = open_event(event) if self._raw else dict(event)
+            event = open_event(event)
             self._last_token = dict(event["_id"])
             return event  # type: ignore[no-any-return]
         if self._conn.kind == "pymongo":

@@ -333,7 +333,7 @@ def test_raw_change_events() -> None:
     assert isinstance(out, Change) and out.id == str(oid) and out.op == "update"
     assert json.loads(out.document) == {"_id": str(oid), "a": 2}
     plain = {"operationType": "delete"}
-    assert open_event(plain) is plain
+    assert open_event(plain) == plain and open_event(plain) is not plain, "a shallow copy"
 
 
 @pytest.mark.parametrize("with_c", [True, False], ids=["C split", "field by field"])
