@@ -135,7 +135,11 @@ class RunSummary:
     #: Seconds from the start of the run to the last batch that landed rows (throughput
     #: without the idle tail of ``stop_when_idle``).
     busy_seconds: float = 0.0
+    #: CPU seconds of the whole process (every thread) over the same span: what hosting the
+    #: runner costs (a Dagster run's threads included), less sensitive to a busy machine.
+    busy_cpu_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter, repr=False)
+    cpu_started: float = field(default_factory=time.process_time, repr=False)
 
     @property
     def total_applied(self) -> int:
@@ -299,6 +303,7 @@ class WarpRunner:
         s.batches += 1
         if result.applied:
             s.busy_seconds = time.perf_counter() - s.started
+            s.busy_cpu_seconds = time.process_time() - s.cpu_started
         s.applied.update(result.applied)
         s.dead_letters.update(result.dead_letters)
         if batch.kind == "snapshot":
@@ -456,6 +461,7 @@ class WarpRunner:
 
     async def run(self) -> RunSummary:
         started = self.summary.started = time.perf_counter()
+        self.summary.cpu_started = time.process_time()
         name = self.schema.name
         with bind_context(schema=name, run_id=self.run_id), young_gc_threshold():
             sink = Sink(

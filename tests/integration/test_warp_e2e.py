@@ -68,6 +68,8 @@ def test_snapshot_then_live_changes(source: str, pg_url: str, mongo_db_name: str
         assert sum(counts.values()) >= 150
         summary = task.result()
         assert summary.snapshot_rows and summary.total_applied > sum(summary.snapshot_rows.values())
+        assert 0 < summary.busy_seconds <= summary.seconds, summary
+        assert summary.busy_cpu_seconds > 0, summary  # the process's CPU over the busy span
         await assert_oracle(settings, DEMO)
         await assert_checkpoint_at_end(settings)
         conn2 = await asyncpg.connect(pg_url)
