@@ -7,7 +7,9 @@ numbers were measured on), ``BENCH_ROUNDS`` (default 3: every measure, baselines
 runs once per round, rounds interleaved, best kept), ``BENCH_E2E_ROUNDS`` (default 8, the
 plain-process vs Dagster rounds: one of each per round, the order alternating; the median of
 the per-round ratios is the measure, as the machine's speed drifts between rounds), ``BENCH_E2E_DOCS`` (default 10000 documents
-seeded into the embedded engine for the plain-process vs Dagster rows), ``BENCH_DLT_DOCS``
+seeded into the embedded engine for the plain-process vs Dagster rows; each of those runs is a
+process of its own, ``tests.performance.warp_child``, with warp in its main thread as in
+``cartridge warp run`` and in Dagster's run worker), ``BENCH_DLT_DOCS``
 (default 30000, dlt and the landing + staging comparison; a fifth of it is the small size).
 
 Baselines: ``B_decode`` (BSON decode of all the documents into a list, as the issue measured it;
@@ -28,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+import json
 import math
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -343,59 +345,46 @@ async def e2e_memory(server: str, src: str, work: Path) -> dict[str, float]:
     return results
 
 
-async def e2e_plain(server: str, src: str, work: Path) -> tuple[float, float, float]:
-    """The runner as a plain process: docs/s over the whole run, docs/s while busy (to the
-    last batch with rows), docs per CPU second of the process over the same span."""
-    from cartridge_dagster.warp.runner import WarpRunner
-
-    url = await fresh_db(server)
-    s = settings_for(src, url, work, ["plain"])
-    gc.collect()
-    t, summary = await atimed(WarpRunner(s, s.schemas[0], stop_when_idle=0.3).run())
-    await drop_db(server, url)
-    assert summary.total_applied == N_E2E, summary
-    return N_E2E / t, N_E2E / summary.busy_seconds, N_E2E / summary.busy_cpu_seconds
-
-
-async def e2e_dagster(server: str, src: str, work: Path) -> tuple[float, float, float]:
-    """The same documents through the ``warp_bench`` job in a Dagster run (in process)."""
-    import dagster as dg
+async def e2e_child(mode: str, server: str, src: str, work: Path) -> tuple[float, float, float]:
+    """One warp run of the seeded ``plain`` collection in a process of its own
+    (``tests.performance.warp_child``): ``plain``, the runner as ``cartridge warp run`` runs
+    it; ``dagster``, the ``warp_bench`` job executed in the process's main thread, as Dagster's
+    run worker executes it. Returns docs/s over the whole run, docs/s while busy (to the last
+    batch with rows) and docs per CPU second of the process over the same span."""
     import yaml
 
-    from cartridge_dagster.assets.warp import build_warp_defs
-    from cartridge_dagster.config import load_settings
-    from cartridge_dagster.resources.warp import WarpResource
-
     url = await fresh_db(server)
-    cfg_path = work / "bench.yaml"
+    cfg = work / f"e2e-{mode}.yaml"
     data = settings_for(src, url, work, ["plain"]).model_dump(mode="json")
     data["source"]["connection_string"] = src
     data["destination"]["connection_string"] = url
-    cfg_path.write_text(yaml.safe_dump(data))
-    defs = dg.Definitions.merge(
-        build_warp_defs(load_settings(cfg_path)),
-        dg.Definitions(resources={"warp": WarpResource(config_path=str(cfg_path))}),
+    cfg.write_text(yaml.safe_dump(data))
+    repo = Path(__file__).resolve().parents[2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.performance.warp_child",
+        mode,
+        str(cfg),
+        cwd=repo,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    job = defs.resolve_job_def("warp_bench")
-    with dg.instance_for_test() as instance:
-        gc.collect()
-        t0 = time.perf_counter()
-        result = await asyncio.to_thread(
-            job.execute_in_process,
-            run_config={"ops": {"warp_bench_run": {"config": {"stop_when_idle_seconds": 0.3}}}},
-            instance=instance,
-            raise_on_error=True,
-        )
-        t = time.perf_counter() - t0
-        assert result.success
-        busy = cpu = 0.0
-        for entry in instance.all_logs(result.run_id):
-            found = re.search(r"busy ([0-9.]+)s, cpu ([0-9.]+)s\)", entry.user_message or "")
-            if found:
-                busy, cpu = float(found.group(1)), float(found.group(2))
+    out, err = await proc.communicate()
     await drop_db(server, url)
-    assert busy > 0 and cpu > 0, "the warp op did not report its busy time"
-    return N_E2E / t, N_E2E / busy, N_E2E / cpu
+    if proc.returncode != 0:
+        raise RuntimeError(f"warp_child {mode} failed:\n{err.decode()[-3000:]}")
+    got = json.loads(out.decode().strip().splitlines()[-1])
+    assert got["applied"] == N_E2E, got
+    return N_E2E / got["whole"], N_E2E / got["busy"], N_E2E / got["cpu"]
+
+
+async def e2e_plain(server: str, src: str, work: Path) -> tuple[float, float, float]:
+    return await e2e_child("plain", server, src, work)
+
+
+async def e2e_dagster(server: str, src: str, work: Path) -> tuple[float, float, float]:
+    return await e2e_child("dagster", server, src, work)
 
 
 def dlt_creds(url: str) -> str:
