@@ -360,20 +360,22 @@ async def e2e_child(mode: str, server: str, src: str, work: Path) -> tuple[float
     data["destination"]["connection_string"] = url
     cfg.write_text(yaml.safe_dump(data))
     repo = Path(__file__).resolve().parents[2]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.performance.warp_child",
-        mode,
-        str(cfg),
-        cwd=repo,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
+    log = work / f"e2e-{mode}.log"  # a file, not a pipe: this process stays asleep meanwhile
+    with log.open("wb") as err_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.performance.warp_child",
+            mode,
+            str(cfg),
+            cwd=repo,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err_file,
+        )
+        out, _ = await proc.communicate()
     await drop_db(server, url)
     if proc.returncode != 0:
-        raise RuntimeError(f"warp_child {mode} failed:\n{err.decode()[-3000:]}")
+        raise RuntimeError(f"warp_child {mode} failed:\n{log.read_text()[-3000:]}")
     got = json.loads(out.decode().strip().splitlines()[-1])
     assert got["applied"] == N_E2E, got
     return N_E2E / got["whole"], N_E2E / got["busy"], N_E2E / got["cpu"]
@@ -792,6 +794,10 @@ async def main() -> None:
         shown = f"{value:12.2f}" if abs(value) < 10 else f"{value:12.1f}"
         print(f"{name.ljust(width)}  {shown}  {note}")
     print(f"dlt tables at {N_DLT}: {counts_dlt}; staging tables: {counts_stg}")
+    print(
+        "plain / Dagster per round (docs/s while busy; the 2nd, 4th, ... ran Dagster first): "
+        + ", ".join(f"{p[1]:.0f}/{d[1]:.0f}" for p, d in zip(plain_runs, dagster_runs, strict=True))
+    )
     sys.stdout.flush()
 
 
