@@ -67,7 +67,9 @@ ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
 E2E_ROUNDS = max(1, int(os.environ.get("BENCH_E2E_ROUNDS", "8")))
 N_E2E = int(os.environ.get("BENCH_E2E_DOCS", "10000"))
 N_DLT = int(os.environ.get("BENCH_DLT_DOCS", "30000"))
-N_MEM = 500  # memory rows: a backlog of N_MEM, then of 10 x N_MEM
+# memory rows: a backlog of N_MEM, then of 10 x N_MEM. N_MEM is ten batches of 500, enough to
+# fill the runner's pipeline (the reader's batch, 4 queued, the writer's): its steady state
+N_MEM = 5000
 BATCH = 5000
 
 
@@ -319,13 +321,16 @@ async def seed_engine(src: str, docs: list[dict[str, Any]]) -> None:
     progress("e2e: seeding the embedded engine")
     total = N_E2E + N_MEM * 11
     # as `cartridge demo seed` does: a history above the load (the engine rewrites a full one
-    # on every write), compacted afterwards so each warp run opens a small one
+    # on every write), compacted afterwards. Compacted to a short history, not the URL's
+    # default 10,000: the engine loads its whole journal into the client's process when a
+    # stream opens (a real server keeps its oplog to itself), and the seeding's 15,500 events
+    # were ~400,000 live objects in each warp process, most of the cyclic GC's work there
     async with mongo_session(src, history_size=total + 1000, journal_max_bytes=1 << 30) as conn:
         db = conn.database("bench")
         for name, count in (("plain", N_E2E), ("small", N_MEM), ("big", N_MEM * 10)):
             for i in range(0, count, 2000):
                 await db[name].insert_many(docs[i : min(i + 2000, count)])
-    await compact_change_journal(src)
+    await compact_change_journal(f"{src}?history_size=100")
 
 
 async def e2e_memory(server: str, src: str, work: Path) -> dict[str, float]:

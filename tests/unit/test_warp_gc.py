@@ -42,3 +42,31 @@ def test_restored_when_the_runner_fails() -> None:
     except RuntimeError:
         pass
     assert gc.get_threshold() == before
+
+
+def test_start_collects_only_the_young_generation() -> None:
+    """A full collection of the host's heap (a Dagster run worker's: ~350,000 objects, 0.2-0.3 s
+    here) is not paid at each warp start; young cyclic garbage is still collected, not frozen."""
+    import weakref
+
+    class Node:
+        other: object = None
+
+    gc.collect()  # nothing older pending, so what follows is in the young generation
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    generations: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        with young_gc_threshold():
+            assert gone() is None, "the young cycle was collected before the freeze"
+    finally:
+        gc.callbacks.remove(seen)
+    assert generations and max(generations) == 0, generations
