@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -149,6 +150,8 @@ def serve_reports(
     root = (directory or default_report_dir(settings)).resolve()
     root.mkdir(parents=True, exist_ok=True)
     handler = functools.partial(_QuietHandler, directory=str(root))
+    # SIGTERM stops it like Ctrl-C, also when the parent left SIGTERM ignored (inherited)
+    signal.signal(signal.SIGTERM, _interrupt)
     with http.server.ThreadingHTTPServer((host, port), handler) as server:
         bound = server.server_address[1]
         console.print(f"serving {root} at http://{host}:{bound}/ (Ctrl-C stops)")
@@ -156,6 +159,10 @@ def serve_reports(
             server.serve_forever()
         except KeyboardInterrupt:
             console.print("stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -114,4 +114,5 @@ def test_serve_reports(tmp_path: Path) -> None:
         assert b"Cartridge reports" in body
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        rc = proc.wait(timeout=10)
+    assert rc == 0, f"SIGTERM stops it cleanly (rc={rc})"
