@@ -73,7 +73,7 @@ def young_gc_threshold(threshold: int = GC_YOUNG_THRESHOLD) -> Any:
     freeze what the process held before (imports, Dagster's definitions: left out of every
     later collection, where a full one otherwise scans them all and costs ~0.5 s here).
     Only the young generation is collected first: a full collection of the host's heap took
-    0.24 s (plain process, 284,000 objects) to 0.31 s (Dagster run worker, 349,000) of each
+    0.14 s (plain process, 284,000 objects) to 0.20 s (Dagster run worker, 349,000) of each
     warp start and found 20 and ~1,500 garbage objects; those few stay frozen, a bounded
     one-off. Process-wide settings: the last runner to stop restores the threshold; what was
     frozen stays frozen (it was alive before warp started, and unfreezing would also undo

@@ -45,7 +45,7 @@ def test_restored_when_the_runner_fails() -> None:
 
 
 def test_start_collects_only_the_young_generation() -> None:
-    """A full collection of the host's heap (a Dagster run worker's: ~350,000 objects, 0.2-0.3 s
+    """A full collection of the host's heap (a Dagster run worker's: ~350,000 objects, ~0.2 s
     here) is not paid at each warp start; young cyclic garbage is still collected, not frozen."""
     import weakref
 
