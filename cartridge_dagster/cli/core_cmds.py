@@ -140,7 +140,7 @@ def demo_seed(
     schema: Annotated[str | None, typer.Option(help="Schema to seed (default: the first).")] = None,
 ) -> None:
     """Seed the demo source with a deterministic e-commerce dataset."""
-    from cartridge_dagster.connectors.mongo import compact_change_journal, mongo_session
+    from cartridge_dagster.connectors.mongo import mongo_session
     from cartridge_dagster.demo.seed import DemoSizes, seed_demo
 
     if scale <= 0:
@@ -151,11 +151,7 @@ def demo_seed(
 
     async def go() -> None:
         url = settings.source.url()
-        # A history large enough for the whole load (the embedded engine rewrites a full
-        # history on every write), compacted to the configured size afterwards.
-        async with mongo_session(
-            url, history_size=sizes.total + 10_000, journal_max_bytes=1 << 30
-        ) as conn:
+        async with mongo_session(url) as conn:
             db = conn.database(target.source_database)
             existing = await conn.list_collection_names(target.source_database)
             if if_empty and existing:
@@ -178,7 +174,6 @@ def demo_seed(
                     seed=seed,
                     progress=lambda _c, n: progress.advance(task, n),
                 )
-        await compact_change_journal(url)
         console.print(
             "seeded "
             + ", ".join(f"{name}={n}" for name, n in counts.items())

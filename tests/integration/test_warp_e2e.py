@@ -284,7 +284,7 @@ def test_drop_policy_fail_stops_loudly(tmp_path: Any, pg_url: str, mongo_db_name
 
 
 def test_history_lost_policies(tmp_path: Any, pg_url: str, mongo_db_name: str) -> None:
-    url = f"mongoeco://{tmp_path / 'source.sqlite'}?journal_max_bytes=20000&history_size=50"
+    url = f"mongoeco://{tmp_path / 'source.sqlite'}?history_size=50"
     fail = warp_settings(url, pg_url, mongo_db_name, warp={"history_lost_policy": "fail"})
     resnap = warp_settings(url, pg_url, mongo_db_name, warp={"history_lost_policy": "resnapshot"})
 
