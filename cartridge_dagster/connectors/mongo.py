@@ -55,6 +55,7 @@ __all__ = [
     "MongoConnection",
     "aggregate",
     "bson_options",
+    "change_log_event",
     "mongo_session",
     "mongoeco_paths",
     "open_event",
@@ -217,7 +218,7 @@ def _reraise(exc: BaseException) -> Any:
     raise translated from exc
 
 
-def _log_event(entry: LogEntry, database: str | None) -> dict[str, Any] | None:
+def change_log_event(entry: LogEntry, database: str | None) -> dict[str, Any] | None:
     """A change-log entry as a change event (the engine's in-process shape), or None when it
     belongs to another database."""
     try:
@@ -266,7 +267,7 @@ class _LogCursor:
             while self._buffer:
                 entry = self._buffer.popleft()
                 self.position = entry.sequence
-                event = _log_event(entry, self._database)
+                event = change_log_event(entry, self._database)
                 if event is not None:
                     return event
             entries = await asyncio.to_thread(self._log.read, self.position, 512)
