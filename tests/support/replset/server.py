@@ -68,6 +68,14 @@ _DEFAULT_GETMORE = 2000
 _FIRST_BATCH = 101
 #: Stands for ``aggregate: 1`` (a database or deployment stream) past the engine's checks.
 _DB_LEVEL = "$cartridge.db-level-stream"
+#: Commands the engine's wire layer refuses before the server sees them: they travel as a
+#: ``ping`` carrying the real command under ``_STASH``.
+_OWN_COMMANDS = frozenset({"collMod"})
+_STASH = "$cartridgeCommand"
+#: Errors a 4.4+ server labels ``ResumableChangeStreamError`` on a change stream's getMore.
+_RESUMABLE_CODES = frozenset(
+    {6, 7, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436}
+)
 
 
 def _plain_ints(body: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +186,8 @@ class ReplicaSetServer:
                     state.disposition = "suppress"
                     state.expects_reply = False
                 body = _plain_ints(decode_op_msg(header, payload).body)
+                if next(iter(body), None) in _OWN_COMMANDS:  # commands the engine's wire lacks
+                    body = {"ping": 1, "$db": body.get("$db", "admin"), _STASH: body}
                 state.phase = "prepare"
                 return self._executor._build_request_context(
                     body, connection=connection, db_name=None, on_normalized=state.normalized
@@ -247,6 +257,17 @@ class ReplicaSetServer:
     async def _execute(
         self, context: Any, fallback: Callable[[Any], Awaitable[dict[str, Any]]]
     ) -> dict[str, Any]:
+        stashed = context.raw_body.get(_STASH)
+        if isinstance(stashed, dict):
+            import dataclasses
+
+            command = {k: v for k, v in stashed.items() if not k.startswith("$") and k != "lsid"}
+            context = dataclasses.replace(
+                context,
+                command_name=next(iter(stashed)),
+                command_document=command,
+                db_name=str(stashed.get("$db", context.db_name)),
+            )
         name = str(context.command_name)
         try:
             failed = await self._fail_point(name, context)
@@ -311,8 +332,14 @@ class ReplicaSetServer:
                 self._close_connections.add(context.connection.connection_id)
                 return {"ok": 0.0, "errmsg": "connection closed by failCommand"}
             if "errorCode" in data:
-                labels = list(data.get("errorLabels") or [])
-                return _error(int(data["errorCode"]), "FailPoint", "failCommand", labels)
+                code = int(data["errorCode"])
+                if "errorLabels" in data:
+                    labels = list(data["errorLabels"])
+                elif data.get("$labels") and code in _RESUMABLE_CODES:
+                    labels = ["ResumableChangeStreamError"]  # as a 4.4+ server labels them
+                else:
+                    labels = []
+                return _error(code, "FailPoint", "failCommand", labels)
             if not data.get("blockConnection"):
                 return None
         return None
@@ -345,10 +372,14 @@ class ReplicaSetServer:
 
     async def _configure_fail_point(self, context: Any, fallback: Any) -> dict[str, Any]:
         doc = context.command_document
-        if doc.get("configureFailPoint") != "failCommand":
-            raise _CommandError(_error(2, "BadValue", "only the failCommand fail point exists"))
-        mode = doc.get("mode")
+        kind = doc.get("configureFailPoint")
         data = dict(doc.get("data") or {})
+        if kind == "failGetMoreAfterCursorCheckout":  # getMore fails; the cursor stays valid
+            data["failCommands"] = ["getMore"]
+            data["$labels"] = True  # the server labels what a resume fixes
+        elif kind != "failCommand":
+            raise _CommandError(_error(2, "BadValue", f"no fail point {kind!r} here"))
+        mode = doc.get("mode")
         if mode == "off":
             self._fail_points.clear()
             return {"ok": 1.0}
@@ -535,9 +566,9 @@ class ReplicaSetServer:
             pos = token.pos
             if token.fragment:  # inside a split event: the rest of its fragments come first
                 pending = await self._rest_of_split(token, db, coll, full, before, rest)
-        elif isinstance(start_at, Timestamp):
-            try:
-                pos = self.oplog.position_at(start_at)
+        elif start_at is not None:
+            try:  # the engine's wire layer hands over its own Timestamp type
+                pos = self.oplog.position_at(Timestamp(int(start_at.time), int(start_at.inc)))
             except LookupError as exc:
                 raise _CommandError(self._lost(str(exc))) from None
         else:
@@ -754,7 +785,7 @@ class ReplicaSetServer:
         from mongoeco.core.aggregation import apply_pipeline
         from mongoeco.core.codec import DocumentCodec
 
-        internal = DocumentCodec.to_internal(event)
+        internal = dict(DocumentCodec.to_internal(event))  # top level mutable: $project edits it
         out = apply_pipeline([internal], DocumentCodec.to_internal(stream.pipeline))
         if not out:
             return None
@@ -767,6 +798,7 @@ class ReplicaSetServer:
                     "Encountered an event whose _id field, which contains the resume token, was "
                     "modified by the pipeline. Modifying the _id field of an event makes it "
                     "impossible to resume the stream from that point.",
+                    ["NonResumableChangeStreamError"],
                 )
             )
         return result
