@@ -157,6 +157,12 @@ class ChangeLog:
         with self._lock:
             if not self._check_format():
                 return
+            held = self._conn.execute(
+                "SELECT 1 FROM change_outbox_consumers WHERE consumer_id = ?",
+                (RETENTION_CONSUMER,),
+            ).fetchone()
+            if held is not None:  # a read: no write lock needed (writers may hold it)
+                return
             self._conn.execute(
                 "INSERT INTO change_outbox_consumers (consumer_id, checkpoint, durable, "
                 "updated_at_epoch) VALUES (?, 0, 1, CAST(strftime('%s', 'now') AS REAL)) "

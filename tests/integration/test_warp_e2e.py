@@ -430,3 +430,47 @@ def test_snapshot_resumes_per_collection(tmp_path: Any, pg_url: str, mongo_db_na
         await assert_oracle(settings, ["c"])
 
     run(go())
+
+
+def test_replay_supersession_and_parked_letters(
+    mongo_url: str, pg_url: str, mongo_db_name: str
+) -> None:
+    """A letter whose document changed (or went) since is superseded before it is rebuilt,
+    even when it would still fail; one that keeps failing is parked, and parked letters stay
+    visible (status, ``dlq list``) apart from pending ones."""
+    from cartridge_dagster.warp.admin import list_dead_letters, schema_status
+
+    strict = warp_settings(
+        mongo_url,
+        pg_url,
+        mongo_db_name,
+        schema={"dead_letter": {"nul_in_strings": "dead_letter", "max_attempts": 3}},
+    )
+    schema = strict.schemas[0]
+
+    async def go() -> None:
+        async with mongo_session(mongo_url) as conn:
+            db = conn.database(mongo_db_name)
+            await db.items.insert_many([{"_id": "ok", "v": 1}, {"_id": "gone", "s": "a\x00b"}])
+            await db.items.insert_one({"_id": "stuck", "s": "c\x00d"})
+        await run_warp(strict)
+        async with mongo_session(mongo_url) as conn:
+            await conn.database(mongo_db_name).items.delete_one({"_id": "gone"})
+        await run_warp(strict)  # the delete lands: a tombstone newer than the letter
+        first = await replay_dead_letters(pg_url, schema)
+        assert (first.superseded, first.failed, first.parked) == (1, 1, 0), first
+        second = await replay_dead_letters(pg_url, schema)
+        assert (second.superseded, second.failed, second.parked) == (0, 1, 1), second
+        status = await schema_status(pg_url, schema)
+        assert (status.dead_letters, status.parked) == (0, 1)
+        table = next(t for t in status.tables if t.collection == "items")
+        assert (table.dead_letters, table.parked) == (0, 1)
+        open_letters = await list_dead_letters(pg_url, schema.name)
+        assert [(r["document_id"], r["status"]) for r in open_letters] == [("stuck", "parked")]
+        every = await list_dead_letters(pg_url, schema.name, statuses=None)
+        assert {r["document_id"]: r["status"] for r in every} == {
+            "gone": "superseded",
+            "stuck": "parked",
+        }
+
+    run(go())
