@@ -143,7 +143,6 @@ async def test_a_write_without_its_change_is_never_read_past(tmp_path: Path) -> 
             await plain["app"].c.insert_one({"_id": 2})
         await conn.database("app").c.insert_one({"_id": 3})
         with pytest.raises(PositionGap, match=r"position \d+ .* without its change") as caught:
-            for _ in range(5):
-                await stream.try_next()
+            await stream.try_next()
         assert isinstance(caught.value, ResumeTokenLost)  # warp.history_lost_policy applies
         await stream.close()

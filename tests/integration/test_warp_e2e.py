@@ -516,3 +516,34 @@ def test_replay_supersession_and_parked_letters(
         }
 
     run(go())
+
+
+def test_split_large_events_on_the_wire(tmp_path: Any, pg_url: str, mongo_db_name: str) -> None:
+    """A server that splits events over its size limit (``$changeStreamSplitLargeEvent``, the
+    test server with a 4 KiB limit standing for MongoDB's 16 MiB): warp reassembles the
+    fragments, and a restart in the middle of a split event's fragments loses nothing."""
+    from tests.support.replset import start
+
+    server = start(tmp_path / "rs", max_event_bytes=4096)
+    try:
+        settings = warp_settings(server.uri, pg_url, mongo_db_name, batching={"max_batch_size": 3})
+
+        async def go() -> None:
+            async with mongo_session(server.uri) as conn:
+                await conn.database(mongo_db_name).big.insert_one({"_id": 0, "a": "seed"})
+            await run_warp(settings)
+            async with mongo_session(server.uri) as conn:
+                db = conn.database(mongo_db_name)
+                for i in range(1, 8):  # each event ~6 KB: fullDocument and updateDescription
+                    await db.big.insert_one({"_id": i, "a": "x" * 3000, "b": "y" * 3000})
+                    await db.big.update_one({"_id": i}, {"$set": {"a": "z" * 3500}})
+            runner = WarpRunner(settings, settings.schemas[0], stop_when_idle=0.6)
+            summary = await asyncio.wait_for(runner.run(), 120)
+            assert summary.total_applied >= 14
+            assert runner.source is not None and runner.source.merged_splits >= 14
+            await assert_oracle(settings, ["big"])
+            await assert_checkpoint_at_end(settings)
+
+        run(go())
+    finally:
+        server.stop()
