@@ -10,14 +10,13 @@ import asyncpg
 import bson
 
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
-from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.connectors.postgres import pg_connection
-from cartridge_dagster.errors import CartridgeError, TerminalError
+from cartridge_dagster.errors import CartridgeError, TerminalError, redact_url
 from cartridge_dagster.identifiers import qualified, quote_ident
 from cartridge_dagster.landing import CONTROL_SCHEMA, raw_table_name
 from cartridge_dagster.warp.changes import Change, DeadLetter, Transformer
 from cartridge_dagster.warp.sink import POISON_MARK, Sink, setup_jsonb_codec
-from cartridge_dagster.warp.source import SchemaSource
+from cartridge_dagster.warp.sources import open_source
 
 __all__ = [
     "ReplayResult",
@@ -314,10 +313,10 @@ async def validate_schema(settings: CartridgeSettings, schema: SchemaConfig) -> 
     """Check that warp can run ``schema``: source reachable, stream position readable,
     collections in scope, warehouse reachable. Returns lines to print; raises on failure."""
     lines: list[str] = []
-    async with mongo_session(
-        settings.source.url(), timeout_seconds=settings.source.connect_timeout_seconds
-    ) as conn:
-        source = SchemaSource(conn, schema, Transformer(schema))
+    url = settings.source.url()
+    source = await open_source(url, schema, timeout_seconds=settings.source.connect_timeout_seconds)
+    try:
+        await source.check()
         collections = await source.collections()
         try:
             position = await source.position()
@@ -326,13 +325,16 @@ async def validate_schema(settings: CartridgeSettings, schema: SchemaConfig) -> 
         except Exception as exc:  # noqa: BLE001 - turned into one clear error
             raise TerminalError(
                 f"schema {schema.name!r}: cannot open a change stream on "
-                f"{schema.source_database!r}: {type(exc).__name__}: {str(exc)[:200]}",
+                f"{schema.source_database!r}: {type(exc).__name__}: "
+                f"{redact_url(str(exc))[:200]}",
                 hint="change streams need a replica set (or the embedded engine)",
             ) from None
         lines.append(
-            f"source {conn.display_url}: database {schema.source_database!r}, "
+            f"source {redact_url(url)}: database {schema.source_database!r}, "
             f"{len(collections)} collections in scope, stream position {position.base}"
         )
+    finally:
+        await source.close()
     async with pg_connection(settings.destination_url()) as pg:
         version = await pg.fetchval("SHOW server_version")
         lines.append(f"warehouse: PostgreSQL {version}, raw schema {schema.raw_schema!r}")

@@ -42,7 +42,6 @@ from tenacity import (
 )
 
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
-from cartridge_dagster.connectors.mongo import MongoConnection, open_mongo
 from cartridge_dagster.errors import (
     CartridgeError,
     ConnectionFailed,
@@ -54,9 +53,8 @@ from cartridge_dagster.errors import (
 )
 from cartridge_dagster.observability import HealthState, bind_context, get_logger
 from cartridge_dagster.warp import metrics
-from cartridge_dagster.warp.changes import Transformer
 from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, Wipe, is_transient
-from cartridge_dagster.warp.source import SchemaSource
+from cartridge_dagster.warp.sources import Source, open_source, source_kind
 
 #: Allocations between two young-generation collections while warp runs (CPython's default is
 #: 2,000). warp allocates and frees documents by the thousand, nearly all freed by reference
@@ -203,7 +201,7 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _mongo_transient(exc: BaseException) -> bool:
+def _source_transient(exc: BaseException) -> bool:
     if isinstance(exc, ResumeTokenLost):
         return False
     return classify(exc) is TransientError
@@ -218,7 +216,7 @@ class WarpRunner:
         schema: SchemaConfig,
         *,
         pg_url: str | None = None,
-        mongo_url: str | None = None,
+        source_url: str | None = None,
         stop: asyncio.Event | None = None,
         stop_when_idle: float | None = None,
         observer: RunObserver | None = None,
@@ -229,7 +227,9 @@ class WarpRunner:
         self.settings = settings
         self.schema = schema
         self.pg_url = pg_url or settings.destination_url()
-        self.mongo_url = mongo_url or settings.source.url()
+        self.source_url = source_url or settings.source.url()
+        #: The retry side and metric label of the source (``mongodb``, ``postgresql``).
+        self.source_side = source_kind(self.source_url)
         self.stop = stop or asyncio.Event()
         self.stop_when_idle = stop_when_idle
         self.observer: RunObserver = observer or NullObserver()
@@ -243,7 +243,7 @@ class WarpRunner:
         self._writer_busy = False
         self._read_token: dict[str, Any] | None = None
         self.sink: Sink | None = None
-        self.source: SchemaSource | None = None
+        self.source: Source | None = None
 
     # ------------------------------------------------------------------ retries
 
@@ -272,29 +272,28 @@ class WarpRunner:
     def _source_down(self, exc: BaseException) -> ConnectionFailed:
         """The error a runner stops with when the source stays unreachable."""
         return ConnectionFailed(
-            f"schema {self.schema.name!r}: lost the MongoDB source {redact_url(self.mongo_url)} "
+            f"schema {self.schema.name!r}: lost the {self._label} source "
+            f"{redact_url(self.source_url)} "
             f"and could not read from it again in {self.max_retries} attempts "
             f"({type(exc).__name__}: {redact_url(str(exc))[:300]})",
             hint="check that the source is up and reachable from here; warp resumes from its "
             "checkpoint when started again (in Dagster, the supervisor sensor relaunches it)",
         )
 
-    async def _open_source(self) -> MongoConnection:
+    @property
+    def _label(self) -> str:
+        return "PostgreSQL" if self.source_side == "postgresql" else "MongoDB"
+
+    async def _open_source(self) -> Source:
         """Connect to the source, retrying what is transient (an unreachable server, the
         embedded engine's file busy with another process's write)."""
         timeout = self.settings.source.connect_timeout_seconds
         try:
-            async for attempt in self._retrying("mongodb", _mongo_transient):
+            async for attempt in self._retrying(self.source_side, _source_transient):
                 with attempt:
-                    conn = open_mongo(self.mongo_url, timeout_seconds=timeout)
-                    try:
-                        await conn.ping()
-                    except BaseException:
-                        await conn.close()
-                        raise
-                    return conn
+                    return await open_source(self.source_url, self.schema, timeout_seconds=timeout)
         except Exception as exc:
-            if _mongo_transient(exc):
+            if _source_transient(exc):
                 raise ConnectionFailed(
                     f"schema {self.schema.name!r}: {redact_url(str(exc))} (gave up after "
                     f"{self.max_retries} attempts)",
@@ -306,18 +305,18 @@ class WarpRunner:
     async def _source_call[T](self, call: Callable[[], Awaitable[T]]) -> T:
         """One read of the source (its position, its collections), retried when transient."""
         try:
-            async for attempt in self._retrying("mongodb", _mongo_transient):
+            async for attempt in self._retrying(self.source_side, _source_transient):
                 with attempt:
                     return await call()
         except Exception as exc:
-            if _mongo_transient(exc):
+            if _source_transient(exc):
                 raise self._source_down(exc) from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _from_source(
         self,
-        source: SchemaSource,
+        source: Source,
         queue: asyncio.Queue[Any],
         produce: Callable[[], AsyncIterator[Batch]],
         handed: Callable[[Batch], None] | None = None,
@@ -329,7 +328,7 @@ class WarpRunner:
         a batch handed over or a successful read of the stream ends an outage, so a long-lived
         run rides out any number of separate disconnects, and the backoff starts small again."""
         try:
-            async for attempt in self._retrying("mongodb", _mongo_transient):
+            async for attempt in self._retrying(self.source_side, _source_transient):
                 with attempt:
                     reads = source.reads
                     progressed = False
@@ -345,7 +344,7 @@ class WarpRunner:
                             attempt.retry_state.attempt_number = 1  # a new outage
                         raise
         except Exception as exc:
-            if _mongo_transient(exc):
+            if _source_transient(exc):
                 raise self._source_down(exc) from exc
             raise
 
@@ -376,6 +375,9 @@ class WarpRunner:
             finally:
                 self._writer_busy = False
             self._record(batch, result)
+            if batch.token is not None and self.source is not None:
+                # committed: a source that keeps changes for warp may let go of them
+                await self.source.acknowledge(batch.token)
             self.health.checkpointed = True
             self.health.progress()
             self.observer.on_batch(name, batch, result)
@@ -429,9 +431,9 @@ class WarpRunner:
         if batch.token is not None:
             self._read_token = dict(batch.token)
 
-    async def _plan(self, source: SchemaSource, *, sweep: bool) -> Batch:
+    async def _plan(self, source: Source, *, sweep: bool) -> Batch:
         if not sweep:
-            await self._check_database(source)
+            await source.check()
         position = await source.position()
         plan = {
             name: {
@@ -454,21 +456,8 @@ class WarpRunner:
             kind="reset", token=position.token, snapshot=plan, version=position.snapshot_version
         )
 
-    async def _check_database(self, source: SchemaSource) -> None:
-        """A first start on a source database that does not exist is a typo, not an empty
-        source: stop with one clear line instead of streaming nothing forever."""
-        name = self.schema.source_database
-        names = await source.conn.list_database_names()
-        if name not in names:
-            shown = ", ".join(n for n in names if n not in ("admin", "config", "local")) or "none"
-            raise TerminalError(
-                f"schema {self.schema.name!r}: the source has no database {name!r} "
-                f"(it has: {shown})",
-                hint="fix schemas[].source_database, or create the database first",
-            )
-
     async def _snapshot(
-        self, source: SchemaSource, queue: asyncio.Queue[Any], plan: dict[str, dict[str, Any]]
+        self, source: Source, queue: asyncio.Queue[Any], plan: dict[str, dict[str, Any]]
     ) -> None:
         for name in sorted(plan):
             state = plan[name]
@@ -480,7 +469,7 @@ class WarpRunner:
                 await self._copy(source, queue, name, state)
 
     async def _copy(
-        self, source: SchemaSource, queue: asyncio.Queue[Any], name: str, state: dict[str, Any]
+        self, source: Source, queue: asyncio.Queue[Any], name: str, state: dict[str, Any]
     ) -> None:
         """Copy one collection of the snapshot plan. After a transient source error the copy
         continues after the last ``_id`` handed to the writer: rows past it were never queued,
@@ -498,7 +487,7 @@ class WarpRunner:
 
         await self._from_source(source, queue, produce, handed)
 
-    async def _read(self, source: SchemaSource, queue: asyncio.Queue[Any], cp: Checkpoint) -> None:
+    async def _read(self, source: Source, queue: asyncio.Queue[Any], cp: Checkpoint) -> None:
         policy = self.schema.warp.history_lost_policy
         plan = cp.snapshot
         token = cp.resume_token
@@ -533,14 +522,14 @@ class WarpRunner:
                 plan, token = reset.snapshot or {}, dict(reset.token) if reset.token else None
 
     async def _stream(
-        self, source: SchemaSource, queue: asyncio.Queue[Any], token: dict[str, Any] | None
+        self, source: Source, queue: asyncio.Queue[Any], token: dict[str, Any] | None
     ) -> None:
         self._read_token = dict(token) if token else None
         await self._from_source(source, queue, lambda: source.stream(self._read_token, self.stop))
 
     # ------------------------------------------------------------------ control
 
-    async def _watch_stop(self, source: SchemaSource, queue: asyncio.Queue[Any]) -> None:
+    async def _watch_stop(self, source: Source, queue: asyncio.Queue[Any]) -> None:
         reads = source.reads
         while not self.stop.is_set():
             await asyncio.sleep(0.2)
@@ -581,14 +570,13 @@ class WarpRunner:
                         await sink.setup()
                         cp = await sink.acquire()
                 self.health.checkpointed = cp.resume_token is not None
-                conn = await self._open_source()
+                source = await self._open_source()
                 try:
-                    source = SchemaSource(conn, self.schema, Transformer(self.schema))
                     self.source = source
                     source.known.update(sink._tables)
                     await self._pipeline(sink, source, cp)
                 finally:
-                    await conn.close()
+                    await source.close()
                 self.summary.checkpoint = await sink.checkpoint()
             except BaseException as exc:
                 self.health.stopped = type(exc).__name__
@@ -607,7 +595,7 @@ class WarpRunner:
         )
         return self.summary
 
-    async def _pipeline(self, sink: Sink, source: SchemaSource, cp: Checkpoint) -> None:
+    async def _pipeline(self, sink: Sink, source: Source, cp: Checkpoint) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.schema.batching.queue_max_batches)
         writer = asyncio.create_task(self._write(sink, queue), name=f"warp-writer-{cp.schema_name}")
         reader = asyncio.create_task(

@@ -43,6 +43,7 @@ from cartridge_dagster.warp.changes import (
     split_version,
 )
 from cartridge_dagster.warp.sink import Batch, Wipe
+from cartridge_dagster.warp.sources import Position
 
 __all__ = [
     "DropPolicyStop",
@@ -62,16 +63,6 @@ CRUD = frozenset({"insert", "update", "replace", "delete"})
 
 class DropPolicyStop(TerminalError):
     """A collection or the database was dropped or renamed and ``warp.drop_policy`` is ``fail``."""
-
-
-@dataclass(frozen=True)
-class Position:
-    token: dict[str, Any] | None
-    base: int
-
-    @property
-    def snapshot_version(self) -> int:
-        return make_version(self.base, 0)
 
 
 def encode_after(value: Any) -> str:
@@ -96,7 +87,10 @@ def _source_ts(event: Mapping[str, Any]) -> dt.datetime:
 
 @dataclass
 class SchemaSource:
-    """Reads one schema's collections and change stream and produces :class:`Batch`es."""
+    """Reads one schema's collections and change stream and produces :class:`Batch`es: the
+    MongoDB :class:`~cartridge_dagster.warp.sources.Source`."""
+
+    label = "MongoDB"
 
     conn: MongoConnection
     schema: SchemaConfig
@@ -174,6 +168,25 @@ class SchemaSource:
     @property
     def database(self) -> Any:
         return self.conn.database(self.schema.source_database)
+
+    async def check(self) -> None:
+        """A first start on a database that does not exist is a typo, not an empty source:
+        stop with one clear line instead of streaming nothing forever."""
+        name = self.schema.source_database
+        names = await self.conn.list_database_names()
+        if name not in names:
+            shown = ", ".join(n for n in names if n not in ("admin", "config", "local")) or "none"
+            raise TerminalError(
+                f"schema {self.schema.name!r}: the source has no database {name!r} "
+                f"(it has: {shown})",
+                hint="fix schemas[].source_database, or create the database first",
+            )
+
+    async def acknowledge(self, token: Mapping[str, Any]) -> None:
+        """A MongoDB server keeps its oplog by size and time, whoever reads: nothing to do."""
+
+    async def close(self) -> None:
+        await self.conn.close()
 
     # ------------------------------------------------------------------ position
 

@@ -483,6 +483,20 @@ class ReplicaSetServer:
                     self.oplog.disable_images(db, coll_name)
         return result
 
+    async def _list_databases(self, context: Any, fallback: Any) -> dict[str, Any]:
+        """``listDatabases`` from the engine's names (its own command sizes every document and
+        fails on a Decimal128: mongoeco 4.11); sizes are not reported (0)."""
+        names = sorted(await self.client.list_database_names())
+        doc = context.command_document
+        if doc.get("nameOnly"):
+            return {"databases": [{"name": n} for n in names], "ok": 1.0}
+        return {
+            "databases": [{"name": n, "sizeOnDisk": 0, "empty": False} for n in names],
+            "totalSize": 0,
+            "totalSizeMb": 0,
+            "ok": 1.0,
+        }
+
     async def _rename(self, doc: dict[str, Any]) -> dict[str, Any]:
         """``renameCollection`` (sent to admin with full names) through the engine's API."""
         from mongoeco.errors import OperationFailure as EngineFailure
@@ -881,6 +895,7 @@ _HANDLERS: dict[str, Callable[[ReplicaSetServer, Any, Any], Awaitable[dict[str, 
     "isMaster": ReplicaSetServer._hello,
     "ismaster": ReplicaSetServer._hello,
     "configureFailPoint": ReplicaSetServer._configure_fail_point,
+    "listDatabases": ReplicaSetServer._list_databases,
     "insert": ReplicaSetServer._insert,
     "aggregate": ReplicaSetServer._aggregate,
     "getMore": ReplicaSetServer._get_more,
