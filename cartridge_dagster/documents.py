@@ -80,6 +80,7 @@ __all__ = [
     "canonical_id",
     "decode_raw",
     "document_json",
+    "landed_names",
     "raw_document_json",
     "split_event",
     "to_jsonable",
@@ -290,6 +291,31 @@ def _regex(
     return {"$regex": to_jsonable(pattern, policy, stats, path), "$options": _regex_options(value)}
 
 
+def landed_names(keys: list[str]) -> list[tuple[str, PolicyCase | None]]:
+    """The names the fields of one object land under (policy ``nul_in_strings: strip``), in
+    order, with the policy case each name change is counted as (``None``: unchanged).
+
+    A NUL is stripped from a name; a stripped name that another field of the object already
+    has (or that an earlier stripped name took) gets :data:`NUL_KEY_SUFFIX` (``~nul``, then
+    ``~nul2``, …): no field ever lands on top of another."""
+    taken = {k for k in keys if "\x00" not in k}
+    out: list[tuple[str, PolicyCase | None]] = []
+    for key in keys:
+        if "\x00" not in key:
+            out.append((key, None))
+            continue
+        stripped = name = key.replace("\x00", "")
+        case: PolicyCase = "nul_key_stripped"
+        n = 1
+        while name in taken:
+            case = "nul_key_renamed"
+            name = f"{stripped}{NUL_KEY_SUFFIX}{n if n > 1 else ''}"
+            n += 1
+        taken.add(name)
+        out.append((name, case))
+    return out
+
+
 def _object(
     value: Mapping[Any, Any], policy: ValuePolicy, stats: ConversionStats, path: str
 ) -> dict[str, Any]:
@@ -300,26 +326,17 @@ def _object(
             out[key] = to_jsonable(item, policy, stats, _child(path, key))
         return out
     # A NUL in a field name: strip it, never onto the name of another field of this object.
-    taken = {k for k in keys if "\x00" not in k}
-    for key, item in zip(keys, value.values(), strict=True):
-        if "\x00" in key:
-            if policy.nul_in_strings == "dead_letter":
-                raise UnlandableDocument(
-                    f"the field name {key!r} under {path or '(root)'!r} contains a NUL character",
-                    path=path,
-                    reason="nul_in_key",
-                )
-            stripped = name = key.replace("\x00", "")
-            case: PolicyCase = "nul_key_stripped"
-            n = 1
-            while name in taken:
-                case = "nul_key_renamed"
-                name = f"{stripped}{NUL_KEY_SUFFIX}{n if n > 1 else ''}"
-                n += 1
-            taken.add(name)
+    if policy.nul_in_strings == "dead_letter":
+        key = next(k for k in keys if "\x00" in k)
+        raise UnlandableDocument(
+            f"the field name {key!r} under {path or '(root)'!r} contains a NUL character",
+            path=path,
+            reason="nul_in_key",
+        )
+    for (name, case), item in zip(landed_names(keys), value.values(), strict=True):
+        if case is not None:
             stats.note(case, _child(path, name))
-            key = name
-        out[key] = to_jsonable(item, policy, stats, _child(path, key))
+        out[name] = to_jsonable(item, policy, stats, _child(path, name))
     return out
 
 

@@ -39,9 +39,11 @@ from cartridge_dagster.documents import canonical_id
 from cartridge_dagster.errors import CartridgeError, TransientError, classify
 from cartridge_dagster.identifiers import assign_names
 from cartridge_dagster.init.inference import (
+    ARRAY_MARK,
     RESERVED_COLUMNS,
     InferenceOptions,
     Profiler,
+    field_name,
     finalize,
     join_path,
 )
@@ -250,7 +252,7 @@ def _reference_candidates(result: Mapping[str, Any]) -> list[str]:
 def _probe_values(profiler: Profiler, segments: list[str]) -> list[Any]:
     node: Any = profiler.root
     for seg in segments:
-        node = node.elem if seg == "[]" else (node.children or {}).get(seg)
+        node = node.elem if seg == ARRAY_MARK else (node.children or {}).get(field_name(seg))
         if node is None:
             return []
     if not node.distinct:
