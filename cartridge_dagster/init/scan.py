@@ -281,7 +281,10 @@ async def _detect_references(
                 if isinstance(values[0], str) and "string" not in id_types:
                     continue
                 query = {"_id": {"$in": values}}
-                found = await count_documents(db[target], query, name=target)
+                try:
+                    found = await count_documents(db[target], query, name=target)
+                except (pymongo.errors.PyMongoError, sqlite3.Error) as exc:
+                    raise _query_error(exc, db, target, "look up the _ids of a reference") from None
                 ratio = found / len(values)
                 if ratio >= REFERENCE_MIN_MATCH and (best is None or ratio > best[0]):
                     best = (ratio, target)

@@ -28,6 +28,7 @@ from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.identifiers import qualified
 from cartridge_dagster.init.scan import scan_mongo
 from tests.conftest import run
+from tests.support.cli import cartridge
 from tests.support.warp import dead_letters, run_warp, warp_settings
 
 pytestmark = pytest.mark.integration
@@ -195,3 +196,47 @@ def test_hostile_values_are_scanned_and_snapshotted(
         assert "max_document_bytes" in letters[0]["error_message"]
 
     run(go())
+
+
+def test_the_cli_scans_and_snapshots_a_collection_holding_nan(tmp_path: Any, pg_url: str) -> None:
+    """The issue's symptom, as a user meets it: `cartridge scan` and `cartridge warp run` on a
+    collection holding NaN and ±Infinity (embedded engine) exit 0, without a traceback."""
+    url = f"mongoeco://{tmp_path / 'source.sqlite'}"
+    config = tmp_path / "cartridge.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "source": {"connection_string": url},
+                "destination": {"connection_string": pg_url},
+                "state_dir": str(tmp_path / "state"),
+                "schemas": [
+                    {"name": "shop", "source_database": "shop", "warp": {"metrics_port": 0}}
+                ],
+            }
+        )
+    )
+
+    async def seed() -> None:
+        async with mongo_session(url) as conn:
+            await conn.database("shop").readings.insert_many(
+                [{"_id": i, "v": [math.nan, math.inf, -math.inf, 1.0][i % 4]} for i in range(30)]
+            )
+
+    run(seed())
+    scan = cartridge("scan", "--config", str(config))
+    assert scan.returncode == 0 and "Traceback" not in scan.stderr, scan.stdout + scan.stderr
+    assert "new version v0001" in scan.stdout
+    warp = cartridge("warp", "run", "--config", str(config), "--stop-when-idle", "1")
+    assert warp.returncode == 0 and "Traceback" not in warp.stderr, warp.stdout + warp.stderr
+
+    async def landed() -> list[Any]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return list(await conn.fetch("SELECT document->'v' AS v FROM raw_shop.readings"))
+        finally:
+            await conn.close()
+
+    values = sorted(str(r["v"]) for r in run(landed()))
+    assert values == sorted(
+        ['"NaN"', '"Infinity"', '"-Infinity"', "1.0"] * 7 + ['"NaN"', '"Infinity"']
+    )
