@@ -2,7 +2,7 @@
 
 MongoDB: collections smaller than ``sampling.full_scan_below`` (or all, with ``full_scan``) are
 read whole in ``_id`` order. Larger ones are sampled **deterministically** (seeded sampling):
-every ``_id`` is read (only the ``_id``s, over the ``_id`` index), each gets a rank from a
+every ``_id`` is read (a projection: only the ``_id``s travel), each gets a rank from a
 seeded hash of its canonical value, and the documents of the lowest ranks are read in rounds of
 ``sample_size``; with ``adaptive`` sampling, rounds continue while new field paths or types
 still appear, up to ``max_sample_size`` documents. The same data therefore always gives the
