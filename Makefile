@@ -4,13 +4,13 @@ BIN := .venv/bin
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: help install-dev format lint type-check test test-coverage demo bench services-up services-down docs clean
+.PHONY: help install-dev format lint type-check test test-coverage demo bench soak services-up services-down docs clean
 
 help:
 	@echo "make demo          run the Dagster UI on the embedded demo (http://127.0.0.1:3000)"
 	@echo "make test          lint, type-check and run every test (starts its own PostgreSQL)"
 	@echo "make install-dev   create .venv and install from uv.lock"
-	@echo "make format | lint | type-check | test-coverage | bench | docs"
+	@echo "make format | lint | type-check | test-coverage | bench | soak | docs"
 
 install-dev:
 	@scripts/bootstrap.sh
@@ -37,6 +37,9 @@ demo:
 
 bench: install-dev
 	@scripts/bench.sh
+
+soak: install-dev
+	@scripts/soak.sh
 
 docs: install-dev
 	$(BIN)/cartridge docs config --output docs/configuration.md

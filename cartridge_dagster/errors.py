@@ -23,6 +23,7 @@ __all__ = [
     "TerminalError",
     "TransientError",
     "classify",
+    "is_busy_file",
     "redact_url",
 ]
 
@@ -87,11 +88,48 @@ _TRANSIENT_MONGO_LABELS = (
 )
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, the members of an exception group, and what they were raised from."""
+    seen: list[BaseException] = []
+    pending = [exc]
+    while pending and len(seen) < 50:
+        current = pending.pop()
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return seen
+
+
+def is_busy_file(exc: BaseException) -> bool:
+    """True when ``exc`` is, wraps or groups SQLite's "database is locked"/"busy" (the embedded
+    engine's file held by a writer in another process): always worth retrying."""
+    for cause in _causes(exc):
+        if isinstance(cause, sqlite3.OperationalError):
+            text = str(cause).lower()
+            if "locked" in text or "busy" in text:
+                return True
+    return False
+
+
 def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
     """Map a driver exception onto the transient/terminal split.
 
+    A busy embedded-engine file is transient however it is wrapped (an exception group, or
+    raised from another error); an exception group is transient when all its members are.
     Imports are local so the core can classify without importing drivers it does not use.
     """
+    if is_busy_file(exc):
+        return TransientError
+    if isinstance(exc, BaseExceptionGroup):
+        members = exc.exceptions
+        if members and all(classify(m) is TransientError for m in members):
+            return TransientError
+        return TerminalError
     if isinstance(exc, TransientError):
         return TransientError
     if isinstance(exc, TerminalError):
@@ -116,11 +154,6 @@ def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
         if isinstance(exc, pme.PyMongoError) and any(
             exc.has_error_label(label) for label in _TRANSIENT_MONGO_LABELS
         ):
-            return TransientError
-    if isinstance(exc, sqlite3.OperationalError):
-        # The embedded engine's SQLite file is held by a writer in another process.
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
             return TransientError
     try:
         import asyncpg

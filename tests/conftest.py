@@ -12,7 +12,12 @@ import psycopg2
 import pytest
 
 from cartridge_dagster.services.postgres import LocalPostgres
-from tests.support.services import REPO, docker_engine_available, replset_mongo_uri
+from tests.support.services import (
+    REPO,
+    container_replset,
+    docker_engine_available,
+    replset_mongo_uri,
+)
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
@@ -73,12 +78,31 @@ def mongo_url(tmp_path: Path) -> str:
     return f"mongoeco://{tmp_path / 'source.sqlite'}"
 
 
-@pytest.fixture
-def replset_url() -> str:
-    uri, reason = replset_mongo_uri()
-    if uri is None:
-        pytest.skip(reason)
-    return uri
+@pytest.fixture(scope="session")
+def replset_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB replica set, the best available: ``CARTRIDGE_TEST_MONGO_URI``, else a
+    testcontainers ``mongo`` replica set when a Docker engine answers, else the project's
+    replica-set test server (wire protocol on 127.0.0.1, real PyMongo; one per session, a
+    database per test)."""
+    uri, _ = replset_mongo_uri()
+    if uri is not None:
+        yield uri
+        return
+    found = container_replset()
+    if found is not None:
+        uri, container = found
+        try:
+            yield uri
+        finally:
+            container.stop()  # type: ignore[attr-defined]
+        return
+    from tests.support.replset import start
+
+    server = start(tmp_path_factory.mktemp("replset"))
+    try:
+        yield server.uri
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -67,8 +68,11 @@ class DagsterObserver:
         *,
         interval: float,
         cancel_poll_seconds: float = 1.0,
+        open_letters: Callable[[], dict[str, tuple[int, int]]] | None = None,
     ) -> None:
         self.context = context
+        #: Dead letters still open per collection, (pending, parked): read when emitting.
+        self.open_letters = open_letters
         self.schema = schema
         self.interval = interval
         self.cancel_poll = cancel_poll_seconds
@@ -109,9 +113,23 @@ class DagsterObserver:
             self._emitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warp-mat")
         self._emitter.submit(self._emit, events).add_done_callback(self._emitted)
 
-    def _emit(self, events: list[dg.AssetMaterialization]) -> None:
-        for event in events:
-            self.context.log_event(event)
+    def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        letters: dict[str, tuple[int, int]] | None = None
+        if self.open_letters is not None:
+            try:
+                letters = self.open_letters()
+            except Exception as exc:  # noqa: BLE001 - the counts are a report; the data is landed
+                log.warning("warp.dead_letter_counts.failed", error=f"{type(exc).__name__}: {exc}")
+        for table, metadata in events:
+            if letters is not None:
+                pending, parked = letters.get(table, (0, 0))
+                metadata["dead_letters_pending"] = dg.MetadataValue.int(pending)
+                metadata["dead_letters_parked"] = dg.MetadataValue.int(parked)
+            self.context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=raw_key(self.schema.name, table), metadata=metadata
+                )
+            )
 
     @staticmethod
     def _emitted(future: Future[None]) -> None:
@@ -119,8 +137,8 @@ class DagsterObserver:
         if exc is not None:  # the data and checkpoint are committed; only the report is lost
             log.warning("warp.materialization.failed", error=f"{type(exc).__name__}: {exc}")
 
-    def _due(self, *, force: bool) -> list[dg.AssetMaterialization]:
-        events: list[dg.AssetMaterialization] = []
+    def _due(self, *, force: bool) -> list[tuple[str, dict[str, Any]]]:
+        events: list[tuple[str, dict[str, Any]]] = []
         now = time.monotonic()
         for table in sorted(set(self.pending) | set(self.pending_dead)):
             if not force and now - self.last_emit.get(table, 0.0) < self.interval:
@@ -137,11 +155,7 @@ class DagsterObserver:
             }
             if self.lag is not None:
                 metadata["lag_seconds"] = dg.MetadataValue.float(round(self.lag, 3))
-            events.append(
-                dg.AssetMaterialization(
-                    asset_key=raw_key(self.schema.name, table), metadata=metadata
-                )
-            )
+            events.append((table, metadata))
         return events
 
     def should_stop(self) -> bool:
@@ -179,6 +193,36 @@ class DagsterObserver:
             self._poller.join(timeout=5)
 
 
+class DeadLetterCounts:
+    """Open dead letters per collection, ``(pending, parked)``, read from the warehouse on the
+    materialization thread (one short query per emit, one connection kept)."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.url = url
+        self.schema = schema
+        self._conn: Any = None
+
+    def __call__(self) -> dict[str, tuple[int, int]]:
+        import psycopg2
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self.url, connect_timeout=5)
+            self._conn.autocommit = True
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT collection, count(*) FILTER (WHERE status = 'pending'), "
+                "count(*) FILTER (WHERE status = 'parked') FROM cartridge_warp.dead_letters "
+                "WHERE schema_name = %s AND status IN ('pending', 'parked') GROUP BY collection",
+                (self.schema,),
+            )
+            return {str(c): (int(p), int(k)) for c, p, k in cur.fetchall()}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
     name = warp_job_name(schema.name)
 
@@ -186,7 +230,13 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
     def run_warp(context: dg.OpExecutionContext, config: WarpRunConfig, warp: WarpResource) -> None:
         settings = warp.settings()
         cfg = settings.get_schema(schema.name)
-        observer = DagsterObserver(context, cfg, interval=cfg.warp.materialization_interval_seconds)
+        counts = DeadLetterCounts(settings.destination_url(), schema.name)
+        observer = DagsterObserver(
+            context,
+            cfg,
+            interval=cfg.warp.materialization_interval_seconds,
+            open_letters=counts,
+        )
         runner = warp.runner(
             schema.name,
             stop_when_idle=config.stop_when_idle_seconds,
@@ -212,6 +262,7 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             if server is not None:
                 server.stop()
         observer.flush(force=True)
+        counts.close()
         cp = summary.checkpoint
         context.log.info(
             f"warp {schema.name} stopped ({summary.stop_reason}): {summary.total_applied} "
@@ -292,15 +343,20 @@ def _checks(schema: SchemaConfig, keys: list[dg.AssetKey]) -> dg.AssetChecksDefi
                 )
             else:
                 dead = table.dead_letters if table else 0
+                parked = table.parked if table else 0
                 yield dg.AssetCheckResult(
                     asset_key=key.asset_key,
                     check_name=key.name,
-                    passed=dead == 0,
-                    metadata={"pending_dead_letters": dg.MetadataValue.int(dead)},
+                    passed=dead == 0 and parked == 0,
+                    metadata={
+                        "pending_dead_letters": dg.MetadataValue.int(dead),
+                        "parked_dead_letters": dg.MetadataValue.int(parked),
+                    },
                     description=(
                         None
-                        if dead == 0
-                        else "see `cartridge warp dlq list`; fix and `cartridge warp dlq replay`"
+                        if dead == 0 and parked == 0
+                        else "see `cartridge warp dlq list`; fix and `cartridge warp dlq replay` "
+                        "(parked letters failed replay dead_letter.max_attempts times)"
                     ),
                 )
 

@@ -147,7 +147,7 @@ def demo_seed(
     schema: Annotated[str | None, typer.Option(help="Schema to seed (default: the first).")] = None,
 ) -> None:
     """Seed the demo source with a deterministic e-commerce dataset."""
-    from cartridge_dagster.connectors.mongo import compact_change_journal, mongo_session
+    from cartridge_dagster.connectors.mongo import mongo_session
     from cartridge_dagster.demo.seed import DemoSizes, existing_documents, reset_demo, seed_demo
 
     if scale <= 0:
@@ -158,11 +158,7 @@ def demo_seed(
 
     async def go() -> None:
         url = settings.source.url()
-        # A history large enough for the whole load (the embedded engine rewrites a full
-        # history on every write), compacted to the configured size afterwards.
-        async with mongo_session(
-            url, history_size=sizes.total + 10_000, journal_max_bytes=1 << 30
-        ) as conn:
+        async with mongo_session(url) as conn:
             db = conn.database(target.source_database)
             existing = await existing_documents(conn, db)
             if existing and not reset:  # --if-empty or not: never seed over data
@@ -191,7 +187,6 @@ def demo_seed(
                     seed=seed,
                     progress=lambda _c, n: progress.advance(task, n),
                 )
-        await compact_change_journal(url)
         console.print(
             "seeded "
             + ", ".join(f"{name}={n}" for name, n in counts.items())

@@ -154,10 +154,20 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
             f"[bold]{s.name}[/]: epoch {st.epoch}, version {st.version}, "
             f"snapshot {'done' if st.snapshot_done else 'in progress'}, "
             f"{st.events_applied} changes applied, lag {_fmt_lag(st.lag_seconds)}, "
-            f"{st.dead_letters} dead letters, updated {st.updated_at}"
+            f"{st.dead_letters} dead letters pending, {st.parked} parked, updated {st.updated_at}"
         )
         table = Table(show_header=True)
-        for col in ("collection", "table", "live", "deleted", "applied", "version", "lag", "dead"):
+        for col in (
+            "collection",
+            "table",
+            "live",
+            "deleted",
+            "applied",
+            "version",
+            "lag",
+            "dead",
+            "parked",
+        ):
             table.add_column(col)
         for t in st.tables:
             table.add_row(
@@ -169,6 +179,7 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
                 str(t.version),
                 _fmt_lag(t.lag_seconds),
                 str(t.dead_letters),
+                str(t.parked),
             )
         console.print(table)
 
@@ -177,13 +188,13 @@ def dlq_list(
     config: ConfigOption = None,
     schema: SchemaOption = None,
     all_statuses: Annotated[
-        bool, typer.Option("--all", help="Include replayed, superseded and parked letters.")
+        bool, typer.Option("--all", help="Include replayed and superseded letters.")
     ] = False,
     limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 100,
     show_event: Annotated[bool, typer.Option("--show-event", help="Print the raw event.")] = False,
 ) -> None:
-    """List dead letters (pending by default)."""
-    from cartridge_dagster.warp.admin import list_dead_letters
+    """List dead letters that need something (pending and parked; --all for every one)."""
+    from cartridge_dagster.warp.admin import OPEN_STATUSES, list_dead_letters
 
     settings = load(config)
     for s in _schemas(settings, schema, "multi"):
@@ -191,7 +202,7 @@ def dlq_list(
             list_dead_letters(
                 settings.destination_url(),
                 s.name,
-                status=None if all_statuses else "pending",
+                statuses=None if all_statuses else OPEN_STATUSES,
                 limit=limit,
             )
         )

@@ -5,45 +5,65 @@
 engine's in-process async client over a SQLite file. The rest of Cartridge uses
 :class:`MongoConnection` and :class:`ChangeStream` and never asks which one it got.
 
-Embedded engine notes (mongoeco 4.11): change events persist, and become visible to other
-processes, only through a journal file, which this module always configures next to the SQLite
-file (``PATH.changes.*``); a stream sees another process's writes when it is re-opened from its
-last token, so :class:`ChangeStream` re-opens itself when idle. The journal is capped: resuming
-from a token older than the cap raises an ``OperationFailure`` without code 286, which this module
-maps to :class:`~cartridge_dagster.errors.ResumeTokenLost` like the real server's code 286.
-Query options on the URL: ``journal_max_bytes`` (default 4 MiB) and ``history_size``
-(default 10000 events): a new client loads the retained history, so keep it modest.
+Embedded engine notes (mongoeco 4.11): change streams on a file are read from the engine's
+transactional change log (:mod:`cartridge_dagster.connectors.mongoeco_log`), which holds every
+process's writes in commit order; a stream registers a durable consumer there and acknowledges
+Clients opened here keep one change stream open, so the engine records each write's change
+(without one it records a gap), and make the engine keep its newest changes for any reader.
+Query option on the URL: ``history_size`` (default 10000): how many changes the engine keeps
+(an oplog's size); a stream resumed from further back gets
+:class:`~cartridge_dagster.errors.ResumeTokenLost` (as a real server's code 286).
+``mongoeco://:memory:`` streams in process only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
+import orjson
+
+from cartridge_dagster.connectors.mongoeco_log import (
+    ChangeLog,
+    LogEntry,
+    decode_token,
+    encode_token,
+)
 from cartridge_dagster.errors import (
+    CartridgeError,
     ConfigError,
     ConnectionFailed,
     ResumeTokenLost,
+    TerminalError,
+    TransientError,
+    classify,
+    is_busy_file,
     redact_url,
 )
+from cartridge_dagster.observability import get_logger
 
 __all__ = [
     "ChangeStream",
     "MongoConnection",
     "aggregate",
     "bson_options",
-    "compact_change_journal",
+    "change_log_event",
     "mongo_session",
     "mongoeco_paths",
     "open_event",
     "open_mongo",
     "raw_database",
 ]
+
+log_ = get_logger("cartridge.connectors.mongo")
 
 #: Change event fields kept as raw BSON by :func:`open_event` (converted to JSON in C).
 RAW_EVENT_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange"})
@@ -134,20 +154,19 @@ def bson_options() -> Any:
     return BSON_OPTIONS
 
 
-DEFAULT_JOURNAL_MAX_BYTES = 4 * 1024 * 1024
 DEFAULT_HISTORY_SIZE = 10_000
+#: Changes a client's in-process hub keeps (only ``:memory:`` streams read it).
+_HUB_HISTORY = 64
 
 
 @dataclass(frozen=True)
 class MongoecoPaths:
     database: str  # SQLite file, or ":memory:"
-    journal: str | None
-    journal_max_bytes: int
     history_size: int
 
 
 def mongoeco_paths(url: str) -> MongoecoPaths:
-    """Parse ``mongoeco://PATH[?journal_max_bytes=N&history_size=N]``.
+    """Parse ``mongoeco://PATH[?history_size=N]``.
 
     ``PATH`` is a file path, relative to the working directory unless absolute
     (``mongoeco:///abs/file.sqlite`` or ``mongoeco://rel/file.sqlite``).
@@ -155,22 +174,22 @@ def mongoeco_paths(url: str) -> MongoecoPaths:
     rest = url.split("://", 1)[1]
     path, _, query = rest.partition("?")
     params = {k: v[-1] for k, v in parse_qs(query).items()}
-    unknown = set(params) - {"journal_max_bytes", "history_size"}
+    unknown = set(params) - {"history_size"}
     if unknown:
-        raise ConfigError(f"mongoeco URL: unknown option(s) {sorted(unknown)}")
+        raise ConfigError(
+            f"mongoeco URL: unknown option(s) {sorted(unknown)}; the one option is history_size"
+        )
     try:
-        max_bytes = int(params.get("journal_max_bytes", DEFAULT_JOURNAL_MAX_BYTES))
         history = int(params.get("history_size", DEFAULT_HISTORY_SIZE))
     except ValueError:
-        raise ConfigError(
-            "mongoeco URL: journal_max_bytes and history_size must be integers"
-        ) from None
+        raise ConfigError("mongoeco URL: history_size must be an integer") from None
+    if history < 1:
+        raise ConfigError("mongoeco URL: history_size must be at least 1")
     if not path:
         raise ConfigError("mongoeco URL needs a path: mongoeco://PATH/TO/source.sqlite")
     if path == ":memory:":
-        return MongoecoPaths(":memory:", None, max_bytes, history)
-    file = str(Path(path).expanduser().resolve())
-    return MongoecoPaths(file, file + ".changes", max_bytes, history)
+        return MongoecoPaths(":memory:", history)
+    return MongoecoPaths(str(Path(path).expanduser().resolve()), history)
 
 
 def _translate_error(exc: BaseException) -> BaseException:
@@ -199,32 +218,69 @@ def _reraise(exc: BaseException) -> Any:
     raise translated from exc
 
 
-async def _open_embedded_reader(url: str, attempts: int = 20) -> MongoConnection:
-    """A new embedded-engine client, retrying the engine's journal-load race.
+def change_log_event(entry: LogEntry, database: str | None) -> dict[str, Any] | None:
+    """A change-log entry as a change event (the engine's in-process shape), or None when it
+    belongs to another database."""
+    try:
+        payload = orjson.loads(entry.payload)  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        payload = json.loads(entry.payload)  # type: ignore[arg-type]  # NaN/Infinity literals
+    if database is not None and payload.get("db_name") != database:
+        return None
+    from mongoeco.core.codec import DocumentCodec
 
-    A writer in another process compacts the journal (rewrites the snapshot and removes the
-    event log) while this client reads it; mongoeco 4.11 then fails the load with
-    ``FileNotFoundError``. The next attempt reads the compacted journal.
-    """
-    from mongoeco.errors import OperationFailure as EmbeddedOperationFailure
+    if "$mongoeco" in entry.payload:  # type: ignore[operator]
+        payload = DocumentCodec.decode(payload, preserve_bson_wrappers=True)
+    payload = DocumentCodec.to_pymongo(payload)
+    op = payload["operation_type"]
+    event: dict[str, Any] = {
+        "_id": encode_token(entry.sequence),
+        "operationType": op,
+        "ns": {"db": payload["db_name"], "coll": payload["coll_name"]},
+        "documentKey": payload["document_key"],
+        "clusterTime": entry.sequence,
+    }
+    full = payload.get("full_document")
+    if full is not None and op != "delete":
+        event["fullDocument"] = full
+    if payload.get("update_description") is not None:
+        event["updateDescription"] = payload["update_description"]
+    return event
 
-    for attempt in range(attempts):
-        try:
-            # The client's constructor loads the journal; connect() opens the engine.
-            conn = open_mongo(url)
-            await conn.connect()
-            return conn
-        except (FileNotFoundError, EmbeddedOperationFailure) as exc:
-            if isinstance(exc, EmbeddedOperationFailure) and "journal" not in str(exc):
-                raise
-            if attempt == attempts - 1:
-                # Still racing a writer: transient for the caller's retry policy.
-                raise ConnectionFailed(
-                    f"the embedded engine at {redact_url(url)} could not load its change "
-                    f"journal after {attempts} attempts: {type(exc).__name__}: {exc}"
-                ) from exc
-            await asyncio.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+
+class _LogCursor:
+    """A change stream over the embedded engine's change log, from a position on."""
+
+    #: How often an idle cursor looks for new changes (another process's writes included).
+    POLL_SECONDS = 0.025
+
+    def __init__(self, log: ChangeLog, database: str | None, after: int, max_await_ms: int) -> None:
+        self._log = log
+        self._database = database
+        self.position = after
+        self._max_await = max_await_ms / 1000
+        self._buffer: collections.deque[LogEntry] = collections.deque()
+
+    async def try_next(self) -> dict[str, Any] | None:
+        deadline = time.monotonic() + self._max_await
+        while True:
+            while self._buffer:
+                entry = self._buffer.popleft()
+                self.position = entry.sequence
+                event = change_log_event(entry, self._database)
+                if event is not None:
+                    return event
+            entries = await asyncio.to_thread(self._log.read, self.position, 512)
+            if entries:
+                self._buffer.extend(entries)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(self.POLL_SECONDS, remaining))
+
+    def close(self) -> None:
+        self._buffer.clear()
 
 
 class ChangeStream:
@@ -232,8 +288,8 @@ class ChangeStream:
 
     ``try_next()`` returns the next event or ``None`` when nothing arrived within
     ``max_await_time_ms``; ``resume_token`` is the position after the last returned event (or
-    the server's post-batch token while idle, where the driver has one).
-    """
+    the server's post-batch token while idle, where the driver has one). On the embedded
+    engine's file the stream reads the engine's change log (:class:`ChangeLog`)."""
 
     def __init__(
         self,
@@ -260,30 +316,21 @@ class ChangeStream:
         self._full_document = full_document
         self._max_await_ms = max_await_time_ms
         self._cursor: Any = None
-        self._stream_conn: MongoConnection | None = None
         self._last_token: dict[str, Any] | None = None
-        self._idle_polls = 0
 
-    def _embedded_position(self, client: Any) -> dict[str, Any]:
-        """The embedded engine's current position as a resume token (no event needed)."""
-        state = client.change_stream_state()
-        return {"_data": str(max(int(state["nextToken"]) - 1, 0))}
+    async def _open_log(self, log: ChangeLog) -> None:
+        start = self._last_token or self._start_after or self._resume_after
+        after = decode_token(start) if start is not None else None
+        position = await asyncio.to_thread(log.position, after)
+        self._cursor = _LogCursor(log, self._database, position, self._max_await_ms)
+        self._last_token = encode_token(position)
 
     async def _open(self) -> None:
+        log = self._conn.change_log()
+        if log is not None:
+            await self._open_log(log)
+            return
         client = self._conn.client
-        if self._conn.kind == "mongoeco":
-            # The embedded engine loads other processes' events from its journal only when a
-            # client is created: stream through a private client, re-created when idle.
-            self._stream_conn = await _open_embedded_reader(self._conn._url)
-            client = self._stream_conn.client
-        if (
-            self._conn.kind == "mongoeco"
-            and self._last_token is None
-            and self._start_after is None
-            and self._resume_after is None
-        ):
-            # Pin "now" to a token, so re-opening when idle never skips an event.
-            self._last_token = self._embedded_position(client)
         kwargs: dict[str, Any] = {"max_await_time_ms": self._max_await_ms}
         if self._full_document != "default":
             kwargs["full_document"] = self._full_document
@@ -303,7 +350,7 @@ class ChangeStream:
                 self._cursor = target.watch(self._pipeline, **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised, translated when recognised
             _reraise(exc)
-        if self._last_token is None and self._conn.kind == "pymongo":
+        if self._last_token is None:
             token = getattr(self._cursor, "resume_token", None)
             if token is not None:
                 self._last_token = dict(token)
@@ -321,19 +368,15 @@ class ChangeStream:
             event = await self._cursor.try_next()
         except Exception as exc:  # noqa: BLE001 - re-raised, translated when recognised
             _reraise(exc)
+        if isinstance(self._cursor, _LogCursor):
+            self._last_token = encode_token(self._cursor.position)
         if event is not None:
-            self._idle_polls = 0
             event = open_event(event)
             self._last_token = dict(event["_id"])
             return event  # type: ignore[no-any-return]
-        if self._conn.kind == "pymongo":
-            token = getattr(self._cursor, "resume_token", None)
-            if token is not None:
-                self._last_token = dict(token)
-        else:
-            # The embedded engine shows other processes' writes only to a re-opened stream.
-            self._idle_polls += 1
-            await self._close_cursor()
+        token = getattr(self._cursor, "resume_token", None)
+        if token is not None:
+            self._last_token = dict(token)
         return None
 
     @property
@@ -342,18 +385,12 @@ class ChangeStream:
             return self._last_token
         return self._start_after or self._resume_after
 
-    async def _close_cursor(self) -> None:
+    async def close(self) -> None:
         cursor, self._cursor = self._cursor, None
         if cursor is not None:
             result = cursor.close()
             if asyncio.iscoroutine(result):
                 await result
-        stream_conn, self._stream_conn = self._stream_conn, None
-        if stream_conn is not None:
-            await stream_conn.close()
-
-    async def close(self) -> None:
-        await self._close_cursor()
 
     async def __aenter__(self) -> ChangeStream:
         return self
@@ -371,14 +408,43 @@ class MongoConnection:
     display_url: str
     _url: str = field(default="", repr=False)
     _closed: bool = field(default=False, repr=False)
+    #: The embedded engine's SQLite file (None: a server, or ``:memory:``).
+    _path: str | None = field(default=None, repr=False)
+    _log: ChangeLog | None = field(default=None, repr=False)
+    _publisher: Any = field(default=None, repr=False)
+    _connected: bool = field(default=False, repr=False)
 
     def database(self, name: str) -> Any:
         return self.client[name]
 
     async def connect(self) -> None:
         """Open the underlying client (the embedded engine must be connected before use)."""
-        if self.kind == "mongoeco":
+        if self.kind == "mongoeco" and not self._connected:
             await self.client.__aenter__()
+            self._connected = True
+            if self._path is not None:
+                # An open stream makes the engine record every write's change in its change
+                # log (without one it records a gap, which no reader can get past).
+                self._publisher = self.client.watch(max_await_time_ms=0)
+                log = self.change_log()
+                assert log is not None
+                await asyncio.to_thread(log.hold)
+
+    def change_log(self) -> ChangeLog | None:
+        """The embedded engine's change log (a file-backed embedded engine only)."""
+        if self._path is None:
+            return None
+        if self._log is None:
+            self._log = ChangeLog(self._path)
+        return self._log
+
+    async def position(self) -> dict[str, Any] | None:
+        """The embedded engine's newest change as a resume token (None: a server, which gives
+        its position through a change stream)."""
+        log = self.change_log()
+        if log is None:
+            return None
+        return encode_token(await asyncio.to_thread(log.position, None))
 
     async def ping(self) -> None:
         try:
@@ -388,10 +454,7 @@ class MongoConnection:
             else:
                 await self.client.server_info()
         except Exception as exc:  # noqa: BLE001 - mapped to one clear error
-            raise ConnectionFailed(
-                f"cannot reach MongoDB at {self.display_url}: {type(exc).__name__}: "
-                f"{redact_url(str(exc))[:300]}"
-            ) from None
+            raise _ping_error(self.display_url, exc) from None
 
     async def list_collection_names(self, database: str) -> list[str]:
         names = await self.client[database].list_collection_names()
@@ -435,6 +498,12 @@ class MongoConnection:
         if self._closed:
             return
         self._closed = True
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         result = self.client.close()
         if asyncio.iscoroutine(result):
             await result
@@ -447,20 +516,35 @@ class MongoConnection:
         await self.close()
 
 
+#: Server error codes that retrying cannot fix: wrong credentials, missing privileges.
+_AUTH_CODES = frozenset({13, 18, 8000})
+
+
+def _ping_error(display_url: str, exc: BaseException) -> CartridgeError:
+    """The one error a failed first contact maps onto: terminal for credentials, transient
+    (retried) for a busy embedded file, "cannot reach" otherwise."""
+    detail = f"{type(exc).__name__}: {redact_url(str(exc))[:300]}"
+    code = getattr(exc, "code", None)
+    if code in _AUTH_CODES or "authentication failed" in str(exc).lower():
+        return TerminalError(
+            f"MongoDB at {display_url} refused the credentials: {detail}",
+            hint="check the user, password and authSource in source.connection_string",
+        )
+    if classify(exc) is TransientError and is_busy_file(exc):
+        return ConnectionFailed(f"the embedded engine at {display_url} is busy: {detail}")
+    return ConnectionFailed(f"cannot reach MongoDB at {display_url}: {detail}")
+
+
 def open_mongo(
     url: str,
     *,
     timeout_seconds: float = 10.0,
     history_size: int | None = None,
-    journal_max_bytes: int | None = None,
 ) -> MongoConnection:
     """Open a client for ``url`` (no I/O happens until first use; call ``ping()`` to check).
 
-    Every embedded-engine client records change events in the journal: the engine's outbox
-    refuses a journaled client after unjournaled writes, so there is no way around it. Once the
-    retained history is full, the engine rewrites it on every write, so bulk loads pass a
-    ``history_size`` above their size and compact afterwards (:func:`compact_change_journal`).
-    """
+    ``history_size`` overrides the URL's: how many changes an embedded engine keeps behind its
+    slowest consumer when this client writes."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     display = redact_url(url)
     if scheme in ("mongodb", "mongodb+srv"):
@@ -492,24 +576,16 @@ def open_mongo(
                 "mongoeco:// needs the embedded engine: pip install 'cartridge-dagster[demo]'"
             ) from None
         paths = mongoeco_paths(url)
-        if history_size is not None or journal_max_bytes is not None:
-            paths = MongoecoPaths(
-                paths.database,
-                paths.journal,
-                journal_max_bytes or paths.journal_max_bytes,
-                history_size or paths.history_size,
-            )
+        history = history_size or paths.history_size
         if paths.database == ":memory:":
-            client = AsyncMongoClient(change_stream_history_size=paths.history_size)
-        else:
-            Path(paths.database).parent.mkdir(parents=True, exist_ok=True)
-            client = AsyncMongoClient(
-                SQLiteEngine(paths.database),
-                change_stream_history_size=paths.history_size,
-                change_stream_journal_path=paths.journal,
-                change_stream_journal_max_bytes=paths.journal_max_bytes,
-            )
-        return MongoConnection("mongoeco", client, display, url)
+            client = AsyncMongoClient(change_stream_history_size=history)
+            return MongoConnection("mongoeco", client, display, url)
+        Path(paths.database).parent.mkdir(parents=True, exist_ok=True)
+        client = AsyncMongoClient(
+            SQLiteEngine(paths.database, change_outbox_max_entries=history),
+            change_stream_history_size=_HUB_HISTORY,
+        )
+        return MongoConnection("mongoeco", client, display, url, _path=paths.database)
     raise ConfigError(
         f"unsupported MongoDB URL {display}: use mongodb://, mongodb+srv:// or mongoeco://PATH"
     )
@@ -519,7 +595,7 @@ def open_mongo(
 async def mongo_session(url: str, *, timeout_seconds: float = 10.0, **options: Any) -> Any:
     """``async with mongo_session(url) as conn:`` — opens, pings, always closes.
 
-    ``options`` go to :func:`open_mongo` (``history_size``, ``journal_max_bytes``).
+    ``options`` go to :func:`open_mongo` (``history_size``).
     """
     conn = open_mongo(url, timeout_seconds=timeout_seconds, **options)
     try:
@@ -535,20 +611,3 @@ async def aggregate(collection: Any, pipeline: Sequence[Mapping[str, Any]], **kw
     if asyncio.iscoroutine(cursor) or hasattr(cursor, "__await__"):
         cursor = await cursor
     return cursor
-
-
-async def compact_change_journal(url: str) -> None:
-    """Rewrite the embedded engine's journal down to the URL's ``history_size`` (after a bulk
-    load), so later clients load a small history. A no-op for a real server."""
-    conn = open_mongo(url)
-    if conn.kind != "mongoeco":
-        await conn.close()
-        return
-    try:
-        await conn.connect()
-        # mongoeco 4.11 has no public compaction call on the client; its hub has one.
-        hub = getattr(conn.client, "_change_hub", None)
-        if hub is not None and hasattr(hub, "compact_journal"):
-            hub.compact_journal()
-    finally:
-        await conn.close()

@@ -41,7 +41,8 @@ class TableStatus:
     events_applied: int
     last_source_ts: dt.datetime | None
     lag_seconds: float | None
-    dead_letters: int
+    dead_letters: int  # pending: replay may still land them
+    parked: int = 0  # failed replay dead_letter.max_attempts times: a person must act
 
 
 @dataclass
@@ -56,7 +57,8 @@ class SchemaStatus:
     events_applied: int = 0
     updated_at: dt.datetime | None = None
     lag_seconds: float | None = None
-    dead_letters: int = 0
+    dead_letters: int = 0  # pending
+    parked: int = 0
     tables: list[TableStatus] = field(default_factory=list)
 
 
@@ -76,14 +78,15 @@ async def schema_status(pg_url: str, schema: SchemaConfig) -> SchemaStatus:
         if cp is None:
             return SchemaStatus(schema.name, exists=False)
         snap = cp["snapshot"] or {}
-        dead_by = {
-            r["collection"]: int(r["n"])
-            for r in await conn.fetch(
-                f"SELECT collection, count(*) AS n FROM {CS}.dead_letters "
-                "WHERE schema_name = $1 AND status = 'pending' GROUP BY collection",
-                schema.name,
-            )
-        }
+        dead_by: dict[str, int] = {}
+        parked_by: dict[str, int] = {}
+        for r in await conn.fetch(
+            f"SELECT collection, status, count(*) AS n FROM {CS}.dead_letters "
+            "WHERE schema_name = $1 AND status IN ('pending', 'parked') "
+            "GROUP BY collection, status",
+            schema.name,
+        ):
+            (dead_by if r["status"] == "pending" else parked_by)[r["collection"]] = int(r["n"])
         status = SchemaStatus(
             schema.name,
             exists=True,
@@ -95,6 +98,7 @@ async def schema_status(pg_url: str, schema: SchemaConfig) -> SchemaStatus:
             events_applied=int(cp["events_applied"]),
             updated_at=cp["updated_at"],
             dead_letters=sum(dead_by.values()),
+            parked=sum(parked_by.values()),
         )
         if cp["last_source_ts"] is not None:
             status.lag_seconds = max(0.0, (cp["updated_at"] - cp["last_source_ts"]).total_seconds())
@@ -119,14 +123,24 @@ async def schema_status(pg_url: str, schema: SchemaConfig) -> SchemaStatus:
                     last_source_ts=last,
                     lag_seconds=(row["updated_at"] - last).total_seconds() if last else None,
                     dead_letters=dead_by.get(row["collection"], 0),
+                    parked=parked_by.get(row["collection"], 0),
                 )
             )
         return status
 
 
+#: The statuses of letters that still need something: replay (pending) or a person (parked).
+OPEN_STATUSES = ("pending", "parked")
+
+
 async def list_dead_letters(
-    pg_url: str, schema: str, *, status: str | None = "pending", limit: int = 100
+    pg_url: str,
+    schema: str,
+    *,
+    statuses: tuple[str, ...] | None = OPEN_STATUSES,
+    limit: int = 100,
 ) -> list[dict[str, Any]]:
+    """Dead letters of ``schema`` in ``statuses`` (None: all), oldest first."""
     async with pg_connection(pg_url) as conn:
         await setup_jsonb_codec(conn)
         if not await _control_exists(conn):
@@ -134,9 +148,10 @@ async def list_dead_letters(
         rows = await conn.fetch(
             f"SELECT id, collection, document_id, op, version, error_class, error_message, "
             f"attempts, status, last_failed_at, raw_event_json FROM {CS}.dead_letters "
-            "WHERE schema_name = $1 AND ($2::text IS NULL OR status = $2) ORDER BY id LIMIT $3",
+            "WHERE schema_name = $1 AND ($2::text[] IS NULL OR status = ANY($2)) "
+            "ORDER BY id LIMIT $3",
             schema,
-            status,
+            list(statuses) if statuses is not None else None,
             limit,
         )
         return [dict(r) for r in rows]
@@ -149,6 +164,38 @@ class ReplayResult:
     failed: int = 0
     parked: int = 0
     ids: list[int] = field(default_factory=list)
+
+
+async def _superseded(conn: asyncpg.Connection, schema: SchemaConfig, row: asyncpg.Record) -> bool:
+    """Whether a change at least as new as the letter's landed for its document: a row (live
+    or soft-deleted) or a hard delete's tombstone. A letter without a document id (its ``_id``
+    could not be read) is never superseded."""
+    doc_id = row["document_id"]
+    if doc_id is None:
+        return False
+    version = int(row["version"])
+    collection = str(row["collection"])
+    name = await conn.fetchval(
+        f"SELECT table_name FROM {CS}.name_map WHERE schema_name = $1 AND collection = $2",
+        schema.name,
+        collection,
+    )
+    if name is not None:
+        landed = await conn.fetchval(
+            f"SELECT _cartridge_version FROM {qualified(schema.raw_schema, str(name))} "
+            "WHERE _id = $1",
+            doc_id,
+        )
+        if landed is not None and int(landed) >= version:
+            return True
+    tomb = await conn.fetchval(
+        f"SELECT version FROM {CS}.tombstones WHERE schema_name = $1 AND collection = $2 "
+        "AND _id = $3",
+        schema.name,
+        collection,
+        doc_id,
+    )
+    return tomb is not None and int(tomb) >= version
 
 
 def _rebuild(transformer: Transformer, row: asyncpg.Record) -> Change | DeadLetter | None:
@@ -197,6 +244,17 @@ async def replay_dead_letters(
             collection,
         )
         for row in rows:
+            if await _superseded(conn, schema, row):
+                # a newer change of the document (or its delete) landed since: nothing to do,
+                # whatever the letter would rebuild into
+                await conn.execute(
+                    f"UPDATE {CS}.dead_letters SET status = 'superseded', resolved_at = now() "
+                    "WHERE id = $1",
+                    row["id"],
+                )
+                result.superseded += 1
+                result.ids.append(int(row["id"]))
+                continue
             rebuilt = _rebuild(transformer, row)
             if isinstance(rebuilt, DeadLetter) or rebuilt is None:
                 attempts = int(row["attempts"]) + 1

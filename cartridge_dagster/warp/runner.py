@@ -42,7 +42,7 @@ from tenacity import (
 )
 
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
-from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.connectors.mongo import MongoConnection, open_mongo
 from cartridge_dagster.errors import (
     CartridgeError,
     ConnectionFailed,
@@ -225,6 +225,30 @@ class WarpRunner:
             "checkpoint when started again (in Dagster, the supervisor sensor relaunches it)",
         )
 
+    async def _open_source(self) -> MongoConnection:
+        """Connect to the source, retrying what is transient (an unreachable server, the
+        embedded engine's file busy with another process's write)."""
+        timeout = self.settings.source.connect_timeout_seconds
+        try:
+            async for attempt in self._retrying("mongodb", _mongo_transient):
+                with attempt:
+                    conn = open_mongo(self.mongo_url, timeout_seconds=timeout)
+                    try:
+                        await conn.ping()
+                    except BaseException:
+                        await conn.close()
+                        raise
+                    return conn
+        except Exception as exc:
+            if _mongo_transient(exc):
+                raise ConnectionFailed(
+                    f"schema {self.schema.name!r}: {exc} (gave up after {self.max_retries} "
+                    "attempts)",
+                    hint="check that the source is up and reachable from here",
+                ) from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _source_call[T](self, call: Callable[[], Awaitable[T]]) -> T:
         """One read of the source (its position, its collections), retried when transient."""
         try:
@@ -355,7 +379,7 @@ class WarpRunner:
             name: {
                 "done": False,
                 "after": None,
-                "version": position.snapshot_version,
+                "version": str(position.snapshot_version),  # JSON: ~80 bits for a real clock
                 "sweep": sweep,
                 "copied": 0,
             }
@@ -480,13 +504,14 @@ class WarpRunner:
                     with attempt:
                         await sink.setup()
                         cp = await sink.acquire()
-                async with mongo_session(
-                    self.mongo_url, timeout_seconds=self.settings.source.connect_timeout_seconds
-                ) as conn:
+                conn = await self._open_source()
+                try:
                     source = SchemaSource(conn, self.schema, Transformer(self.schema))
                     self.source = source
                     source.known.update(sink._tables)
                     await self._pipeline(sink, source, cp)
+                finally:
+                    await conn.close()
                 self.summary.checkpoint = await sink.checkpoint()
             finally:
                 await sink.close()

@@ -31,6 +31,7 @@ from bson import Timestamp
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, raw_database
+from cartridge_dagster.connectors.mongoeco_log import decode_token
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.observability import get_logger
 from cartridge_dagster.safe_reads import find_documents
@@ -117,6 +118,9 @@ class SchemaSource:
     #: Live copies (a rename's target, a collection that appeared) not finished yet, with the
     #: state after the last batch handed over: a re-opened stream finishes them first.
     _copies: dict[str, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+    #: Update events whose ``fullDocument`` was missing (``whenAvailable`` without post-images)
+    #: and that were looked up instead.
+    looked_up: int = 0
 
     async def _next_event(self, stream: ChangeStream) -> tuple[ChangeStream, Any]:
         """The next whole event: fragments of a split large event are merged back into one;
@@ -174,7 +178,10 @@ class SchemaSource:
     async def position(self) -> Position:
         """The current end of the change stream (record it before snapshotting)."""
         db_name = self.schema.source_database
-        if self.conn.kind == "mongoeco":
+        token = await self.conn.position()
+        if token is not None:  # the embedded engine's file: its change log's newest position
+            return Position(token, decode_token(token))
+        if self.conn.kind == "mongoeco":  # in process (``:memory:``)
             state = self.conn.client.change_stream_state()
             last = int(state["nextToken"]) - 1
             return Position({"_data": str(max(last, 0))}, max(last, 0))
@@ -278,7 +285,7 @@ class SchemaSource:
             entry = {
                 "done": done,
                 "after": encode_after(after) if has_after else None,
-                "version": version,
+                "version": str(version),  # JSON: a real cluster time needs ~80 bits
                 "sweep": sweep,
                 "copied": copied,
             }
@@ -342,6 +349,17 @@ class SchemaSource:
             max_await_time_ms=self.max_await_ms,
             raw_documents=True,
         )
+
+    async def _look_up(self, event: dict[str, Any]) -> None:
+        """An update event without its document (``fullDocument: whenAvailable`` where the
+        collection keeps no post-images): read the document as it is now, as ``updateLookup``
+        would. Still missing: it was deleted since, and its delete event follows."""
+        key = (event.get("documentKey") or {}).get("_id")
+        coll = raw_database(self.conn, self.schema.source_database)[str(event["ns"]["coll"])]
+        found = await coll.find_one({"_id": key})
+        self.looked_up += 1
+        if found is not None:
+            event["fullDocument"] = found
 
     def _drop(self, collection: str, version: int, what: str) -> Wipe | None:
         policy = self.schema.warp.drop_policy
@@ -430,6 +448,12 @@ class SchemaSource:
                         pass
                     else:
                         self.known.add(str(collection))
+                        if (
+                            op == "update"
+                            and event.get("fullDocument") is None
+                            and self.schema.warp.full_document != "updateLookup"
+                        ):
+                            await self._look_up(event)
                         out = self.transformer.event(event, version, batch.source_ts)
                         if isinstance(out, Change):
                             batch.changes.append(out)

@@ -80,7 +80,7 @@ async def test_change_stream_resume_and_cross_process_visibility(tmp_path: Path)
 
 
 async def test_history_loss_is_resume_token_lost(tmp_path: Path) -> None:
-    url = f"mongoeco://{tmp_path / 'small.sqlite'}?journal_max_bytes=4096&history_size=5"
+    url = f"mongoeco://{tmp_path / 'small.sqlite'}?history_size=5"
     async with mongo_session(url) as conn:
         coll = conn.database("app").c
         await coll.insert_one({"_id": 0})

@@ -376,3 +376,41 @@ def test_numeric_codec_property(pg_url: str, value: int) -> None:
             await conn.close()
 
     run(go())
+
+
+def test_real_cluster_times_in_versions_plans_and_checkpoints(pg_url: str) -> None:
+    """Versions of a real server's clock (``Timestamp(seconds since the epoch, inc)`` plus an
+    ordinal: ~80 bits) land in numeric columns, JSON snapshot plans and the checkpoint."""
+    import time
+
+    from bson import Timestamp
+
+    from cartridge_dagster.warp.changes import cluster_base, make_version, split_version
+
+    now = int(time.time())
+    snap_version = make_version(cluster_base(Timestamp(now, 1)), 0)
+    late = make_version(cluster_base(Timestamp(now + 5, 2**32 - 1)), 2**16 - 1)
+    assert snap_version.bit_length() > 64 and late.bit_length() <= 80
+    assert split_version(late) == (((now + 5) << 32) | (2**32 - 1), 2**16 - 1)
+    cfg = schema_cfg()
+
+    async def go() -> None:
+        sink = await open_sink(pg_url, cfg)
+        try:
+            plan = {"c": {"done": False, "after": None, "version": str(snap_version)}}
+            await sink.apply(
+                Batch(kind="reset", token={"_data": "82AB"}, snapshot=plan, version=snap_version)
+            )
+            await sink.apply(batch(ch("c", "a", snap_version, {"v": 0})))
+            await sink.apply(batch(ch("c", "a", late, {"v": 1}), ch("c", "b", late - 1, {"v": 2})))
+            await sink.apply(batch(ch("c", "a", snap_version, {"v": "stale"})))  # a replay
+            cp = await sink.checkpoint()
+        finally:
+            await sink.close()
+        assert cp is not None and cp.version == late
+        assert int(cp.snapshot["c"]["version"]) == snap_version
+        got = await rows(pg_url, "c")
+        assert got["a"] == ({"v": 1}, False, late)
+        assert got["b"] == ({"v": 2}, False, late - 1)
+
+    run(go())

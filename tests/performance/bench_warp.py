@@ -316,21 +316,16 @@ def settings_for(src: str, url: str, work: Path, include: list[str]) -> Any:
 
 
 async def seed_engine(src: str, docs: list[dict[str, Any]]) -> None:
-    from cartridge_dagster.connectors.mongo import compact_change_journal, mongo_session
+    from cartridge_dagster.connectors.mongo import mongo_session
 
     progress("e2e: seeding the embedded engine")
-    total = N_E2E + N_MEM * 11
-    # as `cartridge demo seed` does: a history above the load (the engine rewrites a full one
-    # on every write), compacted afterwards. Compacted to a short history, not the URL's
-    # default 10,000: the engine loads its whole journal into the client's process when a
-    # stream opens (a real server keeps its oplog to itself), and the seeding's 15,500 events
-    # were ~400,000 live objects in each warp process, most of the cyclic GC's work there
-    async with mongo_session(src, history_size=total + 1000, journal_max_bytes=1 << 30) as conn:
+    # as `cartridge demo seed` does; no warp consumer is registered yet, so the engine keeps
+    # none of the load's changes (warp snapshots it)
+    async with mongo_session(src) as conn:
         db = conn.database("bench")
         for name, count in (("plain", N_E2E), ("small", N_MEM), ("big", N_MEM * 10)):
             for i in range(0, count, 2000):
                 await db[name].insert_many(docs[i : min(i + 2000, count)])
-    await compact_change_journal(f"{src}?history_size=100")
 
 
 async def e2e_memory(server: str, src: str, work: Path) -> dict[str, float]:

@@ -35,13 +35,33 @@ def docker_engine_available() -> bool:
 
 
 def replset_mongo_uri() -> tuple[str | None, str]:
-    """A URI of a true MongoDB replica set, or None and the reason there is none."""
+    """An explicitly configured replica set (``CARTRIDGE_TEST_MONGO_URI``), or None and why.
+
+    The fixtures then try a testcontainers replica set when a Docker engine answers, and
+    otherwise start the project's replica-set test server (:mod:`tests.support.replset`)."""
     uri = os.environ.get("CARTRIDGE_TEST_MONGO_URI")
     if uri:
         return uri, "CARTRIDGE_TEST_MONGO_URI"
-    if docker_engine_available():
-        return None, "a Docker engine answers but no replica-set container is configured"
-    return None, (
-        "no MongoDB replica set here: set CARTRIDGE_TEST_MONGO_URI to one "
-        "(or run where a Docker engine answers)"
+    return None, "no CARTRIDGE_TEST_MONGO_URI"
+
+
+def container_replset() -> tuple[str, object] | None:
+    """A single-node replica set in a ``mongo`` container when a Docker engine answers:
+    ``(uri, container)`` (stop the container when done), or None."""
+    if not docker_engine_available():
+        return None
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    container = (
+        DockerContainer(os.environ.get("CARTRIDGE_TEST_MONGO_IMAGE", "mongo:7"))
+        .with_command("--replSet rs0 --bind_ip_all")
+        .with_exposed_ports(27017)
     )
+    container.start()
+    wait_for_logs(container, "Waiting for connections", timeout=120)
+    host = container.get_container_host_ip()
+    port = int(container.get_exposed_port(27017))
+    config = f"{{_id: 'rs0', members: [{{_id: 0, host: '{host}:{port}'}}]}}"
+    container.exec(["mongosh", "--quiet", "--eval", f"rs.initiate({config})"])
+    return f"mongodb://{host}:{port}/?replicaSet=rs0", container
