@@ -10,7 +10,8 @@ reads the collection in Python for that query). :func:`find_documents` and
 :func:`count_documents` try the fast way and fall back to that where the collection needs it. A
 query the source still cannot answer raises :class:`UnreadableCollection`, one line naming the
 collection and the cause. Other errors (a locked file, a lost connection) pass through for the
-caller's retries.
+caller's retries. A wire server that keeps its data in the engine (the replica-set test
+server) relays the same error as an ``OperationFailure``, handled alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
+
+import pymongo.errors
 
 from cartridge_dagster.errors import TerminalError
 
@@ -37,10 +40,15 @@ class UnreadableCollection(TerminalError):
     """The source cannot answer a query on a collection (the message names both)."""
 
 
+#: What the embedded engine raises for it: in process, and relayed by a wire server storing
+#: its data in the engine (an ``OperationFailure`` with that message, no code).
+_ENGINE_ERRORS: Final = (sqlite3.OperationalError, pymongo.errors.OperationFailure)
+
+
 def engine_cannot_evaluate(exc: BaseException) -> bool:
     """Whether ``exc`` is the embedded engine's SQLite refusing a stored document's JSON (NaN,
-    ±Infinity) in a query it evaluates in SQL."""
-    return isinstance(exc, sqlite3.OperationalError) and "malformed json" in str(exc).lower()
+    ±Infinity) in a query it evaluates in SQL (in process, or relayed over the wire)."""
+    return isinstance(exc, _ENGINE_ERRORS) and "malformed json" in str(exc).lower()
 
 
 def _unreadable(name: str, what: str, exc: BaseException) -> UnreadableCollection:
@@ -80,7 +88,7 @@ async def find_documents(
                 yielded += 1
                 yield doc
             return
-        except sqlite3.OperationalError as exc:
+        except _ENGINE_ERRORS as exc:
             if not engine_cannot_evaluate(exc):
                 raise  # e.g. a locked file: the caller's retries decide
             if collation is None and not yielded:
@@ -94,12 +102,12 @@ async def count_documents(collection: Any, query: Mapping[str, Any], *, name: st
     """``collection.count_documents(query)``, with the same fallback as :func:`find_documents`."""
     try:
         return int(await collection.count_documents(dict(query)))
-    except sqlite3.OperationalError as exc:
+    except _ENGINE_ERRORS as exc:
         if not engine_cannot_evaluate(exc):
             raise
     try:
         return int(await collection.count_documents(dict(query), collation=dict(SIMPLE_COLLATION)))
-    except sqlite3.OperationalError as exc:
+    except _ENGINE_ERRORS as exc:
         if not engine_cannot_evaluate(exc):
             raise
         raise _unreadable(name, "count its documents", exc) from None

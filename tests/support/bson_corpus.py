@@ -109,11 +109,11 @@ def decode_errors() -> list[DecodeError]:
     return out
 
 
-def with_id(raw: bytes) -> bytes:
-    """``raw`` with an ``_id: 1`` (int32) element first; the stated length moves by the same
-    amount, so a framing error stays exactly as wrong as it was."""
+def with_id(raw: bytes, value: int = 1) -> bytes:
+    """``raw`` with an ``_id: value`` (int32) element first; the stated length moves by the
+    same amount, so a framing error stays exactly as wrong as it was."""
     (stated,) = struct.unpack("<i", raw[:4])
-    element = b"\x10_id\x00" + struct.pack("<i", 1)
+    element = b"\x10_id\x00" + struct.pack("<i", value)
     return struct.pack("<i", stated + len(element)) + element + raw[4:]
 
 
