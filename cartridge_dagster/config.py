@@ -324,6 +324,18 @@ class WarpConfig(StrictModel):
     lag_threshold_seconds: float = Field(
         300.0, gt=0, description="Asset check: lag above this fails."
     )
+    health_stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="`/health` is unhealthy when no batch was applied and no read of the "
+        "source succeeded for this long.",
+    )
+    health_retry_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="`/health` is unhealthy while warp has retried a failing source or "
+        "warehouse for this long.",
+    )
 
 
 class AnalyticsConfig(StrictModel):

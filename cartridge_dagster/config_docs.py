@@ -167,7 +167,8 @@ def render_config_reference() -> str:
         "",
         "`destination.connection_string: local` means the PostgreSQL started by `cartridge "
         "services up` (what `make demo` uses). `mongoeco://PATH` is the embedded MongoDB engine "
-        "over a SQLite file (the demo source); its change-stream journal lives beside the file.",
+        "over a SQLite file (the demo source): warp reads its changes from the engine's change "
+        "log in the file; `?history_size=N` is how many changes the engine keeps (10,000).",
         "",
         "## Example",
         "",

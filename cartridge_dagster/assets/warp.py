@@ -28,6 +28,7 @@ import dagster as dg
 from cartridge_dagster.assets.keys import raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.deploy.k8s import warp_run_tags as deploy_warp_run_tags
+from cartridge_dagster.errors import CartridgeError, redact_url
 from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.observability import MetricsServer, get_logger
 from cartridge_dagster.resources.warp import WarpResource
@@ -193,6 +194,20 @@ class DagsterObserver:
             self._poller.join(timeout=5)
 
 
+def _redacted_failure(exc: Exception) -> dg.Failure:
+    """``exc`` as a ``dg.Failure`` that carries no credentials into the event log: Dagster
+    stores an op's exception with its whole cause chain, and a driver's message can hold a URL
+    with its password. The message and the (redacted) traceback are kept for the reader."""
+    import traceback
+
+    message = redact_url(f"{type(exc).__name__}: {exc}")
+    hint = getattr(exc, "hint", None)
+    if isinstance(exc, CartridgeError):
+        message = redact_url(str(exc)) + (f" ({redact_url(hint)})" if hint else "")
+    trace = redact_url("".join(traceback.format_exception(exc)))
+    return dg.Failure(description=message, metadata={"traceback": dg.MetadataValue.text(trace)})
+
+
 class DeadLetterCounts:
     """Open dead letters per collection, ``(pending, parked)``, read from the warehouse on the
     materialization thread (one short query per emit, one connection kept)."""
@@ -255,8 +270,10 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
                 )
         try:
             if server is not None:
-                server.health.set(f"warp/{schema.name}", ok=True, reason="running")
+                server.health.watch(f"warp/{schema.name}", runner.health.probe)
             summary = asyncio.run(runner.run())
+        except Exception as exc:  # noqa: BLE001 - re-raised as a Failure without secrets
+            raise _redacted_failure(exc) from None
         finally:
             observer.close()
             if server is not None:

@@ -92,14 +92,9 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        for s in schemas:
-            health.set(f"warp/{s.name}", ok=True, reason="running")
-        try:
-            return await run_schemas(settings, schemas, stop=stop, stop_when_idle=stop_when_idle)
-        except BaseException as exc:
-            for s in schemas:
-                health.set(f"warp/{s.name}", ok=False, reason=type(exc).__name__)
-            raise
+        return await run_schemas(
+            settings, schemas, stop=stop, stop_when_idle=stop_when_idle, health=health
+        )
 
     try:
         summaries = run_async(main())

@@ -253,6 +253,8 @@ class _LogCursor:
 
     #: How often an idle cursor looks for new changes (another process's writes included).
     POLL_SECONDS = 0.025
+    #: Changes read from the log at a time: a backlog stays in the source, not in memory.
+    READ_AHEAD = 64
 
     def __init__(self, log: ChangeLog, database: str | None, after: int, max_await_ms: int) -> None:
         self._log = log
@@ -270,7 +272,7 @@ class _LogCursor:
                 event = change_log_event(entry, self._database)
                 if event is not None:
                     return event
-            entries = await asyncio.to_thread(self._log.read, self.position, 512)
+            entries = await asyncio.to_thread(self._log.read, self.position, self.READ_AHEAD)
             if entries:
                 self._buffer.extend(entries)
                 continue

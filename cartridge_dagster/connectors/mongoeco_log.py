@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cartridge_dagster.errors import ConfigError, ResumeTokenLost, TerminalError
+from cartridge_dagster.errors import ConfigError, ResumeTokenLost
 
 __all__ = [
     "OUTBOX_FORMAT",
@@ -52,8 +52,10 @@ OUTBOX_FORMAT = 4
 RETENTION_CONSUMER = "cartridge-oplog"
 
 
-class PositionGap(TerminalError):
-    """The change log has a position without its change: it cannot be read past."""
+class PositionGap(ResumeTokenLost):
+    """The change log has a position without its change: it cannot be read past. Handled as
+    lost history (``warp.history_lost_policy``): stop naming the position, or re-snapshot,
+    which fills it."""
 
 
 def encode_token(sequence: int) -> dict[str, str]:

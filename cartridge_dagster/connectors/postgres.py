@@ -8,13 +8,26 @@ from typing import Any
 
 import asyncpg
 
-from cartridge_dagster.errors import ConnectionFailed, redact_url
+from cartridge_dagster.errors import CartridgeError, ConnectionFailed, TerminalError, redact_url
 
 __all__ = ["connect", "create_pool", "pg_connection"]
 
 
-def _unreachable(url: str, exc: BaseException) -> ConnectionFailed:
+#: What retrying cannot fix: a wrong password or user, a database that does not exist.
+_REFUSED = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # bad user, bad password
+    asyncpg.exceptions.InvalidCatalogNameError,  # no such database
+    asyncpg.exceptions.InsufficientPrivilegeError,
+)
+
+
+def _unreachable(url: str, exc: BaseException) -> CartridgeError:
     reason = redact_url(str(exc)) or type(exc).__name__
+    if isinstance(exc, _REFUSED):
+        return TerminalError(
+            f"PostgreSQL at {redact_url(url)} refused the connection: {reason}",
+            hint="check the user, password and database name in destination.connection_string",
+        )
     return ConnectionFailed(
         f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}",
         hint="check destination.connection_string; for the local server run "

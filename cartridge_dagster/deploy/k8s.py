@@ -265,19 +265,21 @@ def prometheus_annotations(port: int) -> dict[str, str]:
 
 
 def warp_probes(port: int) -> dict[str, dict[str, Any]]:
-    """Startup, liveness and readiness probes on warp's JSON ``/health`` (200 ok, 503 not).
+    """Startup, liveness and readiness probes on warp's JSON health (200 ok, 503 not):
+    ``/health`` (ready and healthy) for startup and readiness, ``/live`` (not unhealthy) for
+    liveness, so a long first snapshot is never a reason to restart the pod.
 
-    The startup probe allows five minutes for imports, connections and the start of a snapshot;
-    after that, a minute of failed liveness restarts the container.
+    The startup probe allows five minutes for imports, connections and the first checkpoint;
+    after that, a minute of failed liveness (stalled, retrying too long) restarts the container.
     """
 
-    def http(**timing: int) -> dict[str, Any]:
-        return {"httpGet": {"path": "/health", "port": port}, "timeoutSeconds": 5, **timing}
+    def http(path: str, **timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": port}, "timeoutSeconds": 5, **timing}
 
     return {
-        "startupProbe": http(periodSeconds=10, failureThreshold=30),
-        "livenessProbe": http(periodSeconds=15, failureThreshold=4),
-        "readinessProbe": http(periodSeconds=10, failureThreshold=3),
+        "startupProbe": http("/health", periodSeconds=10, failureThreshold=30),
+        "livenessProbe": http("/live", periodSeconds=15, failureThreshold=4),
+        "readinessProbe": http("/health", periodSeconds=10, failureThreshold=3),
     }
 
 

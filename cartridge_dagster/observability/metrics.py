@@ -1,8 +1,10 @@
 """A small HTTP server for Prometheus ``/metrics`` and a JSON ``/health``.
 
-Warp runs one per process (``:8000`` by default). ``/health`` answers 200 while every registered
-component reports healthy and 503 otherwise, with the reasons, so Kubernetes liveness and
-readiness probes can use it.
+Warp runs one per process (``:8000`` by default). ``/health`` (and ``/ready``) answers 200 while
+every registered component is ready and healthy, and 503 otherwise, with the reasons;
+``/live`` answers 200 unless a component is unhealthy (one that is still starting is alive).
+Components are set (:meth:`HealthState.set`) or probed when asked (:meth:`HealthState.watch`:
+a callable computed from timestamps, so a stalled event loop cannot keep reporting "ok").
 
 It binds to ``127.0.0.1`` unless ``$CARTRIDGE_METRICS_HOST`` says otherwise: containers set
 ``0.0.0.0`` so the kubelet's probes and Prometheus reach it on the pod's address.
@@ -14,42 +16,67 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-__all__ = ["HealthState", "MetricsServer"]
+__all__ = ["HealthState", "MetricsServer", "Probe"]
+
+#: What a component reports when asked: (ready, healthy, reason).
+Probe = Callable[[], tuple[bool, bool, str]]
 
 
 @dataclass
 class HealthState:
-    """Thread-safe component health: ``set("warp/shop", ok=False, reason="…")``."""
+    """Thread-safe component health: ``set("warp/shop", ok=False, reason="…")``, or a probe
+    evaluated on every request: ``watch("warp/shop", probe)``."""
 
-    _components: dict[str, tuple[bool, str, float]] = field(default_factory=dict)
+    _components: dict[str, tuple[bool, bool, str, float]] = field(default_factory=dict)
+    _probes: dict[str, Probe] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def set(self, component: str, *, ok: bool, reason: str = "") -> None:
+    def set(self, component: str, *, ok: bool, reason: str = "", ready: bool = True) -> None:
         with self._lock:
-            self._components[component] = (ok, reason, time.time())
+            self._probes.pop(component, None)
+            self._components[component] = (ready, ok, reason, time.time())
+
+    def watch(self, component: str, probe: Probe) -> None:
+        with self._lock:
+            self._components.pop(component, None)
+            self._probes[component] = probe
 
     def remove(self, component: str) -> None:
         with self._lock:
             self._components.pop(component, None)
+            self._probes.pop(component, None)
 
-    def snapshot(self) -> tuple[bool, dict[str, Any]]:
+    def snapshot(self, *, liveness: bool = False) -> tuple[bool, dict[str, Any]]:
+        """``(ok, body)``: ok when every component is healthy (and ready, unless ``liveness``)."""
         with self._lock:
             items = dict(self._components)
-        healthy = all(ok for ok, _, _ in items.values())
+            probes = dict(self._probes)
+        now = time.time()
+        states: dict[str, tuple[bool, bool, str, float]] = dict(items)
+        for name, probe in probes.items():
+            try:
+                ready, healthy, reason = probe()
+            except Exception as exc:  # noqa: BLE001 - a failing probe is an unhealthy component
+                ready, healthy, reason = False, False, f"health probe failed: {exc}"
+            states[name] = (ready, healthy, reason, now)
+        healthy = all(ok for _, ok, _, _ in states.values())
+        ready = all(r for r, _, _, _ in states.values())
+        status = "unhealthy" if not healthy else ("ok" if ready else "starting")
         body = {
-            "status": "ok" if healthy else "unhealthy",
+            "status": status,
             "components": {
-                name: {"ok": ok, "reason": reason, "since": since}
-                for name, (ok, reason, since) in sorted(items.items())
+                name: {"ok": ok, "ready": r, "reason": reason, "since": since}
+                for name, (r, ok, reason, since) in sorted(states.items())
             },
         }
-        return healthy, body
+        return (healthy if liveness else healthy and ready), body
 
 
 class MetricsServer:
@@ -83,8 +110,8 @@ class MetricsServer:
                 if path == "/metrics":
                     body = generate_latest(outer.registry)
                     self._send(200, CONTENT_TYPE_LATEST, body)
-                elif path in ("/health", "/healthz", "/ready"):
-                    ok, payload = outer.health.snapshot()
+                elif path in ("/health", "/healthz", "/ready", "/live"):
+                    ok, payload = outer.health.snapshot(liveness=path == "/live")
                     self._send(200 if ok else 503, "application/json", json.dumps(payload).encode())
                 else:
                     self._send(404, "text/plain", b"not found\n")

@@ -15,6 +15,7 @@ from pydantic import PrivateAttr
 from cartridge_dagster.config import CartridgeSettings, load_settings
 from cartridge_dagster.connectors.mongo import MongoConnection, mongo_session
 from cartridge_dagster.connectors.postgres import pg_connection
+from cartridge_dagster.observability import configure_logging
 
 __all__ = ["CartridgeResource", "MongoResource", "PostgresResource"]
 
@@ -25,6 +26,11 @@ class CartridgeResource(dg.ConfigurableResource):  # type: ignore[misc]
     config_path: str
 
     _settings: CartridgeSettings | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run worker logs as the CLI does (format, level, URL credentials redacted)."""
+        obs = self.settings().observability
+        configure_logging(obs.log_format, obs.log_level)
 
     def settings(self) -> CartridgeSettings:
         if self._settings is None:

@@ -10,6 +10,7 @@ import asyncio
 import dagster as dg
 
 from cartridge_dagster.config import CartridgeSettings, load_settings
+from cartridge_dagster.observability import configure_logging
 from cartridge_dagster.warp.runner import RunObserver, WarpRunner
 
 __all__ = ["WarpResource"]
@@ -19,6 +20,11 @@ class WarpResource(dg.ConfigurableResource):  # type: ignore[misc]
     """Runs warp (snapshot, then change streams) for a configured schema."""
 
     config_path: str
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run worker logs as the CLI does (format, level, URL credentials redacted)."""
+        obs = self.settings().observability
+        configure_logging(obs.log_format, obs.log_level)
 
     def settings(self) -> CartridgeSettings:
         return load_settings(self.config_path)

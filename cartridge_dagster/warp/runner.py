@@ -52,7 +52,7 @@ from cartridge_dagster.errors import (
     classify,
     redact_url,
 )
-from cartridge_dagster.observability import bind_context, get_logger
+from cartridge_dagster.observability import HealthState, bind_context, get_logger
 from cartridge_dagster.warp import metrics
 from cartridge_dagster.warp.changes import Transformer
 from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, Wipe, is_transient
@@ -97,11 +97,61 @@ def young_gc_threshold(threshold: int = GC_YOUNG_THRESHOLD) -> Any:
                 _gc_state["saved"] = None
 
 
-__all__ = ["RunObserver", "RunSummary", "WarpRunner", "run_schemas"]
+__all__ = ["RunObserver", "RunSummary", "RunnerHealth", "WarpRunner", "run_schemas"]
 
 log = get_logger("cartridge.warp.runner")
 
 _END = object()
+
+
+class RunnerHealth:
+    """What ``/health`` says of one runner, from timestamps the runner keeps (read from any
+    thread; the HTTP server computes the answer on each request).
+
+    - ready: the schema's checkpoint is read (or written) and the source answered once;
+    - unhealthy: no batch applied and no successful read of the source for
+      ``warp.health_stall_seconds``; retrying a failing source or warehouse for
+      ``warp.health_retry_seconds``; the event loop not ticking for 10 s (stalled)."""
+
+    LOOP_STALL_SECONDS = 10.0
+
+    def __init__(self, stall_seconds: float, retry_seconds: float) -> None:
+        self.stall_seconds = stall_seconds
+        self.retry_seconds = retry_seconds
+        self.checkpointed = False
+        self.progress_at: float | None = None
+        self.retrying_since: float | None = None
+        self.retry_reason = ""
+        self.beat_at = time.monotonic()
+        self.stopped: str | None = None
+
+    def progress(self) -> None:
+        self.progress_at = time.monotonic()
+        self.retrying_since = None
+
+    def retrying(self, reason: str) -> None:
+        if self.retrying_since is None:
+            self.retrying_since = time.monotonic()
+        self.retry_reason = reason
+
+    def probe(self) -> tuple[bool, bool, str]:
+        now = time.monotonic()
+        ready = self.checkpointed and self.progress_at is not None
+        if self.stopped is not None:
+            return False, False, f"stopped: {self.stopped}"
+        if now - self.beat_at > self.LOOP_STALL_SECONDS:
+            return ready, False, f"event loop stalled for {now - self.beat_at:.0f}s"
+        if self.retrying_since is not None and now - self.retrying_since > self.retry_seconds:
+            return (
+                ready,
+                False,
+                (f"retrying for {now - self.retrying_since:.0f}s ({self.retry_reason})"),
+            )
+        if self.progress_at is not None and now - self.progress_at > self.stall_seconds:
+            return ready, False, f"no batch or read of the source for {now - self.progress_at:.0f}s"
+        if not ready:
+            return False, True, "starting: no checkpoint and first read yet"
+        return True, True, "running"
 
 
 class RunObserver(Protocol):
@@ -187,6 +237,9 @@ class WarpRunner:
         self.max_backoff = max_backoff
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.summary = RunSummary(schema.name)
+        self.health = RunnerHealth(
+            schema.warp.health_stall_seconds, schema.warp.health_retry_seconds
+        )
         self._writer_busy = False
         self._read_token: dict[str, Any] | None = None
         self.sink: Sink | None = None
@@ -198,6 +251,7 @@ class WarpRunner:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.summary.retries += 1
+            self.health.retrying(f"{side}: {type(exc).__name__}")
             metrics.RETRIES.labels(self.schema.name, side).inc()
             log.warning(
                 "warp.retry",
@@ -242,8 +296,8 @@ class WarpRunner:
         except Exception as exc:
             if _mongo_transient(exc):
                 raise ConnectionFailed(
-                    f"schema {self.schema.name!r}: {exc} (gave up after {self.max_retries} "
-                    "attempts)",
+                    f"schema {self.schema.name!r}: {redact_url(str(exc))} (gave up after "
+                    f"{self.max_retries} attempts)",
                     hint="check that the source is up and reachable from here",
                 ) from exc
             raise
@@ -322,6 +376,8 @@ class WarpRunner:
             finally:
                 self._writer_busy = False
             self._record(batch, result)
+            self.health.checkpointed = True
+            self.health.progress()
             self.observer.on_batch(name, batch, result)
 
     def _record(self, batch: Batch, result: BatchResult) -> None:
@@ -374,6 +430,8 @@ class WarpRunner:
             self._read_token = dict(batch.token)
 
     async def _plan(self, source: SchemaSource, *, sweep: bool) -> Batch:
+        if not sweep:
+            await self._check_database(source)
         position = await source.position()
         plan = {
             name: {
@@ -395,6 +453,19 @@ class WarpRunner:
         return Batch(
             kind="reset", token=position.token, snapshot=plan, version=position.snapshot_version
         )
+
+    async def _check_database(self, source: SchemaSource) -> None:
+        """A first start on a source database that does not exist is a typo, not an empty
+        source: stop with one clear line instead of streaming nothing forever."""
+        name = self.schema.source_database
+        names = await source.conn.list_database_names()
+        if name not in names:
+            shown = ", ".join(n for n in names if n not in ("admin", "config", "local")) or "none"
+            raise TerminalError(
+                f"schema {self.schema.name!r}: the source has no database {name!r} "
+                f"(it has: {shown})",
+                hint="fix schemas[].source_database, or create the database first",
+            )
 
     async def _snapshot(
         self, source: SchemaSource, queue: asyncio.Queue[Any], plan: dict[str, dict[str, Any]]
@@ -470,8 +541,13 @@ class WarpRunner:
     # ------------------------------------------------------------------ control
 
     async def _watch_stop(self, source: SchemaSource, queue: asyncio.Queue[Any]) -> None:
+        reads = source.reads
         while not self.stop.is_set():
             await asyncio.sleep(0.2)
+            self.health.beat_at = time.monotonic()
+            if source.reads != reads:  # the source answered (an event, or an idle poll)
+                reads = source.reads
+                self.health.progress()
             if self.observer.should_stop():
                 self.summary.stop_reason = self.summary.stop_reason or "requested"
                 self.stop.set()
@@ -504,6 +580,7 @@ class WarpRunner:
                     with attempt:
                         await sink.setup()
                         cp = await sink.acquire()
+                self.health.checkpointed = cp.resume_token is not None
                 conn = await self._open_source()
                 try:
                     source = SchemaSource(conn, self.schema, Transformer(self.schema))
@@ -513,8 +590,12 @@ class WarpRunner:
                 finally:
                     await conn.close()
                 self.summary.checkpoint = await sink.checkpoint()
+            except BaseException as exc:
+                self.health.stopped = type(exc).__name__
+                raise
             finally:
                 await sink.close()
+        self.health.stopped = self.health.stopped or "done"
         self.summary.seconds = time.perf_counter() - started
         self.summary.stop_reason = self.summary.stop_reason or "stopped"
         log.info(
@@ -569,12 +650,17 @@ async def run_schemas(
     stop: asyncio.Event,
     stop_when_idle: float | None = None,
     observer: RunObserver | None = None,
+    health: HealthState | None = None,
 ) -> list[RunSummary]:
-    """Run several schemas in one process (``mode: multi``); the first terminal error stops all."""
+    """Run several schemas in one process (``mode: multi``); the first terminal error stops all.
+    ``health``: each runner's probe is watched there as ``warp/<schema>``."""
     runners = [
         WarpRunner(settings, s, stop=stop, stop_when_idle=stop_when_idle, observer=observer)
         for s in schemas
     ]
+    if health is not None:
+        for r in runners:
+            health.watch(f"warp/{r.schema.name}", r.health.probe)
     if len(runners) == 1:
         return [await runners[0].run()]
     # Each runner has its own idle rule; share the stop event only for external stops.

@@ -118,6 +118,8 @@ class SchemaSource:
     #: Live copies (a rename's target, a collection that appeared) not finished yet, with the
     #: state after the last batch handed over: a re-opened stream finishes them first.
     _copies: dict[str, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+    #: Events the server split into fragments (over 16 MiB) that were put back together.
+    merged_splits: int = 0
     #: Update events whose ``fullDocument`` was missing (``whenAvailable`` without post-images)
     #: and that were looked up instead.
     looked_up: int = 0
@@ -160,6 +162,7 @@ class SchemaSource:
             for part in self._fragments:
                 merged.update(part)
             self._fragments = []
+            self.merged_splits += 1
             return stream, merged
 
     def _position(self, stream: ChangeStream) -> dict[str, Any] | None:

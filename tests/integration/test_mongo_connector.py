@@ -123,3 +123,26 @@ async def test_unreachable_server_is_one_clear_error() -> None:
     await conn.close()
     assert "cannot reach MongoDB" in str(err.value)
     assert "secret" not in str(err.value)
+
+
+async def test_a_write_without_its_change_is_never_read_past(tmp_path: Path) -> None:
+    """A client that publishes no change events (a plain embedded-engine client, no stream
+    open) leaves a position without its change in the log: a stream stops there, naming it."""
+    from mongoeco import AsyncMongoClient
+    from mongoeco.engines import SQLiteEngine
+
+    from cartridge_dagster.connectors.mongoeco_log import PositionGap
+
+    path = tmp_path / "gap.sqlite"
+    url = f"mongoeco://{path}"
+    async with mongo_session(url) as conn:
+        await conn.database("app").c.insert_one({"_id": 1})
+        stream = conn.watch("app", max_await_time_ms=100)
+        assert await stream.try_next() is None
+        async with AsyncMongoClient(SQLiteEngine(str(path))) as plain:  # no change events
+            await plain["app"].c.insert_one({"_id": 2})
+        await conn.database("app").c.insert_one({"_id": 3})
+        with pytest.raises(PositionGap, match=r"position \d+ .* without its change") as caught:
+            await stream.try_next()
+        assert isinstance(caught.value, ResumeTokenLost)  # warp.history_lost_policy applies
+        await stream.close()

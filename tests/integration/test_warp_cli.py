@@ -118,3 +118,58 @@ def test_metrics_and_health_endpoint(tmp_path: Path, pg_url: str, mongo_db_name:
     assert 'cartridge_warp_events_total{op="snapshot",schema="shop",table="metered"} 7.0' in body
     assert "cartridge_warp_batch_seconds_bucket" in body
     assert status["status"] == "ok"
+
+
+def test_refused_credentials_and_missing_databases_are_one_line(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """What retrying cannot fix stops at once with one line: a wrong MongoDB password, a
+    PostgreSQL database that does not exist, a source database that does not exist."""
+    import time
+
+    from tests.support.cli import cartridge
+    from tests.support.replset import start
+
+    server = start(tmp_path / "rs", users=("app:right",))
+    try:
+        host = server.uri.split("//", 1)[1].split("/", 1)[0]
+
+        def attempt(source: str, dest: str, database: str = "shop") -> tuple[int, str, float]:
+            config = tmp_path / f"c{time.monotonic_ns()}.yaml"
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "source": {"connection_string": source},
+                        "destination": {"connection_string": dest},
+                        "state_dir": str(tmp_path / "state"),
+                        "schemas": [
+                            {
+                                "name": "shop",
+                                "source_database": database,
+                                "warp": {"metrics_port": 0},
+                            }
+                        ],
+                    }
+                )
+            )
+            started = time.monotonic()
+            out = cartridge("warp", "run", "--config", str(config), "--stop-when-idle", "1")
+            return out.returncode, out.stdout + out.stderr, time.monotonic() - started
+
+        good = f"mongodb://app:right@{host}/?replicaSet=rs0&authSource=admin"
+        code, text, seconds = attempt(good.replace("right", "wrong"), pg_url)
+        assert code != 0 and "Traceback" not in text, text
+        assert "refused the credentials" in text and "wrong" not in text, text
+        assert seconds < 30, f"retried a wrong password for {seconds:.0f}s"
+
+        base, _, _ = pg_url.rpartition("/")
+        code, text, seconds = attempt(good, f"{base}/no_such_database")
+        assert code != 0 and "Traceback" not in text, text
+        assert "refused the connection" in text and "no_such_database" in text, text
+        assert seconds < 30
+
+        code, text, seconds = attempt(good, pg_url, database="shpo")
+        assert code != 0 and "Traceback" not in text, text
+        assert "no database 'shpo'" in text, text
+    finally:
+        server.stop()

@@ -203,3 +203,90 @@ def test_cancel_mid_stream_keeps_checkpoint(
         await assert_oracle(settings, COLLS)
 
     run(check())
+
+
+def test_no_secret_reaches_compute_logs_event_log_or_metadata(
+    tmp_path: Path, pg_url: str, mongo_db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passwords planted in both URLs; warp runs in Dagster (materializations, structlog lines
+    in the compute logs), then fails (a refused password): neither password is anywhere in
+    what the instance stored — compute logs, event log, run storage, metadata."""
+    from tests.support.replset import start
+
+    mongo_secret, pg_secret = "Mongo-S3cret-4417", "Pg-S3cret-9902"
+    server = start(tmp_path / "rs", users=(f"warp:{mongo_secret}",))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    try:
+        host = server.uri.split("//", 1)[1].split("/", 1)[0]
+        good = f"mongodb://warp:{mongo_secret}@{host}/?replicaSet=rs0&authSource=admin"
+        scheme, rest = pg_url.split("://", 1)
+        user, at, where = rest.partition("@")
+        dest = (
+            f"{scheme}://{user}:{pg_secret}@{where}" if at else pg_url
+        )  # trust auth: any password
+
+        async def seed_server() -> None:
+            async with mongo_session(good) as conn:
+                await conn.database(mongo_db_name).customers.insert_many(
+                    [{"_id": f"c{i}", "name": f"n{i}"} for i in range(20)]
+                )
+
+        run(seed_server())
+
+        def config(source: str) -> Path:
+            path = write_config(tmp_path, dest, mongo_db_name)
+            cfg = yaml.safe_load(path.read_text())
+            cfg["source"]["connection_string"] = source
+            cfg["observability"] = {"log_format": "console", "log_level": "info"}
+            path.write_text(yaml.safe_dump(cfg))
+            return path
+
+        instance = dg.DagsterInstance.get()
+        job, _ = job_and_defs(config(good))
+        ok = job.execute_in_process(
+            run_config={"ops": {"warp_shop_run": {"config": {"stop_when_idle_seconds": 0.6}}}},
+            instance=instance,
+        )
+        assert ok.success
+        mats = [e for e in ok.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+        assert mats, "warp reported materializations"
+        job, _ = job_and_defs(config(good.replace(mongo_secret, "wrong-password")))
+        bad = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not bad.success
+        failure = bad.get_step_failure_events()[0].event_specific_data.error  # type: ignore[union-attr]
+        assert "refused the credentials" in failure.message
+
+        # a driver error whose message holds the URL with its password, until warp gives up
+        from pymongo.errors import AutoReconnect
+
+        from cartridge_dagster.connectors.mongo import ChangeStream
+        from cartridge_dagster.warp.runner import WarpRunner
+
+        async def broken(self: ChangeStream) -> None:
+            raise AutoReconnect(f"connection closed to {good}")
+
+        monkeypatch.setattr(ChangeStream, "try_next", broken)
+        real_init = WarpRunner.__init__
+
+        def quick(self: WarpRunner, *args: Any, **kwargs: Any) -> None:
+            real_init(self, *args, **{**kwargs, "max_retries": 2, "max_backoff": 0.1})
+
+        monkeypatch.setattr(WarpRunner, "__init__", quick)
+        job, _ = job_and_defs(config(good))
+        down = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not down.success
+        failure = down.get_step_failure_events()[0].event_specific_data.error  # type: ignore[union-attr]
+        assert "lost the MongoDB source" in failure.message and "***@" in failure.message
+    finally:
+        server.stop()
+    stored = [p for p in home.rglob("*") if p.is_file()]
+    logs = [p for p in stored if "compute_logs" in p.parts]
+    assert logs, "the runs' compute logs were captured"
+    compute = b"".join(p.read_bytes() for p in logs)
+    assert b"warp.fence.acquired" in compute, "structlog writes to the compute logs"
+    for path in stored:
+        data = path.read_bytes()
+        for secret in (mongo_secret, pg_secret):
+            assert secret.encode() not in data, f"{secret} in {path.relative_to(home)}"

@@ -470,3 +470,86 @@ def test_tcp_proxy_cuts_and_restores_a_real_wire_connection() -> None:
                     await client.close()
 
     run(go())
+
+
+def test_health_reports_what_is_true(
+    mongo_url: str,
+    pg_url: str,
+    mongo_db_name: str,
+    faults: Faults,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``/health``: starting (503) before the first checkpoint, ok once warp runs, unhealthy
+    while it retries past warp.health_retry_seconds or when its event loop stalls, ok again
+    once it recovers; ``/live`` stays 200 while starting."""
+    import json
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from cartridge_dagster.observability import HealthState, MetricsServer
+    from cartridge_dagster.warp.runner import RunnerHealth
+
+    monkeypatch.setattr(RunnerHealth, "LOOP_STALL_SECONDS", 1.0)
+    settings = warp_settings(
+        mongo_url,
+        pg_url,
+        mongo_db_name,
+        warp={"health_retry_seconds": 1.0, "health_stall_seconds": 30.0},
+    )
+
+    def get(base: str, path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"{base}{path}", timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    async def go() -> None:
+        await seed_collections(mongo_url, mongo_db_name, {"items": 30})
+        health = HealthState()
+        runner = WarpRunner(settings, settings.schemas[0], max_retries=100, max_backoff=0.3)
+        health.watch("warp/shop", runner.health.probe)
+        with MetricsServer(0, health=health) as server:
+            base = f"http://127.0.0.1:{server.port}"
+            code, body = await asyncio.to_thread(get, base, "/health")
+            assert code == 503 and body["status"] == "starting", body
+            assert (await asyncio.to_thread(get, base, "/live"))[0] == 200
+            task = asyncio.create_task(runner.run())
+            await until_streaming(runner, task)
+            code, body = await asyncio.to_thread(get, base, "/health")
+            assert code == 200 and body["status"] == "ok", body
+
+            faults.stream_forever = True  # the source goes away: warp retries
+            for _ in range(100):
+                code, body = await asyncio.to_thread(get, base, "/health")
+                if code == 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert code == 503 and "retrying" in body["components"]["warp/shop"]["reason"], body
+            assert (await asyncio.to_thread(get, base, "/live"))[0] == 503
+            faults.disarm()
+            for _ in range(100):
+                code, body = await asyncio.to_thread(get, base, "/health")
+                if code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert code == 200, body
+
+            seen: list[tuple[int, dict[str, Any]]] = []
+            probe = threading.Thread(
+                target=lambda: (time.sleep(1.6), seen.append(get(base, "/health")))
+            )
+            probe.start()
+            time.sleep(2.2)  # block the event loop, as a runaway computation would
+            await asyncio.to_thread(probe.join)
+            assert seen and seen[0][0] == 503, seen
+            assert "event loop stalled" in seen[0][1]["components"]["warp/shop"]["reason"]
+            await asyncio.sleep(0.5)
+            assert (await asyncio.to_thread(get, base, "/health"))[0] == 200
+            await quiesce(runner, task)
+            code, body = await asyncio.to_thread(get, base, "/health")
+            assert code == 503 and "stopped" in body["components"]["warp/shop"]["reason"]
+
+    run(go())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -320,33 +321,74 @@ def test_history_lost_policies(tmp_path: Any, pg_url: str, mongo_db_name: str) -
 
 
 def test_slow_sink_keeps_memory_bounded(tmp_path: Any, pg_url: str, mongo_db_name: str) -> None:
-    url = f"mongoeco://{tmp_path / 'source.sqlite'}"
-    settings = warp_settings(
-        url,
-        pg_url,
-        mongo_db_name,
-        batching={"max_batch_size": 20, "queue_max_batches": 2, "snapshot_chunk_size": 20},
-    )
+    """Memory does not grow with the backlog: a slow warehouse, a backlog of 1× and of 12× what
+    the queue holds (snapshot and then streamed changes, ~6 KB documents), and the peak of
+    traced memory of the two runs compared."""
+    import tracemalloc
 
-    async def go() -> None:
+    batching = {"max_batch_size": 20, "queue_max_batches": 2, "snapshot_chunk_size": 20}
+    capacity = 20 * (2 + 2)  # the queue, the batch being read, the batch being written
+
+    async def measure(name: str, backlog: int) -> tuple[int, Any]:
+        url = f"mongoeco://{tmp_path / name}.sqlite"
+        pad = "x" * 6000
+        settings = warp_settings(
+            url,
+            pg_url,
+            mongo_db_name,
+            batching=batching,
+            schema={"name": name, "target_schema": f"raw_{name}"},
+        )
         async with mongo_session(url) as conn:
-            await conn.database(mongo_db_name).c.insert_many([{"_id": i} for i in range(400)])
+            coll = conn.database(mongo_db_name).c
+            await coll.insert_many([{"_id": i, "pad": pad} for i in range(backlog)])
         runner = WarpRunner(settings, settings.schemas[0], stop_when_idle=0.5)
-        high_water = 0
         original = runner._apply
+        streamed = False
 
         async def slow_apply(sink: Any, batch: Any) -> Any:
-            nonlocal high_water
-            await asyncio.sleep(0.05)  # PostgreSQL is slow
-            # what has been read but not applied is bounded by the queue, whatever the backlog
-            high_water = max(high_water, runner.summary.peak_queue)
+            nonlocal streamed
+            await asyncio.sleep(0.02)  # PostgreSQL is slow
+            if (
+                batch.kind == "snapshot"
+                and not streamed
+                and (batch.snapshot or {}).get("c", {}).get("done")
+            ):
+                # the snapshot is read: another process writes a backlog of the same size
+                streamed = True
+                script = (
+                    "import asyncio\n"
+                    "from cartridge_dagster.connectors.mongo import mongo_session\n"
+                    "async def main():\n"
+                    f"    async with mongo_session({url!r}) as conn:\n"
+                    f"        await conn.database({mongo_db_name!r}).c.insert_many(\n"
+                    f"            [{{'_id': {backlog} + i, 'pad': {pad!r}}} for i in range({backlog})])\n"
+                    "asyncio.run(main())\n"
+                )
+                proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+                assert await proc.wait() == 0
             return await original(sink, batch)
 
         runner._apply = slow_apply  # type: ignore[method-assign]
-        summary = await asyncio.wait_for(runner.run(), 60)
-        assert summary.peak_queue <= 2 and high_water <= 2
-        assert sum(summary.snapshot_rows.values()) == 400
+        tracemalloc.start()
+        try:
+            summary = await asyncio.wait_for(runner.run(), 120)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert summary.total_applied == 2 * backlog
         await assert_oracle(settings, ["c"])
+        return peak, summary
+
+    async def go() -> None:
+        small, _ = await measure("small", capacity)
+        big, summary = await measure("big", capacity * 12)
+        assert summary.peak_queue <= 2
+        ratio = big / small
+        print(
+            f"peak traced memory: {small / 1e6:.1f} MB (1x) vs {big / 1e6:.1f} MB (12x): {ratio:.2f}"
+        )
+        assert ratio <= 1.3, f"memory grew with the backlog: {ratio:.2f}x"
 
     run(go())
 
@@ -474,3 +516,34 @@ def test_replay_supersession_and_parked_letters(
         }
 
     run(go())
+
+
+def test_split_large_events_on_the_wire(tmp_path: Any, pg_url: str, mongo_db_name: str) -> None:
+    """A server that splits events over its size limit (``$changeStreamSplitLargeEvent``, the
+    test server with a 4 KiB limit standing for MongoDB's 16 MiB): warp reassembles the
+    fragments, and a restart in the middle of a split event's fragments loses nothing."""
+    from tests.support.replset import start
+
+    server = start(tmp_path / "rs", max_event_bytes=4096)
+    try:
+        settings = warp_settings(server.uri, pg_url, mongo_db_name, batching={"max_batch_size": 3})
+
+        async def go() -> None:
+            async with mongo_session(server.uri) as conn:
+                await conn.database(mongo_db_name).big.insert_one({"_id": 0, "a": "seed"})
+            await run_warp(settings)
+            async with mongo_session(server.uri) as conn:
+                db = conn.database(mongo_db_name)
+                for i in range(1, 8):  # each event ~6 KB: fullDocument and updateDescription
+                    await db.big.insert_one({"_id": i, "a": "x" * 3000, "b": "y" * 3000})
+                    await db.big.update_one({"_id": i}, {"$set": {"a": "z" * 3500}})
+            runner = WarpRunner(settings, settings.schemas[0], stop_when_idle=0.6)
+            summary = await asyncio.wait_for(runner.run(), 120)
+            assert summary.total_applied >= 14
+            assert runner.source is not None and runner.source.merged_splits >= 14
+            await assert_oracle(settings, ["big"])
+            await assert_checkpoint_at_end(settings)
+
+        run(go())
+    finally:
+        server.stop()

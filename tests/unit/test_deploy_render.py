@@ -296,8 +296,9 @@ def test_warp_pods_probe_health_and_are_annotated_for_prometheus(
         }
         container = doc["spec"]["template"]["spec"]["containers"][0]
         assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
-        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        for probe in ("readinessProbe", "startupProbe"):
             assert container[probe]["httpGet"] == {"path": "/health", "port": port}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": port}
         assert container["resources"] == schema.k8s_resources
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert {"configMapRef": {"name": "cartridge-env"}} in container["envFrom"]
@@ -472,7 +473,7 @@ def test_dagster_k8s_builds_a_valid_warp_run_pod_per_schema(
         container = pod["spec"]["containers"][0]
         port = schema.warp.metrics_port
         assert container["resources"] == schema.k8s_resources  # the tag beats the defaults
-        assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": port}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": port}
         assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": port}
         assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)

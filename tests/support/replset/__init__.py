@@ -37,6 +37,7 @@ class ReplicaSetProcess:
     uri: str
     history: int
     max_event_bytes: int | None
+    users: tuple[str, ...] = ()
     proc: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def _args(self) -> list[str]:
@@ -53,6 +54,8 @@ class ReplicaSetProcess:
         ]
         if self.max_event_bytes is not None:
             args += ["--max-event-bytes", str(self.max_event_bytes)]
+        for user in self.users:
+            args += ["--user", user]
         return args
 
     def launch(self, timeout: float = 60.0) -> None:
@@ -106,10 +109,15 @@ class ReplicaSetProcess:
 
 
 def start(
-    data: Path, *, history: int = 100_000, max_event_bytes: int | None = None
+    data: Path,
+    *,
+    history: int = 100_000,
+    max_event_bytes: int | None = None,
+    users: tuple[str, ...] = (),
 ) -> ReplicaSetProcess:
-    """Start a server on ``data`` (created if missing) and wait until it listens."""
+    """Start a server on ``data`` (created if missing) and wait until it listens.
+    ``users``: ``NAME:PASSWORD`` accounts; with any, clients must authenticate."""
     data.mkdir(parents=True, exist_ok=True)
-    handle = ReplicaSetProcess(data, 0, "", history, max_event_bytes)
+    handle = ReplicaSetProcess(data, 0, "", history, max_event_bytes, users)
     handle.launch()
     return handle

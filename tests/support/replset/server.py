@@ -144,10 +144,12 @@ class ReplicaSetServer:
         port: int = 0,
         history: int = 100_000,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        users: tuple[tuple[str, str], ...] = (),
     ) -> None:
         from mongoeco import AsyncMongoClient
         from mongoeco.engines import SQLiteEngine
         from mongoeco.wire import AsyncMongoEcoProxyServer
+        from mongoeco.wire.auth import WireAuthUser
         from mongoeco.wire.executor import WireCommandExecutor
 
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +206,16 @@ class ReplicaSetServer:
                     raise ConnectionResetError("failCommand: closeConnection")
                 return response
 
-        self.proxy = Proxy(client=self.client, host=host, port=port)
+        self._users = {name for name, _ in users}
+        self.proxy = Proxy(
+            client=self.client,
+            host=host,
+            port=port,
+            auth_users=tuple(
+                WireAuthUser(name, password, roles=({"role": "root", "db": "admin"},))
+                for name, password in users
+            ),
+        )
         self.proxy._executor = Executor(
             self.client,
             self.proxy._cursor_store,
@@ -349,6 +360,10 @@ class ReplicaSetServer:
     async def _hello(self, context: Any, fallback: Any) -> dict[str, Any]:
         result = await fallback(context)
         assert self.oplog is not None
+        asked = context.raw_body.get("saslSupportedMechs")
+        if isinstance(asked, str) and asked.partition(".")[2] in self._users:
+            # the mechanism this server's SCRAM implements (drivers fall back to SHA-1 else)
+            result["saslSupportedMechs"] = ["SCRAM-SHA-256"]
         now = self.oplog.now()
         wall = dt.datetime.fromtimestamp(now.time, dt.UTC)
         result.update(
@@ -880,6 +895,7 @@ async def _main(args: argparse.Namespace) -> None:
         port=args.port,
         history=args.history,
         max_event_bytes=args.max_event_bytes,
+        users=tuple(tuple(u.split(":", 1)) for u in args.user),  # type: ignore[misc]
     )
     uri = await server.start()
     print(f"ready {uri}", flush=True)
@@ -897,6 +913,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--history", type=int, default=100_000, help="oplog entries kept")
     parser.add_argument("--max-event-bytes", type=int, default=MAX_EVENT_BYTES)
+    parser.add_argument(
+        "--user", action="append", default=[], help="NAME:PASSWORD (SCRAM); repeatable"
+    )
     asyncio.run(_main(parser.parse_args(argv)))
 
 
