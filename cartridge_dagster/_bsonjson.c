@@ -1,22 +1,27 @@
 /* BSON bytes -> the raw landing contract's JSON, without building Python objects.
  *
  * convert(raw: bytes) -> (canonical _id, JSON bytes) | None
+ * document(raw: bytes) -> JSON bytes | None   (the same walk, no _id required)
  *
  * The fast path of cartridge_dagster.documents.document_json for documents read as raw BSON
- * (PyMongo's RawBSONDocument: the bytes as they came off the wire). It writes what the Python
- * conversion writes for the types it knows -- double (finite), string, document, array, binary
- * (UUID subtypes 3/4 as a canonical UUID string, others base64), ObjectId (24 hex), bool,
- * UTC datetime (ISO-8601 with milliseconds and Z, years 1..9999), null, int32, int64 and
- * Decimal128 in plain notation -- and returns None for everything a policy or the slower
- * Python conversion must decide: NUL in strings, NaN and infinities, other BSON types, dates
- * out of range, invalid UTF-8, malformed BSON, nesting deeper than MAX_DEPTH, an _id that is
- * missing or not an ObjectId, string or integer. None is never an error: the caller decodes
- * the document and runs the Python conversion, which applies the policies and raises what it
- * must (a dead letter names the field).
+ * (PyMongo's RawBSONDocument: the bytes as they came off the wire). It writes, byte for byte,
+ * what the Python conversion writes for the types it knows -- double (finite, not -0.0; the
+ * text orjson writes), string, document, array, binary (UUID subtypes 3/4 as a canonical UUID
+ * string, others base64), ObjectId (24 hex), bool, UTC datetime (ISO-8601 with milliseconds
+ * and Z, years 1..9999), null, int32, int64 and Decimal128 in plain notation (not -0) -- and
+ * returns None for everything a policy or the slower Python conversion must decide: NUL in
+ * strings, NaN, infinities and negative zeros, other BSON types, dates out of range, invalid
+ * UTF-8, malformed BSON (any length or terminator that does not frame exactly), nesting
+ * deeper than MAX_DEPTH, and for convert() an _id that is missing or not an ObjectId, string or
+ * integer. None is never an error: the caller decodes the document and runs the Python
+ * conversion, which applies the policies and raises what it must (a dead letter names the
+ * field, or says why the BSON does not decode).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_DEPTH 200
@@ -215,11 +220,38 @@ static int put_datetime(buf_t *b, int64_t ms) {
     return buf_put(b, out, (size_t)n) < 0 ? NOMEM : OK;
 }
 
+/* A finite double as orjson writes it: the shortest repr digits, plain notation from 1e-5 up
+ * to 1e16, otherwise d.ddde-N / d.ddde+N with the exponent not zero-padded. repr differs in
+ * two ways only (tests/unit/test_bsonjson.py holds the two to the same bytes): it pads the
+ * exponent to two digits (1e-07) and switches to scientific notation below 1e-4 (1e-05). */
 static int put_double(buf_t *b, double v) {
     if (!isfinite(v)) return FALLBACK;
+    if (v == 0.0 && signbit(v)) return FALLBACK; /* -0.0: the negative-zero policy counts it */
     char *text = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (text == NULL) return NOMEM;
-    int rc = buf_put(b, text, strlen(text)) < 0 ? NOMEM : OK;
+    int rc = OK;
+    char *e = strchr(text, 'e');
+    if (e == NULL) {
+        rc = buf_put(b, text, strlen(text)) < 0 ? NOMEM : OK;
+    } else {
+        int exponent = atoi(e + 1);
+        if (exponent == -5) { /* [-]d[.ddd]e-05 -> [-]0.0000d[ddd] */
+            char out[64];
+            size_t n = 0;
+            const char *m = text;
+            if (*m == '-') out[n++] = *m++;
+            memcpy(out + n, "0.0000", 6);
+            n += 6;
+            for (; m < e; m++)
+                if (*m != '.') out[n++] = *m;
+            rc = buf_put(b, out, n) < 0 ? NOMEM : OK;
+        } else { /* mantissa, 'e', sign, exponent digits without leading zeros */
+            char out[16];
+            int n = snprintf(out, sizeof out, "e%c%d", exponent < 0 ? '-' : '+', abs(exponent));
+            if (buf_put(b, text, (size_t)(e - text)) < 0 || buf_put(b, out, (size_t)n) < 0)
+                rc = NOMEM;
+        }
+    }
     PyMem_Free(text);
     return rc;
 }
@@ -227,12 +259,21 @@ static int put_double(buf_t *b, double v) {
 /* Decimal128 in the plain notation Decimal.__str__ uses (exponent <= 0, adjusted >= -6). */
 static int put_decimal128(buf_t *b, const uint8_t *p) {
     uint64_t low = rd_u64(p), high = rd_u64(p + 8);
-    if ((high & (3ULL << 61)) == (3ULL << 61)) return FALLBACK; /* NaN, Inf, large form */
-    unsigned __int128 coef = ((unsigned __int128)(high & 0x1FFFFFFFFFFFFULL) << 64) | low;
-    unsigned __int128 max = 1;
-    for (int i = 0; i < 34; i++) max *= 10;
-    if (coef > max - 1) return FALLBACK;
-    int exponent = (int)((high >> 49) & 0x3FFF) - 6176;
+    unsigned __int128 coef;
+    int exponent;
+    if ((high & (3ULL << 61)) == (3ULL << 61)) {
+        if ((high & (3ULL << 59)) == (3ULL << 59)) return FALLBACK; /* NaN, Infinity */
+        /* the large-coefficient form: 0b100 + 111 bits, always past 10**34 - 1, so 0 */
+        coef = 0;
+        exponent = (int)((high >> 47) & 0x3FFF) - 6176;
+    } else {
+        coef = ((unsigned __int128)(high & 0x1FFFFFFFFFFFFULL) << 64) | low;
+        unsigned __int128 max = 1;
+        for (int i = 0; i < 34; i++) max *= 10;
+        if (coef > max - 1) coef = 0; /* a non-canonical coefficient means 0 (IEEE 754-2008) */
+        exponent = (int)((high >> 49) & 0x3FFF) - 6176;
+    }
+    if (coef == 0 && (high >> 63)) return FALLBACK; /* -0: the negative-zero policy counts it */
     char digits[40];
     int size = 0;
     do {
@@ -258,7 +299,6 @@ static int put_decimal128(buf_t *b, const uint8_t *p) {
         for (int i = 0; i < -exponent - size; i++) text[n++] = '0';
         memcpy(text + n, digits, (size_t)size); n += size;
     }
-    if (n == 2 && text[0] == '-' && text[1] == '0') n = 0, text[n++] = '0';
     return buf_put(b, text, (size_t)n) < 0 ? NOMEM : OK;
 }
 
@@ -495,6 +535,36 @@ done:
     return result;
 }
 
+/* document(raw) -> JSON bytes | None: the JSON convert() writes, without looking for an _id. */
+static PyObject *document(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *p = view.buf;
+    size_t n = (size_t)view.len;
+    PyObject *result = NULL;
+    buf_t b = {NULL, 0, 0};
+    int rc = FALLBACK;
+    if (n >= 5 && (size_t)rd_i32(p) == n && p[n - 1] == 0) {
+        if (buf_grow(&b, n + n / 2 + 64) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        rc = put_document(&b, p, n, 0, 0);
+    }
+    if (rc == OK) {
+        result = PyBytes_FromStringAndSize(b.data, (Py_ssize_t)b.len);
+    } else if (rc == NOMEM) {
+        PyErr_NoMemory();
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyMem_Free(b.data);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* split_event(raw) -> (envelope, fullDocument, fullDocumentBeforeChange) | None
  * The event without its document fields (BSON, to decode), and those fields' BSON documents
  * (None when absent or not a document). None when the BSON is malformed. */
@@ -567,6 +637,9 @@ static PyMethodDef methods[] = {
     {"split_event", split_event, METH_O,
      "split_event(raw) -> (envelope, fullDocument, fullDocumentBeforeChange) | None: a change "
      "event's BSON without its documents, and the documents' BSON."},
+    {"document", document, METH_O,
+     "document(raw) -> JSON bytes | None: BSON bytes to the landing JSON (no _id needed), or "
+     "None when the Python conversion must decide."},
     {"convert", convert, METH_O,
      "convert(raw) -> (canonical _id, JSON bytes) | None: BSON bytes to the landing JSON, or "
      "None when the Python conversion must decide."},

@@ -1,16 +1,36 @@
-"""BSON documents → analytics-friendly JSON (the raw landing contract in DESIGN.md).
+"""BSON documents → analytics-friendly JSON (the raw landing contract, docs/warp.md).
 
 ObjectId → 24-hex string; datetime → ISO-8601 UTC string with milliseconds and ``Z``;
-Decimal128 → an exact JSON number; Binary → base64 string (UUID subtype → canonical UUID string);
-UUID → canonical string; Int64 → number; Timestamp → ``{"t": …, "i": …}``; Regex →
-``{"$regex": …, "$options": …}``; MinKey/MaxKey → ``{"$minKey": 1}``/``{"$maxKey": 1}``;
-Code → its source text; DBRef → ``{"$ref": …, "$id": …}``.
+Decimal128 → an exact JSON number; Binary → base64 string (UUID subtypes 3/4 → canonical UUID
+string); UUID → canonical string; Int64 → number; Timestamp → ``{"t": …, "i": …}``; Regex →
+``{"$regex": …, "$options": "<letters>"}`` (MongoDB's letters, alphabetical); MinKey/MaxKey →
+``{"$minKey": 1}``/``{"$maxKey": 1}``; Code → its source text; code with scope →
+``{"$code": …, "$scope": {…}}``; DBRef → ``{"$ref": …, "$id": …}`` plus ``$db`` and any other
+fields it carries; symbol → string; undefined → null; DBPointer → ``{"$ref": …, "$id": …}``.
 
-Values PostgreSQL's ``jsonb`` cannot hold follow :class:`ValuePolicy` and are counted in
-:class:`ConversionStats`: NUL (U+0000) in strings is stripped or the document is rejected;
-NaN/±Infinity become strings (``"NaN"``, ``"Infinity"``), null, or reject the document.
-Rejected documents raise :class:`UnlandableDocument`, which names the field path, so the caller
-can dead-letter them; nothing is dropped silently.
+Values PostgreSQL's ``jsonb`` cannot hold follow :class:`ValuePolicy`; every change a policy
+makes to a value is counted per case and field path in :class:`ConversionStats` (the case
+names are :data:`POLICY_CASES`):
+
+- NUL (U+0000) in a string: stripped, or the document is rejected;
+- NUL in a field name: stripped, or the document is rejected; a stripped name that would take
+  the name of another field of the same object gets the suffix ``~nul`` (``~nul2``, … until it
+  is unique): a field is never overwritten;
+- NaN/±Infinity (double or Decimal128): the strings ``"NaN"``/``"Infinity"``/``"-Infinity"``,
+  null, or the document is rejected;
+- −0.0 (double or Decimal128): landed as 0 (PostgreSQL's ``numeric`` has no negative zero);
+- dates outside years 1–9999: the string ``"<milliseconds since the epoch>ms"``.
+
+Rejected documents raise :class:`UnlandableDocument`, which names the field path and the reason,
+so the caller can dead-letter them; so does BSON that does not decode (:func:`decode_raw`).
+Nothing is dropped silently.
+
+Three implementations of the contract, each measured by ``tests/performance/bench_conversion.py``
+and held to the same bytes by ``tests/unit/test_bson_corpus.py`` and the hypothesis tests:
+:func:`to_jsonable` (the reference, and the only one that applies policies), the orjson fast
+path of :func:`document_json` (dicts: the embedded engine's path), and the C extension behind
+:func:`raw_document_json` (raw BSON: PyMongo's path). The fast ones step aside to the reference
+wherever a policy or a rare type is involved.
 
 :func:`canonical_hash` gives the same digest for a document converted here and for the same
 document read back from ``jsonb``, which is what reconciliation compares.
@@ -23,16 +43,20 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+import bson
 import orjson
 from bson import (
     DBRef,
     Decimal128,
+    Int64,
     MaxKey,
     MinKey,
     ObjectId,
@@ -48,12 +72,15 @@ from bson.raw_bson import RawBSONDocument
 from cartridge_dagster.errors import TerminalError
 
 __all__ = [
+    "POLICY_CASES",
     "ConversionStats",
     "UnlandableDocument",
     "ValuePolicy",
     "canonical_hash",
     "canonical_id",
+    "decode_raw",
     "document_json",
+    "landed_names",
     "raw_document_json",
     "split_event",
     "to_jsonable",
@@ -81,9 +108,43 @@ RAW_OPTIONS: Any = DECODE_OPTIONS.with_options(document_class=RawBSONDocument)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _UNPACK_QQ = struct.Struct("<QQ").unpack
 
+PolicyCase = Literal[
+    "nul_stripped",
+    "nul_key_stripped",
+    "nul_key_renamed",
+    "non_finite",
+    "negative_zero",
+    "date_out_of_range",
+]
+#: Every change a policy makes to a value, as counted by :class:`ConversionStats`.
+POLICY_CASES: Final[tuple[PolicyCase, ...]] = (
+    "nul_stripped",  # NUL removed from a string value (policy nul_in_strings: strip)
+    "nul_key_stripped",  # NUL removed from a field name (policy nul_in_strings: strip)
+    "nul_key_renamed",  # ... and the name taken by another field: suffixed ``~nul``
+    "non_finite",  # NaN/±Infinity as a string or null (policy non_finite_numbers)
+    "negative_zero",  # -0.0 landed as 0 (jsonb's numeric has no negative zero)
+    "date_out_of_range",  # a date outside years 1-9999 landed as "<millis>ms"
+)
+
+#: The suffix a NUL-stripped field name takes when another field already has its name.
+NUL_KEY_SUFFIX: Final = "~nul"
+
+#: MongoDB's regex option letters for Python's ``re`` flags (PyMongo decodes options to them).
+_REGEX_LETTERS: Final = (
+    (re.IGNORECASE, "i"),
+    (re.LOCALE, "l"),
+    (re.MULTILINE, "m"),
+    (re.DOTALL, "s"),
+    (re.UNICODE, "u"),
+    (re.VERBOSE, "x"),
+)
+
 
 class UnlandableDocument(TerminalError):
-    """A document that cannot be landed under the configured policy (goes to dead letters)."""
+    """A document that cannot be landed under the configured policy (goes to dead letters).
+
+    ``reason`` is one of ``nul_in_string``, ``nul_in_key``, ``non_finite_number``,
+    ``invalid_bson``, ``oversized``; ``path`` is the field path (empty for the document)."""
 
     def __init__(self, message: str, *, path: str, reason: str) -> None:
         super().__init__(message)
@@ -99,13 +160,78 @@ class ValuePolicy:
 
 @dataclass
 class ConversionStats:
-    nul_stripped: int = 0
-    non_finite: int = 0
-    out_of_range_dates: int = 0
-    by_field: dict[str, int] = field(default_factory=dict)
+    """What the value policies changed: ``counts[case][field path]`` (cases: POLICY_CASES).
 
-    def note(self, path: str) -> None:
-        self.by_field[path] = self.by_field.get(path, 0) + 1
+    Field paths are dotted (``a.b``), ``[]`` marks array elements (``items[].price``), and a
+    renamed field is counted under its landed name. A dead letter is not counted here (it
+    changes nothing: the dead-letter table has it)."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def note(self, case: PolicyCase, path: str) -> None:
+        by_path = self.counts.get(case)
+        if by_path is None:
+            by_path = self.counts[case] = {}
+        by_path[path] = by_path.get(path, 0) + 1
+
+    def total(self, case: PolicyCase) -> int:
+        return sum(self.counts.get(case, {}).values())
+
+    def merge(self, other: ConversionStats) -> None:
+        for case, by_path in other.counts.items():
+            mine = self.counts.setdefault(case, {})
+            for path, n in by_path.items():
+                mine[path] = mine.get(path, 0) + n
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """The counts as sorted JSON-able data (for asset metadata and ``warp status``)."""
+        return {
+            case: dict(sorted(self.counts[case].items()))
+            for case in POLICY_CASES
+            if self.counts.get(case)
+        }
+
+    def __bool__(self) -> bool:
+        return any(self.counts.values())
+
+    @property
+    def nul_stripped(self) -> int:
+        """NULs removed, from string values and from field names (renamed ones included)."""
+        return (
+            self.total("nul_stripped")
+            + self.total("nul_key_stripped")
+            + self.total("nul_key_renamed")
+        )
+
+    @property
+    def non_finite(self) -> int:
+        return self.total("non_finite")
+
+    @property
+    def out_of_range_dates(self) -> int:
+        return self.total("date_out_of_range")
+
+    @property
+    def by_field(self) -> dict[str, int]:
+        """Changes per field path, all cases together."""
+        out: dict[str, int] = {}
+        for by_path in self.counts.values():
+            for path, n in by_path.items():
+                out[path] = out.get(path, 0) + n
+        return dict(sorted(out.items()))
+
+
+def decode_raw(raw: bytes | memoryview) -> dict[str, Any]:
+    """BSON bytes → a document (:data:`DECODE_OPTIONS`); BSON that does not decode raises
+    :class:`UnlandableDocument` (reason ``invalid_bson``) saying why."""
+    try:
+        return bson.decode(raw, DECODE_OPTIONS)  # type: ignore[no-any-return]
+    except (bson.errors.InvalidBSON, ValueError, TypeError, OverflowError) as exc:
+        raise UnlandableDocument(
+            f"the document is not valid BSON ({len(raw)} bytes): {exc}",
+            path="",
+            reason="invalid_bson",
+        ) from None
 
 
 def _iso(value: dt.datetime) -> str:
@@ -121,8 +247,7 @@ def _datetime_ms(value: DatetimeMS, stats: ConversionStats, path: str) -> str:
     try:
         return _iso(_EPOCH + dt.timedelta(milliseconds=millis))
     except OverflowError:
-        stats.out_of_range_dates += 1
-        stats.note(path)
+        stats.note("date_out_of_range", path)
         return f"{millis}ms"
 
 
@@ -146,8 +271,82 @@ def canonical_id(value: Any) -> str:
     return orjson.dumps(jsonable, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _regex_options(value: Regex[Any] | re.Pattern[Any]) -> str:
+    flags = int(value.flags)
+    if isinstance(value, re.Pattern) and isinstance(value.pattern, str):
+        flags &= ~re.UNICODE  # implied by every str pattern, not an option someone chose
+    return "".join(letter for flag, letter in _REGEX_LETTERS if flags & flag)
+
+
+def _regex(
+    value: Regex[Any] | re.Pattern[Any], policy: ValuePolicy, stats: ConversionStats, path: str
+) -> dict[str, Any]:
+    pattern = value.pattern
+    if isinstance(pattern, bytes):
+        pattern = pattern.decode("utf-8", errors="replace")
+    return {"$regex": to_jsonable(pattern, policy, stats, path), "$options": _regex_options(value)}
+
+
+def landed_names(keys: list[str]) -> list[tuple[str, PolicyCase | None]]:
+    """The names the fields of one object land under (policy ``nul_in_strings: strip``), in
+    order, with the policy case each name change is counted as (``None``: unchanged).
+
+    A NUL is stripped from a name; a stripped name that another field of the object already
+    has (or that an earlier stripped name took) gets :data:`NUL_KEY_SUFFIX` (``~nul``, then
+    ``~nul2``, …): no field ever lands on top of another."""
+    taken = {k for k in keys if "\x00" not in k}
+    out: list[tuple[str, PolicyCase | None]] = []
+    for key in keys:
+        if "\x00" not in key:
+            out.append((key, None))
+            continue
+        stripped = name = key.replace("\x00", "")
+        case: PolicyCase = "nul_key_stripped"
+        n = 1
+        while name in taken:
+            case = "nul_key_renamed"
+            name = f"{stripped}{NUL_KEY_SUFFIX}{n if n > 1 else ''}"
+            n += 1
+        taken.add(name)
+        out.append((name, case))
+    return out
+
+
+def _object(
+    value: Mapping[Any, Any], policy: ValuePolicy, stats: ConversionStats, path: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys = [str(k) for k in value]
+    if not any("\x00" in k for k in keys):
+        for key, item in zip(keys, value.values(), strict=True):
+            out[key] = to_jsonable(item, policy, stats, _child(path, key))
+        return out
+    # A NUL in a field name: strip it, never onto the name of another field of this object.
+    if policy.nul_in_strings == "dead_letter":
+        key = next(k for k in keys if "\x00" in k)
+        raise UnlandableDocument(
+            f"the field name {key!r} under {path or '(root)'!r} contains a NUL character",
+            path=path,
+            reason="nul_in_key",
+        )
+    for (name, case), item in zip(landed_names(keys), value.values(), strict=True):
+        if case is not None:
+            stats.note(case, _child(path, name))
+        out[name] = to_jsonable(item, policy, stats, _child(path, name))
+    return out
+
+
 def to_jsonable(value: Any, policy: ValuePolicy, stats: ConversionStats, path: str = "") -> Any:
-    """Convert one BSON value (recursively) to JSON-able Python."""
+    """Convert one BSON value (recursively) to JSON-able Python: the reference conversion."""
+    if isinstance(value, Code):  # a str subclass: before str, or its scope is lost
+        text = to_jsonable(str(value), policy, stats, path)
+        if value.scope is None:
+            return text
+        return {"$code": text, "$scope": _object(value.scope, policy, stats, f"{path}.$scope")}
     if isinstance(value, str):
         if "\x00" in value:
             if policy.nul_in_strings == "dead_letter":
@@ -156,8 +355,7 @@ def to_jsonable(value: Any, policy: ValuePolicy, stats: ConversionStats, path: s
                     path=path,
                     reason="nul_in_string",
                 )
-            stats.nul_stripped += 1
-            stats.note(path)
+            stats.note("nul_stripped", path)
             return value.replace("\x00", "")
         return value
     if value is None or isinstance(value, bool):
@@ -165,24 +363,16 @@ def to_jsonable(value: Any, policy: ValuePolicy, stats: ConversionStats, path: s
     if isinstance(value, int):  # Int64 is an int
         return int(value)
     if isinstance(value, float):
+        if value == 0.0 and math.copysign(1.0, value) < 0:
+            stats.note("negative_zero", path)
+            return 0.0
         if math.isfinite(value):
             return value
         return _non_finite(str(value), policy, stats, path)
+    if isinstance(value, DBRef):  # $ref, $id, then $db and extra fields, in that order
+        return _object(value.as_doc(), policy, stats, path)
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            skey = str(key)
-            if "\x00" in skey:
-                if policy.nul_in_strings == "dead_letter":
-                    raise UnlandableDocument(
-                        f"a field name under {path or '(root)'!r} contains a NUL character",
-                        path=path,
-                        reason="nul_in_key",
-                    )
-                stats.nul_stripped += 1
-                skey = skey.replace("\x00", "")
-            out[skey] = to_jsonable(item, policy, stats, f"{path}.{skey}" if path else skey)
-        return out
+        return _object(value, policy, stats, path)
     if isinstance(value, list | tuple):
         child = f"{path}[]"
         return [to_jsonable(item, policy, stats, child) for item in value]
@@ -191,15 +381,9 @@ def to_jsonable(value: Any, policy: ValuePolicy, stats: ConversionStats, path: s
     if isinstance(value, dt.datetime):
         return _iso(value)
     if isinstance(value, Decimal128):
-        dec = value.to_decimal()
-        if not dec.is_finite():
-            text = "NaN" if dec.is_nan() else ("-Infinity" if dec.is_signed() else "Infinity")
-            return _non_finite(text, policy, stats, path)
-        return orjson.Fragment(_decimal_text(dec))
+        return _decimal(value.to_decimal(), policy, stats, path)
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return _non_finite(str(value), policy, stats, path)
-        return orjson.Fragment(_decimal_text(value))
+        return _decimal(value, policy, stats, path)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, Binary):
@@ -212,28 +396,33 @@ def to_jsonable(value: Any, policy: ValuePolicy, stats: ConversionStats, path: s
         return _datetime_ms(value, stats, path)
     if isinstance(value, Timestamp):
         return {"t": value.time, "i": value.inc}
-    if isinstance(value, Regex):
-        return {"$regex": to_jsonable(value.pattern, policy, stats, path), "$options": value.flags}
-    if isinstance(value, Code):
-        return str(value)
+    if isinstance(value, Regex | re.Pattern):
+        return _regex(value, policy, stats, path)
     if isinstance(value, MinKey):
         return {"$minKey": 1}
     if isinstance(value, MaxKey):
         return {"$maxKey": 1}
-    if isinstance(value, DBRef):
-        return {"$ref": value.collection, "$id": to_jsonable(value.id, policy, stats, path)}
+    if isinstance(value, Mapping):
+        return _object(value, policy, stats, path)
     if isinstance(value, dt.date):
         return value.isoformat()
-    if hasattr(value, "pattern") and hasattr(value, "flags"):  # re.Pattern
-        return {"$regex": value.pattern, "$options": ""}
     return str(value)
 
 
+def _decimal(dec: Decimal, policy: ValuePolicy, stats: ConversionStats, path: str) -> Any:
+    if not dec.is_finite():
+        text = "NaN" if dec.is_nan() else ("-Infinity" if dec.is_signed() else "Infinity")
+        return _non_finite(text, policy, stats, path)
+    if dec.is_signed() and dec.is_zero():
+        stats.note("negative_zero", path)
+        dec = dec.copy_abs()
+    return orjson.Fragment(str(dec))
+
+
 def _decimal_text(dec: Decimal) -> str:
-    # JSON numbers have no "+" exponents issue; Decimal's str is valid JSON for finite values
-    # except forms like "1E+3", which JSON allows ("1E+3" is valid). Normalise "-0" too.
-    text = str(dec)
-    return "0" if text in ("-0", "0E-0") else text
+    """A finite, non-negative-zero ``Decimal`` as a JSON number: its ``str`` (``1E+3`` is
+    valid JSON)."""
+    return str(dec)
 
 
 def _non_finite(text: str, policy: ValuePolicy, stats: ConversionStats, path: str) -> Any:
@@ -243,8 +432,7 @@ def _non_finite(text: str, policy: ValuePolicy, stats: ConversionStats, path: st
             path=path,
             reason="non_finite_number",
         )
-    stats.non_finite += 1
-    stats.note(path)
+    stats.note("non_finite", path)
     if policy.non_finite_numbers == "null":
         return None
     return text.replace("inf", "Infinity").replace("nan", "NaN")
@@ -282,6 +470,8 @@ def _decimal128_text(value: Decimal128) -> str:
         raise _NeedsPolicy
     exponent = ((high >> 49) & 0x3FFF) - 6176
     sign = "-" if high >> 63 else ""
+    if sign and not coefficient:
+        raise _NeedsPolicy  # -0: the negative-zero policy counts it
     digits = str(coefficient)
     size = len(digits)
     if exponent <= 0 and exponent + size > -6:
@@ -291,7 +481,7 @@ def _decimal128_text(value: Decimal128) -> str:
             text = f"{digits[:exponent]}.{digits[exponent:]}"
         else:
             text = "0." + "0" * (-exponent - size) + digits
-        return "0" if sign and text == "0" else sign + text
+        return sign + text
     return _decimal_text(Decimal(f"{sign}{coefficient}E{exponent}"))
 
 
@@ -306,6 +496,7 @@ def _decimal128_fragment(value: Decimal128) -> Any:
 
 
 _FAST_TYPES: dict[type, Any] = {
+    Int64: int,  # orjson hands subclasses to ``default`` (OPT_PASSTHROUGH_SUBCLASS)
     ObjectId: _oid_hex,
     dt.datetime: _iso,
     Decimal128: _decimal128_fragment,
@@ -320,23 +511,33 @@ def _fast_default(value: Any) -> Any:
     convert = _FAST_TYPES.get(type(value))
     if convert is not None:
         return convert(value)
-    if isinstance(value, Decimal) and value.is_finite():
+    if (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and not (value.is_signed() and value.is_zero())
+    ):
         return orjson.Fragment(_decimal_text(value))
+    # Subclasses of str (Code: its scope must not vanish) and anything else rare: the
+    # reference conversion decides.
     raise _NeedsPolicy
 
 
-def _has_non_finite(value: Any) -> bool:
-    """Whether a NaN or ±Infinity float hides anywhere in ``value`` (dicts and lists walked).
+def _special_float(value: float) -> bool:
+    """NaN, ±Infinity or -0.0: ``x - x`` is NaN for the first three, ``0.0`` for every finite
+    float, and ``copysign`` tells the zeros apart."""
+    return bool(value - value != 0.0) or (value == 0.0 and math.copysign(1.0, value) < 0)
 
-    ``x - x`` is ``0.0`` for every finite float and NaN for NaN and ±Infinity, so one
-    subtraction and one comparison test a float; scalars are never pushed on a stack."""
+
+def _has_special_float(value: Any) -> bool:
+    """Whether a float a policy must see (NaN, ±Infinity, -0.0) hides anywhere in ``value``
+    (dicts and lists walked; scalars are never pushed on a stack)."""
     kind = type(value)
     if kind is dict:
         items = value.values()
     elif kind is list or kind is tuple:
         items = value
     elif kind is float:
-        return bool(value - value != 0.0)
+        return _special_float(value)
     elif isinstance(value, dict):
         items = value.values()
     else:
@@ -344,11 +545,11 @@ def _has_non_finite(value: Any) -> bool:
     for item in items:
         kind = type(item)
         if kind is float:
-            if item - item != 0.0:
+            if (item - item != 0.0) or (item == 0.0 and math.copysign(1.0, item) < 0):
                 return True
         elif kind in _SCALARS:
             continue
-        elif _has_non_finite(item):
+        elif _has_special_float(item):
             return True
     return False
 
@@ -359,7 +560,9 @@ _SCALARS = frozenset(
 )
 
 
-_FAST_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+#: ``datetime`` and subclasses of ``str``/``int``/``dict``/``list`` go through ``default``:
+#: ``Code`` is a ``str`` whose scope orjson would drop, ``Int64`` an ``int``.
+_FAST_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
 def document_json(
@@ -369,11 +572,12 @@ def document_json(
 ) -> bytes:
     """The ``document`` column value (JSON bytes) for one BSON document.
 
-    Fast path: orjson walks the document natively (BSON types through ``default``); the output
-    is only kept when no policy applies: no ``\u0000`` escape (a NUL in a string or key) and,
-    when the output has a ``null`` (orjson writes NaN/Infinity as null), no non-finite float.
-    Otherwise the full conversion (:func:`to_jsonable`) runs, applies the policies and counts.
-    Both give the same bytes for documents the fast path accepts.
+    Fast path: orjson walks the document natively (BSON types through ``default``; rarer types
+    and values a policy must see raise to leave it); the output is only kept when no policy
+    applies: no ``\u0000`` escape (a NUL in a string or key) and, when the output has a
+    ``null`` (orjson writes NaN/Infinity as null) or a ``-0.0``, no such float in the document.
+    Otherwise the reference conversion (:func:`to_jsonable`) runs, applies the policies and
+    counts. Both give the same bytes for documents the fast path accepts.
     """
     try:
         out = orjson.dumps(document, default=_fast_default, option=_FAST_OPTIONS)
@@ -382,7 +586,7 @@ def document_json(
     if (
         out is not None
         and b"\\u0000" not in out
-        and (b"null" not in out or not _has_non_finite(document))
+        and ((b"null" not in out and b"-0.0" not in out) or not _has_special_float(document))
     ):
         return out
     stats = stats if stats is not None else ConversionStats()

@@ -135,13 +135,20 @@ def demo_seed(
     scale: Annotated[float, typer.Option(help="Size multiplier (1.0 ≈ 32,500 documents).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same documents.")] = 42,
     if_empty: Annotated[
-        bool, typer.Option("--if-empty", help="Do nothing when the source has data.")
+        bool,
+        typer.Option(
+            "--if-empty", help="Do nothing when the source has data (the default; for scripts)."
+        ),
+    ] = False,
+    reset: Annotated[
+        bool,
+        typer.Option("--reset", help="Empty the demo collections first, then seed them again."),
     ] = False,
     schema: Annotated[str | None, typer.Option(help="Schema to seed (default: the first).")] = None,
 ) -> None:
     """Seed the demo source with a deterministic e-commerce dataset."""
     from cartridge_dagster.connectors.mongo import mongo_session
-    from cartridge_dagster.demo.seed import DemoSizes, seed_demo
+    from cartridge_dagster.demo.seed import DemoSizes, existing_documents, reset_demo, seed_demo
 
     if scale <= 0:
         raise ConfigError("--scale must be positive")
@@ -153,13 +160,19 @@ def demo_seed(
         url = settings.source.url()
         async with mongo_session(url) as conn:
             db = conn.database(target.source_database)
-            existing = await conn.list_collection_names(target.source_database)
-            if if_empty and existing:
+            existing = await existing_documents(conn, db)
+            if existing and not reset:  # --if-empty or not: never seed over data
+                listed = ", ".join(f"{name}={n:,}" for name, n in existing.items())
                 console.print(
-                    f"demo source {target.source_database!r} already has data "
-                    f"({', '.join(existing)}); not seeding"
+                    f"demo source {target.source_database!r} already has data ({listed}); "
+                    "not seeding (--reset empties the demo collections and seeds again)"
                 )
                 return
+            if reset:
+                removed = await reset_demo(db)
+                if removed:
+                    listed = ", ".join(f"{name}={n:,}" for name, n in removed.items())
+                    console.print(f"emptied {listed} in {target.source_database!r}")
             with Progress(
                 TextColumn("[bold]seeding[/] {task.description}"),
                 BarColumn(),

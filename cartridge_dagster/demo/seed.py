@@ -23,9 +23,28 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import pymongo.errors
 from bson import Decimal128, ObjectId
 
-__all__ = ["DemoGenerator", "DemoSizes", "seed_demo"]
+from cartridge_dagster.errors import TerminalError
+
+__all__ = [
+    "DEMO_COLLECTIONS",
+    "DemoGenerator",
+    "DemoSizes",
+    "SeedConflict",
+    "existing_documents",
+    "reset_demo",
+    "seed_demo",
+]
+
+#: The collections the demo seeds, in dependency order.
+DEMO_COLLECTIONS = ("customers", "products", "orders", "events")
+
+
+class SeedConflict(TerminalError):
+    """The demo's documents would collide with documents already in the source."""
+
 
 BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CITIES = [
@@ -331,9 +350,38 @@ async def seed_demo(
         coll = database[name]
         inserted = 0
         for chunk in _chunks(docs, batch_size):
-            await coll.insert_many(chunk, ordered=False)
+            try:
+                await coll.insert_many(chunk, ordered=False)
+            except pymongo.errors.BulkWriteError as exc:
+                duplicates = sum(
+                    1 for e in exc.details.get("writeErrors", []) if e.get("code") == 11000
+                )
+                raise SeedConflict(
+                    f"collection {name!r} already holds {duplicates or 'some'} of the demo's "
+                    f"documents (same _id); not seeding over them",
+                    hint="`cartridge demo seed --reset` empties the demo collections and seeds "
+                    "again",
+                ) from None
             inserted += len(chunk)
             if progress is not None:
                 progress(name, len(chunk))
         counts[name] = inserted
     return counts
+
+
+async def existing_documents(client: Any, database: Any) -> dict[str, int]:
+    """Collections of ``database`` holding documents, with their counts (``client``: anything
+    with ``list_collection_names(database_name)``, as :class:`MongoConnection`)."""
+    names = await client.list_collection_names(database.name)
+    counts = {name: int(await database[name].count_documents({})) for name in sorted(names)}
+    return {name: n for name, n in counts.items() if n}
+
+
+async def reset_demo(database: Any) -> dict[str, int]:
+    """Empty the demo's collections (documents deleted, collections kept): what was removed."""
+    removed: dict[str, int] = {}
+    for name in DEMO_COLLECTIONS:
+        result = await database[name].delete_many({})
+        if result.deleted_count:
+            removed[name] = int(result.deleted_count)
+    return removed

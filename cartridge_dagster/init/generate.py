@@ -17,9 +17,19 @@ Every generated file starts with :data:`MARKER`. Writing is idempotent (a file i
 when its bytes change), a file without the marker is never overwritten (it is a hand-written model:
 reported as a conflict), and generated files of collections that disappeared are removed.
 
-Strings from the data (field names, enum values, descriptions) are untrusted: in SQL they are
-quoted literals with ``{``/``}`` spelled ``chr(123)``/``chr(125)`` so dbt's Jinja never sees a
-delimiter; in YAML, Jinja delimiters are broken apart; identifiers go through ``quote_ident``.
+Names from the source (collections, field paths, enum values) and the prose built from them are
+untrusted, and each is escaped for the context it lands in:
+
+- SQL: identifiers through ``quote_ident``; strings as quoted literals with ``{``/``}`` spelled
+  ``chr(123)``/``chr(125)``, so dbt's Jinja never sees a delimiter;
+- YAML: every string is a YAML scalar (PyYAML quotes it); one that holds a Jinja delimiter
+  becomes a single Jinja expression evaluating to exactly that text (:func:`jinja_text`), since
+  dbt renders YAML values (names, ``meta``, descriptions, test arguments) with Jinja;
+- names dbt itself wraps in double quotes without escaping them (a source's ``schema`` and
+  ``identifier``): a name holding ``"`` is written already quoted by ``quote_ident`` with dbt's
+  quoting turned off for that part (:func:`dbt_relation_name`);
+- ``accepted_values``: the values are SQL literals (``quote: false``), since dbt's macro puts
+  quoted values between single quotes unescaped.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import yaml
 
 from cartridge_dagster.identifiers import quote_ident, quote_literal
 from cartridge_dagster.init.describe import CollectionDocs, describe_collection
+from cartridge_dagster.init.inference import field_name
 from cartridge_dagster.init.naming import (
     GENERATED_DIR,
     child_model_name,
@@ -67,11 +78,30 @@ def has_jinja(text: str) -> bool:
     return any(d in text for d in JINJA_DELIMITERS)
 
 
-def safe_prose(text: str) -> str:
-    """Prose for YAML that dbt renders with Jinja: break every delimiter apart."""
-    for d in JINJA_DELIMITERS:
-        text = text.replace(d, f"{d[0]} {d[1]}")
-    return text
+def jinja_text(text: str) -> str:
+    """``text`` for a YAML value dbt renders with Jinja, so that it renders back exactly.
+
+    Text without a Jinja delimiter or a line end is itself; otherwise it becomes one Jinja
+    expression, a string literal of the text: ``{{ "a{{b" }}`` renders ``a{{b`` (and Jinja,
+    which turns ``\r`` into ``\n`` and drops a trailing newline in template text, keeps both
+    in a literal). Jinja reads the literal with Python's escapes (``unicode-escape``), so
+    backslashes, double quotes and line ends are escaped; a delimiter inside a string literal
+    ends nothing."""
+    if not has_jinja(text) and "\n" not in text and "\r" not in text:
+        return text
+    body = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '{{ "' + body + '" }}'
+
+
+def dbt_relation_name(name: str) -> tuple[str, bool]:
+    """(the value for a source's ``schema``/``identifier``, whether dbt should quote it).
+
+    dbt's PostgreSQL adapter quotes a relation part as ``'"' + name + '"'``, doubling nothing:
+    ``weird"name`` would render ``"weird"name"``. Such a name is written already quoted
+    (``"weird""name"``) and dbt's quoting is turned off for that part."""
+    if '"' in name:
+        return jinja_text(quote_ident(name)), False
+    return jinja_text(name), True
 
 
 def sql_literal(text: str) -> str:
@@ -94,7 +124,7 @@ def sql_literal(text: str) -> str:
 
 
 def _path_expr(base: str, segments: list[str]) -> str:
-    keys = ", ".join(sql_literal(s) for s in segments)
+    keys = ", ".join(sql_literal(field_name(s)) for s in segments)
     return f"{base} #> array[{keys}]::text[]"
 
 
@@ -247,14 +277,44 @@ def child_sql(
 # --------------------------------------------------------------------------- YAML
 
 
-def _yaml(data: Any) -> str:
+#: Characters a YAML loader reads as line breaks (or drops) unless they are escaped in a
+#: double-quoted scalar: NEL, LINE/PARAGRAPH SEPARATOR, BOM and the C0/C1 controls.
+_YAML_UNSAFE = frozenset(
+    {*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), "\u2028", "\u2029", "\ufeff"}
+) - {"\t"}
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, writing a string with a character of :data:`_YAML_UNSAFE` in
+    double quotes (escaped): plain or single-quoted, ``\x85`` would load back as a space."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = '"' if any(ch in _YAML_UNSAFE for ch in text) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def yaml_text(data: Any) -> str:
+    """A generated YAML file's text (the marker line, then ``data``); every string loads back
+    exactly as it was."""
     return (
         YAML_MARKER
         + "\n"
-        + yaml.safe_dump(
-            data, sort_keys=False, allow_unicode=True, width=100, default_flow_style=False
+        + yaml.dump(
+            data,
+            Dumper=_Dumper,
+            sort_keys=False,
+            allow_unicode=True,
+            width=100,
+            default_flow_style=False,
         )
     )
+
+
+_yaml = yaml_text
 
 
 def sources_yml(
@@ -263,12 +323,18 @@ def sources_yml(
     tables = []
     for name in sorted(collections):
         coll = collections[name]
+        identifier, quote_identifier = dbt_relation_name(raw_table_name(name))
+        table: dict[str, Any] = {
+            "name": dbt_source_table_name(name),
+            "identifier": identifier,
+        }
+        if not quote_identifier:
+            table["quoting"] = {"identifier": False}
         tables.append(
-            {
-                "name": dbt_source_table_name(name),
-                "identifier": raw_table_name(name),
-                "description": safe_prose(docs[name].source_description),
-                "meta": {"cartridge": {"schema": schema, "collection": safe_prose(name)}},
+            table
+            | {
+                "description": jinja_text(docs[name].source_description),
+                "meta": {"cartridge": {"schema": schema, "collection": jinja_text(name)}},
                 "columns": [
                     {
                         "name": "_id",
@@ -284,18 +350,19 @@ def sources_yml(
                 ],
             }
         )
+    schema_value, quote_schema = dbt_relation_name(raw_schema)
     return _yaml(
         {
             "version": 2,
             "sources": [
                 {
                     "name": dbt_source_name(schema),
-                    "schema": raw_schema,
-                    "description": safe_prose(
+                    "schema": schema_value,
+                    "description": jinja_text(
                         f"Raw tables landed by Cartridge warp for schema `{schema}` "
                         "(JSONB documents)."
                     ),
-                    "quoting": {"database": True, "schema": True, "identifier": True},
+                    "quoting": {"database": True, "schema": quote_schema, "identifier": True},
                     "config": {
                         "loaded_at_field": '"_cartridge_synced_at"',
                         "freshness": {
@@ -312,7 +379,7 @@ def sources_yml(
 
 
 def _column_entry(name: str, description: str, tests: list[Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": name, "description": safe_prose(description), "quote": True}
+    entry: dict[str, Any] = {"name": name, "description": jinja_text(description), "quote": True}
     if tests:
         entry["data_tests"] = tests
     return entry
@@ -329,11 +396,14 @@ def _field_tests(
     tests: list[Any] = []
     entry = coll["fields"].get(field_path, {})
     enum = entry.get("enum")
-    if enum and not any(has_jinja(v) for v in enum):
+    if enum:
+        # As SQL literals (dbt's macro would put quoted values between quotes unescaped); the
+        # landed values have their NULs stripped (policy nul_in_strings: strip).
+        values = list(dict.fromkeys(sql_literal(str(v).replace("\x00", "")) for v in enum))
         tests.append(
             {
                 "accepted_values": {
-                    "arguments": {"values": list(enum)},
+                    "arguments": {"values": values, "quote": False},
                     "config": {"severity": "error" if sampled_fully else "warn"},
                 }
             }
@@ -371,7 +441,7 @@ def models_yml(
         doc = docs[name]
         full = coll["sampling"]["method"] in ("full", "catalog")
         model = staging_model_name(schema, name)
-        meta = {"cartridge": {"schema": schema, "collection": safe_prose(name), "kind": "staging"}}
+        meta = {"cartridge": {"schema": schema, "collection": jinja_text(name), "kind": "staging"}}
         columns = [
             _column_entry(
                 "_id",
@@ -397,7 +467,7 @@ def models_yml(
         models.append(
             {
                 "name": model,
-                "description": safe_prose(doc.description),
+                "description": jinja_text(doc.description),
                 "config": {
                     "schema": staging_schema,
                     "tags": ["cartridge", f"cartridge_{schema}"],
@@ -448,7 +518,7 @@ def models_yml(
             models.append(
                 {
                     "name": child,
-                    "description": safe_prose(
+                    "description": jinja_text(
                         doc.arrays.get(array_path)
                         or f"One row per element of `{array_path}` in `{model}`."
                     ),
@@ -458,9 +528,9 @@ def models_yml(
                         "meta": {
                             "cartridge": {
                                 "schema": schema,
-                                "collection": safe_prose(name),
+                                "collection": jinja_text(name),
                                 "kind": "array",
-                                "array": safe_prose(array_path),
+                                "array": jinja_text(array_path),
                                 "parent": model,
                             }
                         },
@@ -498,9 +568,7 @@ def render_schema(
     skipped: dict[str, str] = {}
     usable: dict[str, Any] = {}
     for name, coll in sorted(collections.items()):
-        if has_jinja(name):
-            skipped[name] = "the collection name contains a Jinja delimiter ({{ {% {# …)"
-        elif not coll["columns"] and not coll["arrays"] and coll["source_kind"] == "postgresql":
+        if not coll["columns"] and not coll["arrays"] and coll["source_kind"] == "postgresql":
             skipped[name] = "no columns"
         else:
             usable[name] = coll

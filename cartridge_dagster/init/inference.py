@@ -31,14 +31,16 @@ from bson.binary import Binary
 from bson.code import Code
 from bson.datetime_ms import DatetimeMS
 
-from cartridge_dagster.documents import ConversionStats, ValuePolicy, to_jsonable
+from cartridge_dagster.documents import ConversionStats, ValuePolicy, landed_names, to_jsonable
 from cartridge_dagster.identifiers import assign_names
 
 __all__ = [
     "ARRAY_MARK",
+    "LITERAL_ARRAY_MARK",
     "RESERVED_COLUMNS",
     "InferenceOptions",
     "Profiler",
+    "field_name",
     "finalize",
     "join_path",
     "split_path",
@@ -46,6 +48,20 @@ __all__ = [
 
 #: The path segment standing for "each element of the array".
 ARRAY_MARK = "[]"
+#: The path segment of a field literally named ``[]`` (a NUL never is in a landed field name,
+#: so this cannot be another field's name); :func:`field_name` gives the name back.
+LITERAL_ARRAY_MARK = "\x00[]"
+
+
+def field_name(segment: str) -> str:
+    """The field name (JSON key) a path segment stands for (not :data:`ARRAY_MARK`)."""
+    return ARRAY_MARK if segment == LITERAL_ARRAY_MARK else segment
+
+
+def _segment(key: str) -> str:
+    return LITERAL_ARRAY_MARK if key == ARRAY_MARK else key
+
+
 #: Column names the staging models use themselves; field columns never take them.
 RESERVED_COLUMNS = (
     "_id",
@@ -117,7 +133,7 @@ def join_path(segments: Iterable[str]) -> str:
         if seg == ARRAY_MARK:
             out.append(ARRAY_MARK)
         else:
-            text = seg.replace("\\", "\\\\").replace(".", "\\.")
+            text = field_name(seg).replace("\\", "\\\\").replace(".", "\\.")
             out.append("\\[]" if text == ARRAY_MARK else text)
     return ".".join(out)
 
@@ -132,7 +148,7 @@ def split_path(path: str) -> list[str]:
         if ch == "\\" and i + 1 < len(path):
             nxt = path[i + 1]
             if nxt == "[" and path[i + 1 : i + 3] == "[]":
-                buf.append("[]")
+                buf.append(LITERAL_ARRAY_MARK)
                 i += 3
                 continue
             buf.append(nxt)
@@ -596,7 +612,7 @@ def _walk(
     if node.children:
         for key in sorted(node.children):
             child = node.children[key]
-            child_segments = [*segments, key]
+            child_segments = [*segments, _segment(key)]
             path = join_path(child_segments)
             if _excluded(path, options):
                 continue
@@ -618,7 +634,7 @@ def _node_at(root: _Node, segments: list[str]) -> _Node | None:
     for seg in segments:
         if node is None:
             return None
-        node = node.elem if seg == ARRAY_MARK else (node.children or {}).get(seg)
+        node = node.elem if seg == ARRAY_MARK else (node.children or {}).get(field_name(seg))
     return node
 
 
@@ -694,6 +710,23 @@ def _timestamps(fields: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(found, key=rank)
 
 
+def _land_names(node: _Node) -> None:
+    """Field names as warp lands them: a NUL stripped (``~nul`` where the stripped name is
+    another field's; :func:`~cartridge_dagster.documents.landed_names`), so generated models
+    read the landed paths. Only trees holding such a name change (in place)."""
+    if node.children:
+        keys = sorted(node.children)
+        if any("\x00" in k for k in keys):
+            renamed = landed_names(keys)
+            node.children = {
+                name: node.children[key] for key, (name, _) in zip(keys, renamed, strict=True)
+            }
+        for child in node.children.values():
+            _land_names(child)
+    if node.elem is not None:
+        _land_names(node.elem)
+
+
 def finalize(
     collection: str,
     profiler: Profiler,
@@ -704,6 +737,7 @@ def finalize(
 ) -> dict[str, Any]:
     """The collection's schema as deterministic JSON-able data."""
     options = profiler.options
+    _land_names(profiler.root)
     fields: dict[str, dict[str, Any]] = {}
     _walk(profiler.root, [], profiler.documents, options, fields)
     columns, arrays = _layout(fields, profiler.root, [], options)

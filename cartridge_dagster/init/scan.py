@@ -1,12 +1,20 @@
 """Scanning a source schema: sample every collection, profile it, detect references.
 
 MongoDB: collections smaller than ``sampling.full_scan_below`` (or all, with ``full_scan``) are
-read whole in ``_id`` order, so the same data always gives the same schema. Larger ones are read
-with ``$sample`` rounds of ``sample_size``; with ``adaptive`` sampling, rounds continue while new
-field paths or types still appear, up to ``max_sample_size`` documents (duplicates across rounds
-are skipped). References are checked on the sample: a field holding ObjectIds (or id-like
-strings) is a reference to collection X when ≥ 90 % of up to 50 of its sampled values are ``_id``s
-of X.
+read whole in ``_id`` order. Larger ones are sampled **deterministically** (seeded sampling):
+every ``_id`` is read (a projection: only the ``_id``s travel), each gets a rank from a
+seeded hash of its canonical value, and the documents of the lowest ranks are read in rounds of
+``sample_size``; with ``adaptive`` sampling, rounds continue while new field paths or types
+still appear, up to ``max_sample_size`` documents. The same data therefore always gives the
+same sample, the same statistics and the same schema, byte for byte (no new version, no
+regenerated file, the scan says "unchanged"); a document's rank depends on its ``_id`` alone,
+so a small change to the data changes the sample a little, not all of it. References are
+checked on the sample: a field holding ObjectIds (or id-like strings) is a reference to
+collection X when ≥ 90 % of up to 50 of its sampled values are ``_id``s of X.
+
+No value stops a scan: a collection holding NaN or ±Infinity, which the embedded engine cannot
+sort or filter in SQL, is read through :mod:`~cartridge_dagster.safe_reads`; a query the
+source cannot answer raises one error naming the collection and the cause.
 
 PostgreSQL: columns, types, nullability, keys and statistics come from the catalogs
 (:func:`scan_postgres`) and are stored in the same shape.
@@ -14,24 +22,33 @@ PostgreSQL: columns, types, nullability, keys and statistics come from the catal
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo.errors
 from bson import ObjectId
 
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
-from cartridge_dagster.connectors.mongo import MongoConnection, aggregate
+from cartridge_dagster.connectors.mongo import MongoConnection
+from cartridge_dagster.documents import canonical_id
+from cartridge_dagster.errors import CartridgeError, TransientError, classify
 from cartridge_dagster.identifiers import assign_names
 from cartridge_dagster.init.inference import (
+    ARRAY_MARK,
     RESERVED_COLUMNS,
     InferenceOptions,
     Profiler,
+    field_name,
     finalize,
     join_path,
 )
 from cartridge_dagster.observability import get_logger
+from cartridge_dagster.safe_reads import UnreadableCollection, count_documents, find_documents
 
 __all__ = [
     "REFERENCE_MIN_MATCH",
@@ -46,6 +63,9 @@ __all__ = [
 REFERENCE_MIN_MATCH = 0.9
 REFERENCE_PROBE = 50
 FIND_BATCH = 2000
+ID_BATCH = 10000
+#: The seed of the sample's ranks: changing it changes every sampled collection's sample.
+SAMPLE_SEED = b"cartridge-sample-1"
 
 log = get_logger(__name__)
 
@@ -89,6 +109,58 @@ def _options(schema: SchemaConfig, collection: str) -> InferenceOptions:
     )
 
 
+def sample_rank(_id: Any) -> tuple[bytes, str, str]:
+    """The seeded rank of a document in the sample (lowest first): a hash of its ``_id``'s
+    canonical text, ties broken by type and text (so distinct ``_id``s never tie)."""
+    text = canonical_id(_id)
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=SAMPLE_SEED)
+    return digest.digest(), type(_id).__name__, text
+
+
+async def _lowest_ranks(coll: Any, name: str, cap: int) -> list[tuple[tuple[bytes, str, str], Any]]:
+    """The ``cap`` documents of lowest rank, as (rank, ``_id``), lowest first; reads only the
+    ``_id``s and keeps at most about ``2 * cap`` of them."""
+    ranked: list[tuple[tuple[bytes, str, str], Any]] = []
+    ids = find_documents(coll, {}, name=name, projection={"_id": 1}, batch_size=ID_BATCH)
+    async for doc in ids:
+        _id = doc.get("_id")
+        ranked.append((sample_rank(_id), _id))
+        if len(ranked) >= 2 * cap + ID_BATCH:
+            ranked = heapq.nsmallest(cap, ranked, key=_first)
+    return heapq.nsmallest(cap, ranked, key=_first)
+
+
+def _first(item: tuple[tuple[bytes, str, str], Any]) -> tuple[bytes, str, str]:
+    return item[0]
+
+
+async def _sampled(
+    coll: Any, name: str, ranked: list[tuple[tuple[bytes, str, str], Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    """The documents of ``ranked`` (a round), in rank order (those deleted meanwhile skipped)."""
+    wanted = {rank[2] + "\x00" + rank[1]: i for i, (rank, _id) in enumerate(ranked)}
+    found: list[tuple[int, dict[str, Any]]] = []
+    for start in range(0, len(ranked), FIND_BATCH):
+        ids = [_id for _rank, _id in ranked[start : start + FIND_BATCH]]
+        async for doc in find_documents(coll, {"_id": {"$in": ids}}, name=name):
+            _id = doc.get("_id")
+            i = wanted.get(canonical_id(_id) + "\x00" + type(_id).__name__)
+            if i is not None:
+                found.append((i, doc))
+    found.sort(key=lambda item: item[0])
+    for _i, doc in found:
+        yield doc
+
+
+def _query_error(exc: BaseException, db: Any, collection: str, what: str) -> CartridgeError:
+    """A driver error while reading ``collection``, as one line naming it and the cause."""
+    where = f"collection {collection!r} of database {getattr(db, 'name', '?')!r}"
+    message = f"{where}: the source could not {what} ({type(exc).__name__}: {exc})"
+    if classify(exc) is TransientError:
+        return TransientError(message, hint="the source may be busy or unreachable; retry")
+    return UnreadableCollection(message)
+
+
 async def scan_collection(
     db: Any,
     schema: SchemaConfig,
@@ -98,16 +170,32 @@ async def scan_collection(
     progress: ScanProgress | None = None,
 ) -> tuple[dict[str, Any], Profiler]:
     """Profile one collection; returns its schema JSON and the profiler (for references)."""
+    what = "count its documents"
+    try:
+        coll = db[collection]
+        total = await count_documents(coll, {}, name=collection)
+        what = "read it"
+        return await _profile(coll, schema, collection, total, full_scan, progress)
+    except (pymongo.errors.PyMongoError, sqlite3.Error) as exc:
+        raise _query_error(exc, db, collection, what) from None
+
+
+async def _profile(
+    coll: Any,
+    schema: SchemaConfig,
+    collection: str,
+    total: int,
+    full_scan: bool,
+    progress: ScanProgress | None,
+) -> tuple[dict[str, Any], Profiler]:
     sampling = schema.sampling
-    coll = db[collection]
-    total = int(await coll.count_documents({}))
     profiler = Profiler(_options(schema, collection))
     rounds = 0
+    batch: list[Any] = []
     if full_scan or total <= sampling.full_scan_below:
         method = "full"
-        batch: list[Any] = []
-        cursor = coll.find({}).sort("_id", 1).batch_size(FIND_BATCH)
-        async for doc in cursor:
+        docs = find_documents(coll, {}, name=collection, sort_by_id=True, batch_size=FIND_BATCH)
+        async for doc in docs:
             batch.append(doc)
             if len(batch) >= FIND_BATCH:
                 profiler.add_many(batch)
@@ -119,19 +207,18 @@ async def scan_collection(
     else:
         method = "sample"
         cap = min(sampling.max_sample_size, total)
-        while profiler.documents < cap:
-            size = min(sampling.sample_size, cap - profiler.documents)
+        ranked = await _lowest_ranks(coll, collection, cap)
+        taken = 0
+        while taken < len(ranked):
+            size = min(sampling.sample_size, len(ranked) - taken)
             before = profiler.novelty
-            fresh = []
-            cursor = await aggregate(coll, [{"$sample": {"size": size}}])
-            async for doc in cursor:
-                if not profiler.seen(doc.get("_id")):
-                    fresh.append(doc)
-            profiler.add_many(fresh)
+            batch = [doc async for doc in _sampled(coll, collection, ranked[taken : taken + size])]
+            taken += size
+            profiler.add_many(batch)
             rounds += 1
             if progress is not None:
                 progress(collection, profiler.documents, cap)
-            if not sampling.adaptive or not fresh:
+            if not sampling.adaptive:
                 break
             if rounds > 1 and profiler.novelty == before:
                 break  # this round found no new path and no new type: the shape has settled
@@ -165,7 +252,7 @@ def _reference_candidates(result: Mapping[str, Any]) -> list[str]:
 def _probe_values(profiler: Profiler, segments: list[str]) -> list[Any]:
     node: Any = profiler.root
     for seg in segments:
-        node = node.elem if seg == "[]" else (node.children or {}).get(seg)
+        node = node.elem if seg == ARRAY_MARK else (node.children or {}).get(field_name(seg))
         if node is None:
             return []
     if not node.distinct:
@@ -193,7 +280,11 @@ async def _detect_references(
                     continue
                 if isinstance(values[0], str) and "string" not in id_types:
                     continue
-                found = int(await db[target].count_documents({"_id": {"$in": values}}))
+                query = {"_id": {"$in": values}}
+                try:
+                    found = await count_documents(db[target], query, name=target)
+                except (pymongo.errors.PyMongoError, sqlite3.Error) as exc:
+                    raise _query_error(exc, db, target, "look up the _ids of a reference") from None
                 ratio = found / len(values)
                 if ratio >= REFERENCE_MIN_MATCH and (best is None or ratio > best[0]):
                     best = (ratio, target)

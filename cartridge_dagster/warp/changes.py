@@ -29,11 +29,11 @@ from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.documents import (
-    DECODE_OPTIONS,
     ConversionStats,
     UnlandableDocument,
     ValuePolicy,
     canonical_id,
+    decode_raw,
     document_json,
     raw_document_json,
 )
@@ -133,12 +133,36 @@ def _encode_raw(value: Mapping[str, Any]) -> bytes:
 class Transformer:
     """Turns source documents and change events into :class:`Change`s or :class:`DeadLetter`s.
 
-    Applies the schema's value policy (NUL, NaN), removes ``exclude_fields`` (never landed),
-    enforces ``dead_letter.max_document_bytes`` and counts what the policies changed.
+    Applies the schema's value policy (NUL, NaN, negative zero, dates out of range), removes
+    ``exclude_fields`` (never landed), enforces ``dead_letter.max_document_bytes`` and counts
+    what the policies changed per collection and field path (``collection_stats``; see
+    :class:`~cartridge_dagster.documents.ConversionStats` and :meth:`take_stats`).
     """
 
     schema: SchemaConfig
-    stats: ConversionStats = field(default_factory=ConversionStats)
+    #: collection → what the value policies changed since the last :meth:`take_stats`
+    collection_stats: dict[str, ConversionStats] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> ConversionStats:
+        """All collections' counts together (since the last :meth:`take_stats`)."""
+        total = ConversionStats()
+        for stats in self.collection_stats.values():
+            total.merge(stats)
+        return total
+
+    def stats_for(self, collection: str) -> ConversionStats:
+        found = self.collection_stats.get(collection)
+        if found is None:
+            found = self.collection_stats[collection] = ConversionStats()
+        return found
+
+    def take_stats(self) -> dict[str, ConversionStats]:
+        """The counts per collection since the last call, and start counting afresh (for a
+        caller that adds them up where they outlive the process, e.g. per batch)."""
+        taken = {c: s for c, s in self.collection_stats.items() if s}
+        self.collection_stats = {}
+        return taken
 
     def __post_init__(self) -> None:
         dl = self.schema.dead_letter
@@ -179,8 +203,8 @@ class Transformer:
                     return Change(collection, doc_id, op, version, body, source_ts)
             raw = raw or doc
             try:
-                doc = bson.decode(doc.raw, DECODE_OPTIONS)
-            except (bson.errors.BSONError, ValueError, TypeError, OverflowError) as exc:
+                doc = decode_raw(doc.raw)
+            except UnlandableDocument as exc:
                 return self._dead(collection, None, version, op, exc, raw, token)
         try:
             doc_id = canonical_id(doc.get("_id"))
@@ -191,8 +215,9 @@ class Transformer:
             doc = dict(doc)
             for path in excludes:
                 _drop_path(doc, path)
+        counted = ConversionStats()  # kept only when the document lands
         try:
-            body = document_json(doc, self.policy, self.stats)  # type: ignore[arg-type]
+            body = document_json(doc, self.policy, counted)  # type: ignore[arg-type]
         except (UnlandableDocument, orjson.JSONEncodeError, TypeError, ValueError) as exc:
             return self._dead(collection, doc_id, version, op, exc, raw or doc, token)
         if len(body) > self.max_bytes:
@@ -203,6 +228,8 @@ class Transformer:
                 reason="oversized",
             )
             return self._dead(collection, doc_id, version, op, err, raw or doc, token)
+        if counted:
+            self.stats_for(collection).merge(counted)
         return Change(collection, doc_id, op, version, body, source_ts)
 
     def event(

@@ -34,6 +34,7 @@ from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, ra
 from cartridge_dagster.connectors.mongoeco_log import decode_token
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.observability import get_logger
+from cartridge_dagster.safe_reads import find_documents
 from cartridge_dagster.warp.changes import (
     Change,
     DeadLetter,
@@ -256,7 +257,8 @@ class SchemaSource:
         query: dict[str, Any] = {"_id": {"$gt": after}} if has_after else {}
         count = 0
         last_doc = None
-        async for doc in coll.find(query).sort("_id", 1).limit(n):
+        # find_documents: a NaN or ±Infinity on the embedded engine cannot stop the copy
+        async for doc in find_documents(coll, query, name=collection, sort_by_id=True, limit=n):
             count += 1
             last_doc = doc
             yield doc
@@ -264,8 +266,11 @@ class SchemaSource:
             # ``$gt`` stays within one BSON type; ``$expr`` compares across types, so a
             # collection with mixed ``_id`` types continues in the next type bracket.
             last = after if last_doc is None else last_doc["_id"]
-            more = coll.find({"$expr": {"$gt": ["$_id", {"$literal": last}]}})
-            async for doc in more.sort("_id", 1).limit(n - count):
+            more = {"$expr": {"$gt": ["$_id", {"$literal": last}]}}
+            rest = n - count
+            async for doc in find_documents(
+                coll, more, name=collection, sort_by_id=True, limit=rest
+            ):
                 yield doc
 
     async def snapshot(

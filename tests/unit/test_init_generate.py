@@ -6,12 +6,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dbt.clients.jinja import get_rendered
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cartridge_dagster.init.generate import (
     MARKER,
+    dbt_relation_name,
+    has_jinja,
+    jinja_text,
     render_schema,
     sql_literal,
     write_files,
+    yaml_text,
 )
 from cartridge_dagster.init.inference import InferenceOptions, Profiler, finalize
 
@@ -59,7 +66,7 @@ def test_render_is_deterministic_and_complete() -> None:
     order_cols = {c["name"]: c for c in models["stg_shop__orders"]["columns"]}
     assert order_cols["_id"]["data_tests"] == ["unique", "not_null"]
     accepted = order_cols["status"]["data_tests"][0]["accepted_values"]
-    assert accepted["arguments"]["values"] == ["paid", "shipped"]
+    assert accepted["arguments"] == {"values": ["'paid'", "'shipped'"], "quote": False}
     item_cols = {c["name"]: c for c in models["stg_shop__orders__items"]["columns"]}
     rel = next(t for t in item_cols["sku"]["data_tests"] if "relationships" in t)
     rel = rel["relationships"]["arguments"]
@@ -91,14 +98,68 @@ def test_write_is_idempotent_keeps_hand_written_and_removes_stale(tmp_path: Path
     assert (tmp_path / "my_model.sql").exists()
 
 
-def test_hostile_names_never_reach_jinja() -> None:
-    evil = "{{ run_query('drop schema public cascade') }}"
-    coll = _coll("c", [{"_id": 1, evil: 1, "ok": "{% do x %}"}] * 1)
-    files, skipped = render_schema("shop", "raw", "stg", {"c": coll, evil: coll})
-    assert evil in skipped
-    for text in files.values():
+def _strings(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in _strings(v, (*path, k))]
+    if isinstance(node, list):
+        return [s for i, v in enumerate(node) for s in _strings(v, (*path, i))]
+    return [(path, node)] if isinstance(node, str) else []
+
+
+EVIL = "{{ run_query('drop schema public cascade') }}"
+
+
+def test_hostile_names_render_back_exactly_through_dbt_jinja() -> None:
+    """Every YAML string, rendered by dbt's own Jinja (native, as dbt renders YAML) with no
+    context at all (so ``run_query`` would fail), gives back exactly the text meant."""
+    weird = 'we"ird\\{% x %}\n{#'
+    coll = _coll(
+        "c",
+        [{"_id": i, EVIL: 1, "ok": ["{% do x %}", "it's", "a\\b"][i % 3]} for i in range(30)],
+    )
+    files, skipped = render_schema("shop", 'raw"x', "stg", {"c": coll, EVIL: coll, weird: coll})
+    assert not skipped
+    rendered: dict[tuple[Any, ...], Any] = {}
+    for name in ("_shop__sources.yml", "_shop__models.yml"):
+        for path, text in _strings(yaml.safe_load(files[name])):
+            rendered[(name, *path)] = get_rendered(text, {}, native=True)
+    metas = {v for k, v in rendered.items() if k[-2:] == ("cartridge", "collection")}
+    assert metas == {"c", EVIL, weird}
+    sources = yaml.safe_load(files["_shop__sources.yml"])["sources"][0]
+    assert sources["schema"] == '"raw""x"' and sources["quoting"]["schema"] is False
+    tables = {t["meta"]["cartridge"]["collection"]: t for t in sources["tables"]}
+    weird_table = tables[jinja_text(weird)]
+    assert get_rendered(weird_table["identifier"], {}, native=True) == '"we""ird\\{% x %}\n{#"'
+    assert weird_table["quoting"] == {"identifier": False}
+    assert "quoting" not in tables["c"] and tables["c"]["identifier"] == "c"
+    assert any(EVIL in str(v) for k, v in rendered.items() if k[-1] == "description")
+    models = {m["name"]: m for m in yaml.safe_load(files["_shop__models.yml"])["models"]}
+    ok = next(c for c in models["stg_shop__c"]["columns"] if c["name"] == "ok")
+    values = ok["data_tests"][0]["accepted_values"]["arguments"]["values"]
+    assert values == [
+        "'a\\b'",
+        "'it''s'",
+        "(chr(123) || '% do x %' || chr(125))",
+    ]
+    for text in (t for n, t in files.items() if n.endswith(".sql")):
         assert "{{ run_query" not in text and "{% do" not in text
     assert "chr(123)" in files["stg_shop__c.sql"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",))))
+def test_jinja_text_renders_back_exactly(text: str) -> None:
+    value = jinja_text(text)
+    assert yaml.safe_load(yaml_text({"v": value}))["v"] == value
+    assert get_rendered(value, {}, native=True) == text
+    if not has_jinja(text) and "\n" not in text and "\r" not in text:
+        assert value == text  # plain text stays plain
+
+
+def test_dbt_relation_name() -> None:
+    assert dbt_relation_name("orders") == ("orders", True)
+    assert dbt_relation_name('we"ird') == ('"we""ird"', False)
+    assert dbt_relation_name('a"{{b}}') == ('{{ "\\"a\\"\\"{{b}}\\"" }}', False)
 
 
 def test_sql_literal() -> None:

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import pytest
 from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from cartridge_dagster.documents import (
     ConversionStats,
     ValuePolicy,
     _decimal128_text,
+    _NeedsPolicy,
     document_json,
     to_jsonable,
 )
@@ -69,7 +71,11 @@ def test_decimal128_text(value: Decimal) -> None:
         d = Decimal128(value)
     except Exception:
         return
-    assert _decimal128_text(d) in (str(d.to_decimal()), "0")
+    if value.is_zero() and value.is_signed():
+        with pytest.raises(_NeedsPolicy):  # -0 goes the way that counts it
+            _decimal128_text(d)
+        return
+    assert _decimal128_text(d) == str(d.to_decimal())
 
 
 @given(
@@ -79,10 +85,13 @@ def test_decimal128_text(value: Decimal) -> None:
 )
 def test_decimal128_text_formats_like_decimal(coefficient: int, exponent: int, sign: str) -> None:
     """The formatter's own plain notation and its Decimal fallback both print what
-    ``str(Decimal)`` prints (``-0`` aside, which lands as ``0``)."""
+    ``str(Decimal)`` prints (``-0`` aside, which the negative-zero policy must count)."""
     d = Decimal128(f"{sign}{coefficient}E{exponent}")
-    expected = str(d.to_decimal())
-    assert _decimal128_text(d) == ("0" if expected in ("-0", "0E-0") else expected)
+    if sign and not coefficient:
+        with pytest.raises(_NeedsPolicy):
+            _decimal128_text(d)
+        return
+    assert _decimal128_text(d) == str(d.to_decimal())
 
 
 def test_policies_still_apply_and_count() -> None:
@@ -92,3 +101,15 @@ def test_policies_still_apply_and_count() -> None:
     )
     assert orjson.loads(out) == {"_id": 1, "s": "ab", "f": "NaN", "u": str(uuid.UUID(int=1))}
     assert stats.nul_stripped == 1 and stats.non_finite == 1
+    assert stats.as_dict() == {"nul_stripped": {"s": 1}, "non_finite": {"f": 1}}
+
+
+def test_negative_zero_lands_as_zero_and_is_counted() -> None:
+    stats = ConversionStats()
+    doc = {"f": -0.0, "d": Decimal128("-0.00"), "a": [{"x": -0.0}], "ok": 0.0, "s": "-0.0"}
+    out = document_json(doc, None, stats)
+    assert out == b'{"f":0.0,"d":0.00,"a":[{"x":0.0}],"ok":0.0,"s":"-0.0"}'
+    assert stats.as_dict() == {"negative_zero": {"a[].x": 1, "d": 1, "f": 1}}
+    plain = ConversionStats()
+    assert document_json({"s": "-0.0", "n": None}, None, plain) == b'{"s":"-0.0","n":null}'
+    assert not plain
