@@ -103,6 +103,8 @@ def control_ddl() -> list[str]:
       reading, the error class and message, the resume token, attempts and status.
     - ``name_map``: collection → raw (and history) table, with per-table progress.
     - ``tombstones``: versions of hard-deleted documents, so a stale replay cannot resurrect them.
+    - ``policy_counts``: what the value policies changed (NUL stripped, NaN as text, …) per
+      collection, policy and field path, counted in the batch transaction (exactly once).
     """
     cs = quote_ident(CONTROL_SCHEMA)
     return [
@@ -149,6 +151,15 @@ def control_ddl() -> list[str]:
   last_source_ts timestamptz,
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (schema_name, collection)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {cs}.policy_counts (
+  schema_name text NOT NULL,
+  collection text NOT NULL,
+  policy text NOT NULL,
+  path text NOT NULL,
+  n bigint NOT NULL DEFAULT 0,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (schema_name, collection, policy, path)
 )""",
         f"""CREATE TABLE IF NOT EXISTS {cs}.tombstones (
   schema_name text NOT NULL,

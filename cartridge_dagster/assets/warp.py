@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -69,10 +70,10 @@ class DagsterObserver:
         *,
         interval: float,
         cancel_poll_seconds: float = 1.0,
-        open_letters: Callable[[], dict[str, tuple[int, int]]] | None = None,
+        open_letters: Callable[[], "WarehouseCounts"] | None = None,
     ) -> None:
         self.context = context
-        #: Dead letters still open per collection, (pending, parked): read when emitting.
+        #: Open dead letters and value-policy counts per collection, read when emitting.
         self.open_letters = open_letters
         self.schema = schema
         self.interval = interval
@@ -115,17 +116,23 @@ class DagsterObserver:
         self._emitter.submit(self._emit, events).add_done_callback(self._emitted)
 
     def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        letters: dict[str, tuple[int, int]] | None = None
+        counts: WarehouseCounts | None = None
         if self.open_letters is not None:
             try:
-                letters = self.open_letters()
+                counts = self.open_letters()
             except Exception as exc:  # noqa: BLE001 - the counts are a report; the data is landed
-                log.warning("warp.dead_letter_counts.failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("warp.warehouse_counts.failed", error=f"{type(exc).__name__}: {exc}")
         for table, metadata in events:
-            if letters is not None:
-                pending, parked = letters.get(table, (0, 0))
+            if counts is not None:
+                pending, parked = counts.letters.get(table, (0, 0))
                 metadata["dead_letters_pending"] = dg.MetadataValue.int(pending)
                 metadata["dead_letters_parked"] = dg.MetadataValue.int(parked)
+                changed = counts.policies.get(table, {})
+                metadata["value_policy_changes"] = dg.MetadataValue.int(
+                    sum(sum(paths.values()) for paths in changed.values())
+                )
+                if changed:  # {policy: {field path: count}}: what landed differently
+                    metadata["value_policies"] = dg.MetadataValue.json(changed)
             self.context.log_event(
                 dg.AssetMaterialization(
                     asset_key=raw_key(self.schema.name, table), metadata=metadata
@@ -208,16 +215,25 @@ def _redacted_failure(exc: Exception) -> dg.Failure:
     return dg.Failure(description=message, metadata={"traceback": dg.MetadataValue.text(trace)})
 
 
+@dataclass
+class WarehouseCounts:
+    """Per collection: open dead letters ``(pending, parked)``, and what the value policies
+    changed ``{policy: {field path: count}}``."""
+
+    letters: dict[str, tuple[int, int]]
+    policies: dict[str, dict[str, dict[str, int]]]
+
+
 class DeadLetterCounts:
-    """Open dead letters per collection, ``(pending, parked)``, read from the warehouse on the
-    materialization thread (one short query per emit, one connection kept)."""
+    """:class:`WarehouseCounts` read from the warehouse on the materialization thread (two
+    short queries per emit, one connection kept)."""
 
     def __init__(self, url: str, schema: str) -> None:
         self.url = url
         self.schema = schema
         self._conn: Any = None
 
-    def __call__(self) -> dict[str, tuple[int, int]]:
+    def __call__(self) -> WarehouseCounts:
         import psycopg2
 
         if self._conn is None or self._conn.closed:
@@ -230,7 +246,18 @@ class DeadLetterCounts:
                 "WHERE schema_name = %s AND status IN ('pending', 'parked') GROUP BY collection",
                 (self.schema,),
             )
-            return {str(c): (int(p), int(k)) for c, p, k in cur.fetchall()}
+            letters = {str(c): (int(p), int(k)) for c, p, k in cur.fetchall()}
+            cur.execute(
+                "SELECT collection, policy, path, n FROM cartridge_warp.policy_counts "
+                "WHERE schema_name = %s",
+                (self.schema,),
+            )
+            policies: dict[str, dict[str, dict[str, int]]] = {}
+            for collection, policy, path, n in cur.fetchall():
+                policies.setdefault(str(collection), {}).setdefault(str(policy), {})[str(path)] = (
+                    int(n)
+                )
+        return WarehouseCounts(letters, policies)
 
     def close(self) -> None:
         if self._conn is not None:

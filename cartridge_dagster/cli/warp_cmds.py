@@ -177,6 +177,14 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
                 str(t.parked),
             )
         console.print(table)
+        for t in st.tables:
+            if t.policies:
+                changed = "; ".join(
+                    f"{policy} {sum(paths.values())} ({', '.join(sorted(paths)[:5])}"
+                    f"{', …' if len(paths) > 5 else ''})"
+                    for policy, paths in t.policies.items()
+                )
+                console.print(f"  {t.collection}: value policies changed: {changed}", markup=False)
 
 
 def dlq_list(

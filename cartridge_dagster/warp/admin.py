@@ -42,6 +42,8 @@ class TableStatus:
     lag_seconds: float | None
     dead_letters: int  # pending: replay may still land them
     parked: int = 0  # failed replay dead_letter.max_attempts times: a person must act
+    #: What the value policies changed: ``{policy: {field path: count}}`` (POLICY_CASES).
+    policies: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +103,15 @@ async def schema_status(pg_url: str, schema: SchemaConfig) -> SchemaStatus:
         )
         if cp["last_source_ts"] is not None:
             status.lag_seconds = max(0.0, (cp["updated_at"] - cp["last_source_ts"]).total_seconds())
+        policies: dict[str, dict[str, dict[str, int]]] = {}
+        if await conn.fetchval("SELECT to_regclass('cartridge_warp.policy_counts') IS NOT NULL"):
+            for r in await conn.fetch(
+                f"SELECT collection, policy, path, n FROM {CS}.policy_counts "
+                "WHERE schema_name = $1 ORDER BY collection, policy, path",
+                schema.name,
+            ):
+                by_policy = policies.setdefault(r["collection"], {})
+                by_policy.setdefault(r["policy"], {})[r["path"]] = int(r["n"])
         for row in await conn.fetch(
             f"SELECT * FROM {CS}.name_map WHERE schema_name = $1 ORDER BY collection",
             schema.name,
@@ -123,6 +134,7 @@ async def schema_status(pg_url: str, schema: SchemaConfig) -> SchemaStatus:
                     lag_seconds=(row["updated_at"] - last).total_seconds() if last else None,
                     dead_letters=dead_by.get(row["collection"], 0),
                     parked=parked_by.get(row["collection"], 0),
+                    policies=policies.get(row["collection"], {}),
                 )
             )
         return status
@@ -277,6 +289,9 @@ async def replay_dead_letters(
                 )
                 await sink._ensure_table(conn, rebuilt.collection)
                 poison = await sink._apply_isolating(conn, [rebuilt])
+                changed = transformer.take_stats()
+                if not poison:  # the replayed document landed as the policies changed it
+                    await sink._count_policies(conn, changed)
                 if poison:
                     attempts = int(row["attempts"]) + 1
                     parked = attempts >= schema.dead_letter.max_attempts

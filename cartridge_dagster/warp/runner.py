@@ -334,6 +334,7 @@ class WarpRunner:
                     progressed = False
                     try:
                         async for batch in produce():
+                            batch.policy = source.take_stats()
                             await self._put(queue, batch)
                             progressed = True
                             if handed is not None:

@@ -34,6 +34,7 @@ import orjson
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.postgres import connect
+from cartridge_dagster.documents import ConversionStats
 from cartridge_dagster.errors import TerminalError, TransientError, classify
 from cartridge_dagster.identifiers import qualified, quote_ident
 from cartridge_dagster.landing import (
@@ -101,6 +102,9 @@ class Batch:
     #: Initial-snapshot rows past the committed ``_id`` cursor cannot be in the table yet:
     #: they may be COPYed straight in (a conflict falls back to the staged merge).
     direct_copy: bool = False
+    #: What the value policies changed in this batch's documents, per collection (counted
+    #: with the batch, so a replayed batch counts once).
+    policy: dict[str, ConversionStats] = field(default_factory=dict)
     created: float = field(default_factory=time.monotonic)
     read_at: float = field(default_factory=time.time)
 
@@ -567,6 +571,29 @@ class Sink:
             )
         return int(status.rsplit(" ", 1)[-1])
 
+    async def _count_policies(
+        self, conn: asyncpg.Connection, policy: Mapping[str, ConversionStats]
+    ) -> None:
+        rows = [
+            (collection, case, path, n)
+            for collection, stats in sorted(policy.items())
+            for case, by_path in stats.as_dict().items()
+            for path, n in by_path.items()
+        ]
+        if not rows:
+            return
+        await conn.execute(
+            f"INSERT INTO {self._cs}.policy_counts AS p (schema_name, collection, policy, path, n) "
+            "SELECT $1, c, k, pa, n FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) "
+            "AS u(c, k, pa, n) ON CONFLICT (schema_name, collection, policy, path) "
+            "DO UPDATE SET n = p.n + EXCLUDED.n, updated_at = now()",
+            self.name,
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2].replace("\x00", "") for r in rows],
+            [r[3] for r in rows],
+        )
+
     def _fence_sql(self) -> str:
         return f"SELECT epoch FROM {self._cs}.checkpoints WHERE schema_name = $1 FOR UPDATE"
 
@@ -609,6 +636,7 @@ class Sink:
                 for wipe in batch.wipes:
                     result.wiped[wipe.collection] += await self._wipe(conn, wipe)
                 top = _tally(batch.changes, bad, result)
+                await self._count_policies(conn, batch.policy)
                 cp_started = time.perf_counter()
                 await self._write_checkpoint(conn, batch, result, top)
                 result.checkpoint_seconds = time.perf_counter() - cp_started

@@ -32,6 +32,7 @@ from bson import Timestamp
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, raw_database
 from cartridge_dagster.connectors.mongoeco_log import decode_token
+from cartridge_dagster.documents import ConversionStats
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.observability import get_logger
 from cartridge_dagster.safe_reads import find_documents
@@ -185,6 +186,9 @@ class SchemaSource:
 
     async def acknowledge(self, token: Mapping[str, Any]) -> None:
         """A MongoDB server keeps its oplog by size and time, whoever reads: nothing to do."""
+
+    def take_stats(self) -> dict[str, ConversionStats]:
+        return self.transformer.take_stats()
 
     async def close(self) -> None:
         await self.conn.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from cartridge_dagster.config import SchemaConfig
+from cartridge_dagster.documents import ConversionStats
 from cartridge_dagster.errors import ConfigError, redact_url
 from cartridge_dagster.warp.changes import Transformer, make_version
 from cartridge_dagster.warp.sink import Batch
@@ -73,6 +74,10 @@ class Source(Protocol):
 
     def stream(self, token: Mapping[str, Any] | None, stop: asyncio.Event) -> AsyncIterator[Batch]:
         """Batches of changes after ``token`` until ``stop`` is set."""
+
+    def take_stats(self) -> dict[str, ConversionStats]:
+        """What the value policies changed since the last call, per collection (the runner
+        attaches it to the batch just read, which counts it in its transaction)."""
 
     async def acknowledge(self, token: Mapping[str, Any]) -> None:
         """The warehouse committed everything up to ``token``."""

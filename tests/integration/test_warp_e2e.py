@@ -160,6 +160,17 @@ def test_type_chaos(source: str, pg_url: str, mongo_db_name: str) -> None:
         await quiesce(runner, task)
         await assert_oracle(settings, ["chaos"])
         await assert_checkpoint_at_end(settings)
+        # every lossy policy is counted, per field path, exactly once
+        from cartridge_dagster.warp.admin import schema_status
+
+        status = await schema_status(pg_url, settings.schemas[0])
+        table = next(t for t in status.tables if t.collection == "chaos")
+        assert table.policies["nul_stripped"] == {"s": 1}, table.policies
+        # the update lands the whole document again: f, g and h are converted twice
+        assert table.policies["non_finite"] == {"f": 2, "f2": 1, "g": 2, "h": 2}, table.policies
+        assert table.policies["negative_zero"] == {"z": 1}, table.policies
+        if source.startswith("mongoeco:"):
+            assert table.policies["nul_key_stripped"] == {"k.ab": 1}, table.policies
 
     run(go())
 
