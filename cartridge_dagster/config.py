@@ -324,6 +324,26 @@ class WarpConfig(StrictModel):
     lag_threshold_seconds: float = Field(
         300.0, gt=0, description="Asset check: lag above this fails."
     )
+    slot_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="PostgreSQL sources: the replication slot warp owns for this schema "
+        "(default `cartridge_<schema>`; slots are per server, so two Cartridge installations "
+        "reading one server need distinct names).",
+    )
+    publication_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        description="PostgreSQL sources: the publication warp owns for this schema (default "
+        "`cartridge_<schema>`).",
+    )
+    slot_lag_threshold_bytes: int = Field(
+        1024**3,
+        gt=0,
+        description="PostgreSQL sources: asset check `slot_lag_under_threshold` fails when the "
+        "replication slot holds more unconfirmed WAL than this.",
+    )
     health_stall_seconds: float = Field(
         120.0,
         gt=0,

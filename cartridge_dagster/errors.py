@@ -156,6 +156,12 @@ def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
         ):
             return TransientError
     try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - psycopg2 is a hard dependency
+        psycopg2 = None  # type: ignore[assignment]
+    if psycopg2 is not None and isinstance(exc, psycopg2.Error):
+        return _classify_psycopg2(exc, psycopg2)
+    try:
         import asyncpg
     except ImportError:  # pragma: no cover
         asyncpg = None  # type: ignore[assignment]
@@ -175,4 +181,27 @@ def classify(exc: BaseException) -> type[TransientError] | type[TerminalError]:
             return TransientError
         if isinstance(exc, asyncpg.exceptions.PostgresConnectionError):
             return TransientError
+    return TerminalError
+
+
+#: SQLSTATE classes and codes worth retrying from psycopg2 (the replication connection):
+#: connection exceptions, operator intervention (shutdown, cancel), insufficient resources
+#: (too many connections), a slot in use by another connection (55006: a second warp process
+#: that is being fenced), serialization failures and deadlocks.
+_TRANSIENT_PG_CLASSES = ("08", "57", "53")
+_TRANSIENT_PG_CODES = frozenset({"55006", "40001", "40P01", "55P03"})
+
+
+def _classify_psycopg2(
+    exc: BaseException, psycopg2: object
+) -> type[TransientError] | type[TerminalError]:
+    code = getattr(exc, "pgcode", None)
+    if code is not None:
+        if code in _TRANSIENT_PG_CODES or code[:2] in _TRANSIENT_PG_CLASSES:
+            return TransientError
+        return TerminalError
+    # No SQLSTATE: the connection itself failed (server gone, network, "connection already
+    # closed"). Refusals at connect time are turned into TerminalError by the connector.
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):  # type: ignore[attr-defined]
+        return TransientError
     return TerminalError

@@ -70,6 +70,16 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_source_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh database on the test server to serve as a PostgreSQL source; dropped afterwards
+    with the replication slots warp made on it (slots would keep it from being dropped)."""
+    from tests.support.pgsource import source_database
+
+    with source_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.fixture
 def mongo_url(tmp_path: Path) -> str:
     """A MongoDB source: CARTRIDGE_TEST_MONGO_URI when given, else the embedded engine on disk."""
     uri = os.environ.get("CARTRIDGE_TEST_MONGO_URI")

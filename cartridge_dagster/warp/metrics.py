@@ -16,6 +16,9 @@ __all__ = [
     "LAG_SECONDS",
     "QUEUE_DEPTH",
     "RETRIES",
+    "SLOT_LAG_BYTES",
+    "SLOT_LAG_SECONDS",
+    "SLOT_RETAINED_BYTES",
     "SNAPSHOT_ROWS",
 ]
 
@@ -57,4 +60,22 @@ HISTORY_LOST = Counter(
 )
 SNAPSHOT_ROWS = Counter(
     "cartridge_warp_snapshot_rows", "Documents copied by snapshots", ["schema", "table"]
+)
+SLOT_LAG_BYTES = Gauge(
+    "cartridge_warp_slot_lag_bytes",
+    "PostgreSQL sources: WAL between the server's current position and the position warp "
+    "confirmed to its replication slot",
+    ["schema"],
+)
+SLOT_RETAINED_BYTES = Gauge(
+    "cartridge_warp_slot_retained_bytes",
+    "PostgreSQL sources: WAL the server keeps for warp's replication slot (from its restart "
+    "position)",
+    ["schema"],
+)
+SLOT_LAG_SECONDS = Gauge(
+    "cartridge_warp_slot_lag_seconds",
+    "PostgreSQL sources: age of the oldest source commit warp has read but not yet confirmed "
+    "to its replication slot (0 when everything read is confirmed)",
+    ["schema"],
 )

@@ -77,12 +77,12 @@ class Fenced(TerminalError):
 
 @dataclass(frozen=True, slots=True)
 class Wipe:
-    """Mark every row of ``collection`` older than ``version`` deleted (drop, or a re-snapshot's
-    sweep of documents that no longer exist)."""
+    """Mark every row of ``collection`` older than ``version`` deleted (drop, a re-snapshot's
+    sweep of documents that no longer exist, a PostgreSQL ``TRUNCATE``)."""
 
     collection: str
     version: int
-    op: Literal["drop", "sweep"]
+    op: Literal["drop", "sweep", "truncate"]
 
 
 @dataclass

@@ -10,7 +10,8 @@ interface only; what a position is (a resume token, an LSN) stays inside the sou
 
 :func:`open_source` connects by URL scheme: ``mongodb://``, ``mongodb+srv://`` and
 ``mongoeco://`` give :class:`~cartridge_dagster.warp.source.SchemaSource` (MongoDB change
-streams), ``postgresql://`` the PostgreSQL source (logical replication).
+streams), ``postgresql://`` :class:`~cartridge_dagster.warp.pg_source.PgSource` (logical
+replication).
 """
 
 from __future__ import annotations
@@ -98,14 +99,20 @@ def source_kind(url: str) -> str:
     )
 
 
-async def open_source(url: str, schema: SchemaConfig, *, timeout_seconds: float = 10.0) -> Source:
+async def open_source(
+    url: str, schema: SchemaConfig, *, timeout_seconds: float = 10.0, read_only: bool = False
+) -> Source:
     """Connect to the source at ``url`` for ``schema`` (raises what the driver's first
-    contact raises, mapped onto Cartridge's errors: transient ones are worth retrying)."""
+    contact raises, mapped onto Cartridge's errors: transient ones are worth retrying).
+
+    ``read_only``: for checks (``warp validate``): ``position`` then reports where the source
+    stands without creating anything (a PostgreSQL source creates its slot there)."""
     kind = source_kind(url)
     if kind == "postgresql":
-        raise ConfigError(
-            f"schema {schema.name!r}: warp does not stream PostgreSQL sources yet "
-            f"({redact_url(url)}); scan and generate work for them",
+        from cartridge_dagster.warp.pg_source import open_pg_source
+
+        return await open_pg_source(
+            url, schema, timeout_seconds=timeout_seconds, read_only=read_only
         )
     from cartridge_dagster.connectors.mongo import open_mongo
     from cartridge_dagster.warp.source import SchemaSource

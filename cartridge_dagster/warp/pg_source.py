@@ -1,0 +1,1163 @@
+"""The PostgreSQL side of warp: a publication, a replication slot, a consistent snapshot, then
+the slot's changes (``pgoutput``) — the PostgreSQL :class:`~cartridge_dagster.warp.sources.Source`.
+
+Per Cartridge schema S reading PostgreSQL schema N (``source_database``), warp owns:
+
+- publication ``cartridge_<S>`` (``warp.publication_name``): ``FOR TABLE`` the tables of N in
+  scope, publishing inserts, updates, deletes and truncates through partition roots; tables
+  that appear later (in scope) are added by warp and copied;
+- logical replication slot ``cartridge_<S>`` (``warp.slot_name``), plugin ``pgoutput``.
+
+``cartridge warp drop-slot --schema S`` removes both.
+
+Order of work:
+
+1. **Position.** The slot is created with an exported snapshot; its consistent point is the
+   position (an LSN) the checkpoint records, and snapshot rows get version ``LSN · 2^32``.
+2. **Snapshot.** Each table is read in primary-key order, ``snapshot_chunk_size`` rows per
+   query, in a transaction that imports the exported snapshot while the slot's connection
+   stays open: a copy consistent with the slot's start. The source server builds each row's
+   JSON (:func:`~cartridge_dagster.pg_documents.snapshot_expressions`). Each batch records the
+   last key copied, so a crash continues the table after it; a continued copy reads the rows as
+   they are then, and the stream, which starts at the slot's consistent point, replays every
+   change since (versions decide: the copy converges to the source).
+3. **Stream.** ``START_REPLICATION`` from the checkpoint's LSN. A change's version is
+   ``commit LSN · 2^32 + its number in the transaction`` (1, 2, …; up to 2^32 − 1 changes per
+   transaction), so replays give the same versions and order follows commits. A batch closes
+   at ``max_batch_size`` changes or ``max_batch_seconds``, preferably at a commit; its position
+   is the end LSN of the last transaction it holds whole (a transaction larger than a batch
+   spans several batches, the last one carries its position: a crash replays it whole).
+4. **Confirm.** The runner calls :meth:`PgSource.acknowledge` after each batch committed in
+   the warehouse: only then is the position confirmed to the slot (``flush_lsn``), so the
+   server never lets go of a change warp has not landed. While idle, warp asks the server for
+   a keepalive every ``idle_checkpoint_seconds`` and checkpoints its WAL position, so an idle
+   slot keeps advancing (and retains little WAL).
+
+Updates whose unchanged TOASTed values the server does not send (replica identity DEFAULT) get
+them from the old row under REPLICA IDENTITY FULL, else by reading the row's current values
+from the source (one query per table and batch): a later change of those columns carries them
+again, so the landed row converges. A column added with a default (rows changed without WAL)
+makes warp copy the table again; a dropped table follows ``warp.drop_policy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import bson
+import orjson
+import psycopg2
+
+from cartridge_dagster.config import SchemaConfig
+from cartridge_dagster.connectors.pg_catalog import (
+    SlotState,
+    TableInfo,
+    TypeResolver,
+    publication_tables,
+    read_tables,
+    slot_state,
+    table_list,
+)
+from cartridge_dagster.connectors.pg_replication import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Relation,
+    ReplicationStream,
+    Truncate,
+    TypeMessage,
+    Update,
+    decode_message,
+    format_lsn,
+    parse_lsn,
+)
+from cartridge_dagster.documents import ConversionStats, UnlandableDocument
+from cartridge_dagster.errors import (
+    ConnectionFailed,
+    ResumeTokenLost,
+    TerminalError,
+    TransientError,
+    redact_url,
+)
+from cartridge_dagster.identifiers import qualified, quote_ident, quote_literal
+from cartridge_dagster.observability import get_logger
+from cartridge_dagster.pg_documents import (
+    SESSION_SETTINGS,
+    Column,
+    RowConverter,
+    key_id,
+    output_text,
+    raw_event,
+    snapshot_expressions,
+)
+from cartridge_dagster.warp import metrics
+from cartridge_dagster.warp.changes import Change, DeadLetter, Transformer
+from cartridge_dagster.warp.sink import Batch, Wipe
+from cartridge_dagster.warp.sources import Position
+
+__all__ = [
+    "ORDINAL_BITS",
+    "PgSource",
+    "SlotInUse",
+    "drop_slot",
+    "open_pg_source",
+    "pg_version",
+    "publication_name",
+    "slot_name",
+    "source_slot_state",
+]
+
+log = get_logger("cartridge.warp.pg_source")
+
+#: Bits of a version below the commit LSN: the change's number within its transaction.
+ORDINAL_BITS = 32
+_ORDINAL_MAX = (1 << ORDINAL_BITS) - 1
+#: Messages read between two explicit yields to the event loop (the writer shares it).
+YIELD_EVERY = 200
+#: How often the slot's state (lag, WAL kept, health) is read while streaming.
+SLOT_POLL_SECONDS = 5.0
+
+
+def pg_version(lsn: int, ordinal: int) -> int:
+    """``_cartridge_version`` of the ``ordinal``-th change of the transaction committed at
+    ``lsn`` (ordinal 0: a snapshot at that position)."""
+    if not 0 <= ordinal <= _ORDINAL_MAX:
+        raise TerminalError(
+            f"a source transaction has more than {_ORDINAL_MAX} changes: warp cannot version "
+            "its changes apart",
+            hint="split the transaction in the source application",
+        )
+    return (lsn << ORDINAL_BITS) | ordinal
+
+
+def slot_name(schema: SchemaConfig) -> str:
+    return schema.warp.slot_name or f"cartridge_{schema.name}"
+
+
+def publication_name(schema: SchemaConfig) -> str:
+    return schema.warp.publication_name or f"cartridge_{schema.name}"
+
+
+class SlotInUse(TransientError):
+    """Another connection streams from warp's slot (a second warp process, fenced soon)."""
+
+
+# --------------------------------------------------------------------------- connections
+
+
+_REFUSED = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.InsufficientPrivilegeError,
+)
+
+
+async def _connect(url: str, timeout: float) -> asyncpg.Connection:
+    try:
+        conn = await asyncpg.connect(
+            url, timeout=timeout, server_settings=dict(SESSION_SETTINGS), command_timeout=300
+        )
+    except _REFUSED as exc:
+        raise TerminalError(
+            f"the PostgreSQL source {redact_url(url)} refused the connection: "
+            f"{redact_url(str(exc))}",
+            hint="check the user, password and database name in source.connection_string",
+        ) from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ConnectionFailed(
+            f"cannot connect to the PostgreSQL source {redact_url(url)}: "
+            f"{redact_url(str(exc)) or type(exc).__name__}",
+            hint="check source.connection_string and that the server is up",
+        ) from None
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: b"\x01" + (v if isinstance(v, bytes) else str(v).encode()),
+        decoder=lambda data: bytes(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+    return conn
+
+
+async def open_pg_source(
+    url: str, schema: SchemaConfig, *, timeout_seconds: float = 10.0, read_only: bool = False
+) -> PgSource:
+    conn = await _connect(url, timeout_seconds)
+    return PgSource(url, schema, Transformer(schema), conn, read_only=read_only)
+
+
+# --------------------------------------------------------------------------- per table
+
+
+@dataclass
+class _Table:
+    """What the stream knows of one relation: its columns as the last Relation message said,
+    the key's positions, and the conversion."""
+
+    oid: int
+    name: str
+    in_scope: bool
+    columns: list[Column]
+    key_idx: list[int]
+    key_kinds: list[str]
+    converter: RowConverter
+    #: the column names a full image needs (for filling unchanged TOASTed values)
+    names: list[str]
+
+
+@dataclass
+class _Pending:
+    """An update waiting for unchanged TOASTed values read from the source."""
+
+    table: _Table
+    key_texts: list[str | None]
+    texts: list[Any]
+    doc_id: str
+    version: int
+    source_ts: dt.datetime
+
+
+@dataclass
+class _Txn:
+    commit_lsn: int
+    source_ts: dt.datetime
+    ordinal: int = 0
+
+
+@dataclass
+class PgSource:
+    """Reads one schema's tables and its replication slot and produces :class:`Batch`es."""
+
+    label = "PostgreSQL"
+
+    url: str
+    schema: SchemaConfig
+    transformer: Transformer
+    conn: asyncpg.Connection
+    read_only: bool = False
+    known: set[str] = field(default_factory=set)
+    reads: int = 0
+    idle_since: float | None = None
+    repl: ReplicationStream | None = None
+    #: Slot lag as last read: ``{"bytes": …, "seconds": …, "retained_bytes": …}``.
+    slot_lag: dict[str, float] = field(default_factory=dict)
+    resolver: TypeResolver = field(default_factory=TypeResolver)
+    tables: dict[str, TableInfo] = field(default_factory=dict)
+    _snapshot_name: str | None = None
+    _relations: dict[int, _Table] = field(default_factory=dict)
+    #: Live copies in progress (state after the last batch handed over).
+    _copies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Tables to copy again at the next commit (rows changed without WAL), with why.
+    _recopy: dict[str, str] = field(default_factory=dict)
+    _unacked: deque[tuple[int, dt.datetime]] = field(default_factory=deque)
+    #: updates whose TOASTed values were read from the source, and those whose row was gone
+    toast_lookups: int = 0
+    toast_gone: int = 0
+    events_read: int = 0
+
+    @property
+    def namespace(self) -> str:
+        return self.schema.source_database
+
+    @property
+    def slot(self) -> str:
+        return slot_name(self.schema)
+
+    @property
+    def publication(self) -> str:
+        return publication_name(self.schema)
+
+    async def _db(self) -> asyncpg.Connection:
+        if self.conn.is_closed():
+            self.conn = await _connect(self.url, 10.0)
+        return self.conn
+
+    # ------------------------------------------------------------------ checks
+
+    async def check(self) -> None:
+        """Refuse what cannot work, each with one line: a missing schema, ``wal_level`` not
+        ``logical``, a user without the REPLICATION attribute, a non-UTF-8 database."""
+        conn = await self._db()
+        row = await conn.fetchrow(
+            "SELECT current_setting('wal_level') AS wal_level, "
+            "current_setting('server_encoding') AS encoding, "
+            "(SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles "
+            " WHERE rolname = current_user) AS can_replicate, "
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) AS has_schema",
+            self.namespace,
+        )
+        assert row is not None
+        if not row["has_schema"]:
+            names = await conn.fetch(
+                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                "AND nspname <> 'information_schema' ORDER BY 1"
+            )
+            shown = ", ".join(str(r["nspname"]) for r in names) or "none"
+            raise TerminalError(
+                f"schema {self.schema.name!r}: the PostgreSQL source has no schema "
+                f"{self.namespace!r} (it has: {shown})",
+                hint="set schemas[].source_database to the PostgreSQL schema to read",
+            )
+        if row["wal_level"] != "logical":
+            raise TerminalError(
+                f"schema {self.schema.name!r}: the PostgreSQL source has wal_level = "
+                f"{row['wal_level']}; logical replication needs wal_level = logical",
+                hint="set wal_level = logical in postgresql.conf and restart the server",
+            )
+        if not row["can_replicate"]:
+            raise TerminalError(
+                f"schema {self.schema.name!r}: the source user may not use replication",
+                hint="ALTER ROLE <user> REPLICATION (and allow `replication` connections for "
+                "it in pg_hba.conf)",
+            )
+        if row["encoding"] != "UTF8":
+            raise TerminalError(
+                f"schema {self.schema.name!r}: the source database's encoding is "
+                f"{row['encoding']}; warp reads UTF8 databases only",
+            )
+
+    def _keyless(self, tables: Mapping[str, TableInfo]) -> None:
+        bad = sorted(t for t, info in tables.items() if not info.key)
+        nothing = sorted(t for t, info in tables.items() if info.replica_identity == "n")
+        if bad or nothing:
+            parts = []
+            if bad:
+                parts.append(
+                    f"{', '.join(repr(t) for t in bad)} in {self.namespace!r} have no primary key "
+                    "(nor a replica identity index)"
+                )
+            if nothing:
+                parts.append(f"{', '.join(repr(t) for t in nothing)} have REPLICA IDENTITY NOTHING")
+            raise TerminalError(
+                f"schema {self.schema.name!r}: table(s) " + "; ".join(parts) + ": warp cannot "
+                "key their rows, and publishing them would make their updates and deletes fail",
+                hint="add a primary key (or ALTER TABLE … REPLICA IDENTITY USING INDEX of a "
+                "unique index), or leave the table out with schemas[].exclude",
+            )
+
+    async def _scope(self) -> dict[str, TableInfo]:
+        conn = await self._db()
+        found = await read_tables(conn, self.namespace, self.resolver)
+        self.tables = {n: t for n, t in found.items() if self.schema.selects(n)}
+        return self.tables
+
+    async def _ensure_publication(self) -> list[str]:
+        """Create the publication, or bring it to the tables in scope. Returns the tables
+        added to an existing publication (they need a copy)."""
+        tables = await self._scope()
+        self._keyless(tables)
+        conn = await self._db()
+        pub = quote_ident(self.publication)
+        current = await publication_tables(conn, self.publication)
+        options = (
+            "WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)"
+        )
+        try:
+            if current is None:
+                what = f"FOR TABLE {table_list(self.namespace, tables)} " if tables else ""
+                await conn.execute(f"CREATE PUBLICATION {pub} {what}{options}")
+                log.info("warp.pg.publication.created", publication=self.publication)
+                return []
+            mine = {t for ns, t in current if ns == self.namespace}
+            missing = sorted(set(tables) - mine)
+            extra = sorted((ns, t) for ns, t in current if ns != self.namespace or t not in tables)
+            if missing:
+                await conn.execute(
+                    f"ALTER PUBLICATION {pub} ADD TABLE {table_list(self.namespace, missing)}"
+                )
+                log.info("warp.pg.publication.added", tables=missing)
+            if extra:
+                names = ", ".join(qualified(ns, t) for ns, t in extra)
+                await conn.execute(f"ALTER PUBLICATION {pub} DROP TABLE {names}")
+            return missing
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise TerminalError(
+                f"schema {self.schema.name!r}: cannot create or change publication "
+                f"{self.publication!r}: {exc}",
+                hint="the source user needs CREATE on the database and ownership of the "
+                "tables (or create the publication yourself with the same name)",
+            ) from None
+
+    # ------------------------------------------------------------------ Source protocol
+
+    async def position(self) -> Position:
+        """Create the slot (exporting its snapshot) and return its consistent point. An old
+        inactive slot of the same name is dropped first: ``position`` runs only for a first
+        start or a re-snapshot, when nothing depends on it."""
+        conn = await self._db()
+        if self.read_only:
+            lsn = int(await conn.fetchval("SELECT (pg_current_wal_lsn() - '0/0')::numeric"))
+            return Position({"lsn": format_lsn(lsn)}, lsn << (ORDINAL_BITS - 16))
+        await self._ensure_publication()
+        state = await slot_state(conn, self.slot)
+        if state.exists:
+            if state.active:
+                raise SlotInUse(
+                    f"replication slot {self.slot!r} is in use (process {state.active_pid})",
+                    hint="another warp process for this schema is stopping, or another "
+                    "installation uses the same slot name (warp.slot_name)",
+                )
+            log.warning("warp.pg.slot.replaced", slot=self.slot, wal_status=state.wal_status)
+            await conn.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", self.slot)
+        await self._close_repl()
+        repl = ReplicationStream(self.url, timeout=10.0)
+        await repl.connect()
+        try:
+            lsn, snapshot = await repl.create_slot(self.slot)
+        except psycopg2.Error:
+            await repl.close()
+            raise
+        self.repl = repl
+        self._snapshot_name = snapshot
+        log.info("warp.pg.slot.created", slot=self.slot, lsn=format_lsn(lsn))
+        return Position({"lsn": format_lsn(lsn)}, lsn << (ORDINAL_BITS - 16))
+
+    async def collections(self) -> list[str]:
+        return sorted(await self._scope())
+
+    def seed_version(self, version: int) -> None:
+        """Versions come from LSNs: nothing to continue."""
+
+    def take_stats(self) -> dict[str, ConversionStats]:
+        return self.transformer.take_stats()
+
+    async def acknowledge(self, token: Mapping[str, Any]) -> None:
+        """Everything up to ``token`` is committed in the warehouse: confirm it to the slot."""
+        lsn = parse_lsn(str(token["lsn"]))
+        while self._unacked and self._unacked[0][0] <= lsn:
+            self._unacked.popleft()
+        if self.repl is not None and self.repl.streaming:
+            try:
+                self.repl.feedback(flush_lsn=lsn)
+            except psycopg2.Error as exc:  # the stream's next read reports the connection
+                log.warning("warp.pg.feedback.failed", error=str(exc)[:200])
+
+    async def close(self) -> None:
+        await self._close_repl()
+        if not self.conn.is_closed():
+            try:
+                await self.conn.close(timeout=5)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self.conn.terminate()
+
+    async def _close_repl(self) -> None:
+        repl, self.repl = self.repl, None
+        self._snapshot_name = None
+        if repl is not None:
+            await repl.close()
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def _info(self, name: str) -> TableInfo:
+        info = self.tables.get(name)
+        if info is None:
+            await self._scope()
+            info = self.tables.get(name)
+        if info is None:
+            raise TerminalError(
+                f"schema {self.schema.name!r}: table {name!r} is not in {self.namespace!r} any more"
+            )
+        return info
+
+    def _excluded(self, name: str) -> list[list[str]]:
+        return [p.split(".") for p in self.schema.table(name).exclude_fields]
+
+    def _snapshot_query(self, info: TableInfo, first: bool) -> tuple[str, int]:
+        keys = info.key_columns()
+        landed = [c.landed for c in info.landed]
+        expr = snapshot_expressions("t", landed, self._excluded(info.name))
+        sel = ", ".join(output_text(f"t.{quote_ident(k.name)}") for k in keys)
+        cols = ", ".join(f"t.{quote_ident(k.name)}" for k in keys)
+        params = ", ".join(f"${i + 1}::{k.cast}{k.collate}" for i, k in enumerate(keys))
+        where = "" if first else f"WHERE ({cols}) > ({params}) "
+        limit = f"${1 if first else len(keys) + 1}"
+        table = qualified(self.namespace, info.name)
+        if expr.slow is None:
+            sql = (
+                f"SELECT {sel}, {expr.document} AS doc, NULL::text[] AS texts "
+                f"FROM {table} AS t {where}ORDER BY {cols} LIMIT {limit}"
+            )
+        else:
+            texts = (
+                "ARRAY[" + ", ".join(output_text(f"t.{quote_ident(c.name)}") for c in landed) + "]"
+            )
+            sql = (
+                f"SELECT {sel}, CASE WHEN s.slow THEN NULL ELSE {expr.document} END AS doc, "
+                f"CASE WHEN s.slow THEN {texts} END AS texts FROM {table} AS t "
+                f"CROSS JOIN LATERAL (SELECT COALESCE({expr.slow}, false) AS slow) AS s "
+                f"{where}ORDER BY {cols} LIMIT {limit}"
+            )
+        return sql, len(keys)
+
+    async def _chunk(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
+        conn = await self._db()
+        name = self._snapshot_name
+        if name is None:
+            return list(await conn.fetch(sql, *args))
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                await conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(name)}")
+                return list(await conn.fetch(sql, *args))
+        except (asyncpg.InvalidParameterValueError, asyncpg.ObjectNotInPrerequisiteStateError):
+            # the exporting connection is gone: the stream's catch-up makes the copy consistent
+            log.info("warp.pg.snapshot.lost_export", snapshot=name)
+            self._snapshot_name = None
+            return list(await conn.fetch(sql, *args))
+
+    def _converter(self, info: TableInfo) -> RowConverter:
+        return RowConverter(
+            [c.landed for c in info.landed],
+            self.transformer.policy,
+            self._excluded(info.name),
+        )
+
+    async def snapshot(
+        self, collection: str, state: Mapping[str, Any], stop: asyncio.Event | None = None
+    ) -> AsyncIterator[Batch]:
+        """Copy ``collection`` from ``state["after"]`` (the last key copied) in key order."""
+        info = await self._info(collection)
+        version = int(state["version"])
+        chunk = self.schema.batching.snapshot_chunk_size
+        size = min(chunk, self.schema.batching.max_batch_size)
+        after: list[str] | None = (
+            orjson.loads(state["after"]) if state.get("after") is not None else None
+        )
+        copied = int(state.get("copied", 0))
+        sweep = bool(state.get("sweep"))
+        #: rows of this table may be landed already (a copy while streaming): merge, never COPY
+        merge = bool(state.get("merge"))
+        self.known.add(collection)
+        kinds = [k.kind for k in info.key_columns()]
+        converter = self._converter(info)
+        first_sql, nkeys = self._snapshot_query(info, True)
+        next_sql, _ = self._snapshot_query(info, False)
+        max_bytes = self.transformer.max_bytes
+        single = len(kinds) == 1 and kinds[0] in ("int", "float", "string", "text", "date")
+
+        def close(batch: Batch, done: bool) -> Batch:
+            batch.snapshot = {
+                collection: {
+                    "done": done,
+                    "after": orjson.dumps(after).decode() if after is not None else None,
+                    "version": str(version),
+                    "sweep": sweep,
+                    "merge": merge,
+                    "copied": copied,
+                }
+            }
+            batch.direct_copy = not (sweep or merge)
+            if done and sweep:
+                batch.wipes.append(Wipe(collection, version, "sweep"))
+            return batch
+
+        while True:
+            if stop is not None and stop.is_set():
+                return
+            args: list[Any] = [chunk] if after is None else [*after, chunk]
+            rows = await self._chunk(first_sql if after is None else next_sql, args)
+            now = dt.datetime.now(dt.UTC)
+            batch = Batch(kind="snapshot", version=None)
+            for row in rows:
+                key_texts = list(row[:nkeys])
+                doc_id = key_texts[0] if single else key_id(kinds, key_texts)
+                doc = row[nkeys]
+                if doc is None:
+                    texts = row[nkeys + 1]
+                    try:
+                        counted = ConversionStats()
+                        doc = converter.document(texts, counted)
+                        if counted:  # taken by the runner after each batch: look it up now
+                            self.transformer.stats_for(collection).merge(counted)
+                    except UnlandableDocument as exc:
+                        batch.dead.append(
+                            self._dead(
+                                info.name,
+                                doc_id,
+                                version,
+                                "snapshot",
+                                exc,
+                                converter.columns,
+                                texts,
+                            )
+                        )
+                        doc = None
+                if doc is not None:
+                    if len(doc) > max_bytes:
+                        batch.dead.append(self._oversized(info, doc_id, version, "snapshot", row))
+                    else:
+                        batch.changes.append(
+                            Change(collection, doc_id, "snapshot", version, doc, now)
+                        )
+                after = key_texts  # type: ignore[assignment]
+                copied += 1
+                batch.events += 1
+                if batch.events >= size:
+                    yield close(batch, done=False)
+                    batch = Batch(kind="snapshot", version=None)
+            done = len(rows) < chunk
+            if batch.events or done:
+                yield close(batch, done=done)
+            if done:
+                return
+            await asyncio.sleep(0)
+
+    def _dead(
+        self,
+        table: str,
+        doc_id: str | None,
+        version: int,
+        op: str,
+        exc: BaseException,
+        columns: Sequence[Column],
+        texts: Sequence[Any],
+    ) -> DeadLetter:
+        raw = raw_event(
+            table, op, columns, [t if isinstance(t, str) or t is None else None for t in texts]
+        )
+        return DeadLetter(
+            collection=table,
+            document_id=doc_id,
+            version=version,
+            op=op,
+            error_class=type(exc).__name__,
+            error_message=str(exc)[:2000],
+            raw_event=bson.encode(raw),
+            token=None,
+        )
+
+    def _oversized(
+        self, info: TableInfo, doc_id: str, version: int, op: str, row: Any
+    ) -> DeadLetter:
+        err = UnlandableDocument(
+            f"row {doc_id!r} of {info.name!r} is over dead_letter.max_document_bytes="
+            f"{self.transformer.max_bytes} as JSON",
+            path="",
+            reason="oversized",
+        )
+        return DeadLetter(
+            collection=info.name,
+            document_id=doc_id,
+            version=version,
+            op=op,
+            error_class=type(err).__name__,
+            error_message=str(err),
+            raw_event=bson.encode(
+                {"cartridge_pg": 1, "table": info.name, "op": op, "oversized": True, "_id": doc_id}
+            ),
+            token=None,
+        )
+
+    # ------------------------------------------------------------------ stream
+
+    async def _start(self, token: Mapping[str, Any] | None) -> int:
+        if token is None or "lsn" not in token:
+            raise ResumeTokenLost(
+                f"schema {self.schema.name!r}: the checkpoint holds no PostgreSQL position"
+            )
+        lsn = parse_lsn(str(token["lsn"]))
+        conn = await self._db()
+        state = await slot_state(conn, self.slot)
+        self._slot_health(state)
+        mine = self.repl.backend_pid if self.repl is not None else None
+        if state.active and state.active_pid != mine:
+            raise SlotInUse(
+                f"replication slot {self.slot!r} is in use (process {state.active_pid})",
+                hint="another warp process for this schema is stopping (it is fenced at its "
+                "next batch), or another installation uses the same warp.slot_name",
+            )
+        if state.confirmed_flush_lsn is not None and state.confirmed_flush_lsn > lsn:
+            log.info(
+                "warp.pg.slot.ahead",
+                checkpoint=format_lsn(lsn),
+                confirmed=format_lsn(state.confirmed_flush_lsn),
+            )
+        if self.repl is not None and self.repl.streaming:
+            await self._close_repl()
+        if self.repl is None:
+            self.repl = ReplicationStream(self.url, timeout=10.0)
+            await self.repl.connect()
+        self._snapshot_name = None  # starting replication ends the exported snapshot
+        try:
+            await self.repl.start(self.slot, self.publication, lsn)
+        except psycopg2.Error as exc:
+            await self._close_repl()
+            code = getattr(exc, "pgcode", None)
+            if code == "42704" or (code == "55000" and "can no longer" in str(exc)):
+                raise ResumeTokenLost(
+                    f"replication slot {self.slot!r}: {str(exc).strip().splitlines()[0]}"
+                ) from None
+            if code == "55006":
+                raise SlotInUse(f"replication slot {self.slot!r} is in use") from None
+            raise
+        self._relations.clear()  # the server sends Relation messages again in a new session
+        self._unacked.clear()
+        return lsn
+
+    def _slot_health(self, state: SlotState) -> None:
+        if not state.exists:
+            raise ResumeTokenLost(
+                f"replication slot {self.slot!r} does not exist (dropped?): the changes since "
+                "the checkpoint are gone"
+            )
+        if state.lost:
+            raise ResumeTokenLost(
+                f"replication slot {self.slot!r} was invalidated (it fell behind by more than "
+                "max_slot_wal_keep_size): the changes since the checkpoint are gone"
+            )
+
+    async def _poll_slot(self) -> None:
+        conn = await self._db()
+        state = await slot_state(conn, self.slot)
+        self._slot_health(state)
+        seconds = 0.0
+        if self._unacked:
+            seconds = max(0.0, time.time() - self._unacked[0][1].timestamp())
+        self.slot_lag = {
+            "bytes": float(state.lag_bytes or 0),
+            "retained_bytes": float(state.retained_bytes or 0),
+            "seconds": seconds,
+        }
+        name = self.schema.name
+        metrics.SLOT_LAG_BYTES.labels(name).set(self.slot_lag["bytes"])
+        metrics.SLOT_RETAINED_BYTES.labels(name).set(self.slot_lag["retained_bytes"])
+        metrics.SLOT_LAG_SECONDS.labels(name).set(seconds)
+
+    async def _relation(self, msg: Relation) -> None:
+        conn = await self._db()
+        in_scope = msg.namespace == self.namespace and self.schema.selects(msg.name)
+        previous = self._relations.get(msg.oid)
+        types = await self.resolver.resolve(conn, [c.type_oid for c in msg.columns])
+        columns = [
+            Column(c.name, types[c.type_oid].kind, types[c.type_oid].delim) for c in msg.columns
+        ]
+        names = [c.name for c in msg.columns]
+        key_idx: list[int] = []
+        if in_scope:
+            info = self.tables.get(msg.name)
+            if (
+                info is None
+                or any(k not in names for k in info.key)
+                or set(names) - {c.name for c in info.columns}
+            ):
+                await self._scope()
+                info = self.tables.get(msg.name)
+            if info is not None and info.key and all(k in names for k in info.key):
+                key = info.key
+            elif msg.replica_identity in ("d", "i") and any(
+                c.replica_identity for c in msg.columns
+            ):
+                # dropped or changed since: the key these changes were published with
+                key = [c.name for c in msg.columns if c.replica_identity]
+            else:
+                self._keyless({msg.name: info} if info is not None else {})
+                raise TerminalError(
+                    f"schema {self.schema.name!r}: table {msg.name!r}: its changes carry no key"
+                )
+            key_idx = [names.index(k) for k in key]
+            self.known.add(msg.name)
+            if previous is not None and previous.name == msg.name and info is not None:
+                added = [n for n in names if n not in previous.names]
+                if any(
+                    info.columns_by_name[n].has_default for n in added if n in info.columns_by_name
+                ):
+                    self._recopy.setdefault(msg.name, "a column was added with a default")
+        converter = RowConverter(columns, self.transformer.policy, self._excluded(msg.name))
+        self._relations[msg.oid] = _Table(
+            oid=msg.oid,
+            name=msg.name,
+            in_scope=in_scope,
+            columns=columns,
+            key_idx=key_idx,
+            key_kinds=[columns[i].kind for i in key_idx],
+            converter=converter,
+            names=names,
+        )
+
+    def _row(
+        self,
+        table: _Table,
+        texts: Sequence[Any],
+        op: str,
+        version: int,
+        source_ts: dt.datetime,
+        batch: Batch,
+    ) -> None:
+        key_texts = [texts[i] for i in table.key_idx]
+        doc_id = key_id(table.key_kinds, key_texts)
+        counted = ConversionStats()
+        try:
+            doc = table.converter.document(texts, counted)
+        except UnlandableDocument as exc:
+            batch.dead.append(
+                self._dead(table.name, doc_id, version, op, exc, table.columns, texts)
+            )
+            return
+        if len(doc) > self.transformer.max_bytes:
+            err = UnlandableDocument(
+                f"row {doc_id!r} of {table.name!r} is {len(doc)} bytes as JSON, over "
+                f"dead_letter.max_document_bytes={self.transformer.max_bytes}",
+                path="",
+                reason="oversized",
+            )
+            batch.dead.append(
+                self._dead(table.name, doc_id, version, op, err, table.columns, texts)
+            )
+            return
+        if counted:
+            self.transformer.stats_for(table.name).merge(counted)
+        batch.changes.append(Change(table.name, doc_id, op, version, doc, source_ts))  # type: ignore[arg-type]
+
+    async def _fill_toast(self, batch: Batch, pending: list[_Pending]) -> None:
+        """Read the current values of the columns updates left out (unchanged TOAST)."""
+        by_table: dict[str, list[_Pending]] = {}
+        for p in pending:
+            by_table.setdefault(p.table.name, []).append(p)
+        conn = await self._db()
+        for name, items in by_table.items():
+            info = await self._info(name)
+            keys = info.key_columns()
+            cols = items[0].table.names
+            sel = ", ".join(output_text(f"t.{quote_ident(c)}") for c in cols)
+            knames = ", ".join(f"t.{quote_ident(k.name)}" for k in keys)
+            unnest = ", ".join(f"${i + 1}::text[]" for i in range(len(keys)))
+            aliases = ", ".join(f"u{i}" for i in range(len(keys)))
+            casts = ", ".join(f"u.u{i}::{k.cast}{k.collate}" for i, k in enumerate(keys))
+            key_sel = ", ".join(output_text(f"t.{quote_ident(k.name)}") for k in keys)
+            sql = (
+                f"SELECT {key_sel}, {sel} FROM {qualified(self.namespace, name)} AS t "
+                f"WHERE ({knames}) IN (SELECT {casts} FROM unnest({unnest}) AS u({aliases}))"
+            )
+            args = [[p.key_texts[i] for p in items] for i in range(len(keys))]
+            rows = await conn.fetch(sql, *args)
+            current = {tuple(r[: len(keys)]): list(r[len(keys) :]) for r in rows}
+            for p in items:
+                found = current.get(tuple(p.key_texts))
+                self.toast_lookups += 1
+                if found is None:
+                    # deleted since: its delete follows in the stream
+                    self.toast_gone += 1
+                    continue
+                texts = [found[i] if v is UNCHANGED else v for i, v in enumerate(p.texts)]
+                self._row(p.table, texts, "update", p.version, p.source_ts, batch)
+
+    async def _flush(self, batch: Batch, pending: list[_Pending]) -> Batch:
+        if pending:
+            await self._fill_toast(batch, pending)
+            pending.clear()
+        return batch
+
+    async def stream(
+        self, token: Mapping[str, Any] | None, stop: asyncio.Event
+    ) -> AsyncIterator[Batch]:
+        """Batches of changes after ``token`` until ``stop`` is set."""
+        cfg = self.schema.batching
+        idle_every = self.schema.warp.idle_checkpoint_seconds
+        for name, entry in sorted(self._copies.items()):
+            # interrupted by a lost connection: finish it first
+            async for snap in self._live_copy(name, entry, stop):
+                yield snap
+        last_lsn = await self._start(token)
+        repl = self.repl
+        assert repl is not None
+        batch = Batch(kind="stream")
+        pending: list[_Pending] = []
+        txn: _Txn | None = None
+        now = time.monotonic()
+        last_idle = last_reconcile = last_poll = now
+        last_ask = 0.0
+        self.idle_since = None
+        count = 0
+        await self._poll_slot()
+        while not stop.is_set():
+            msg = repl.read()
+            self.reads += 1
+            if msg is None:
+                now = time.monotonic()
+                if (len(batch) or pending or batch.wipes) and (
+                    now - batch.created >= cfg.max_batch_seconds
+                ):
+                    yield await self._flush(batch, pending)
+                    batch = Batch(kind="stream")
+                    continue
+                if txn is None and not (len(batch) or pending or batch.wipes):
+                    if batch.token is not None:  # a batch of skipped transactions
+                        yield batch
+                        batch = Batch(kind="stream")
+                        continue
+                    if self.idle_since is None:
+                        self.idle_since = now
+                        batch.created = now
+                    if now - last_ask >= idle_every / 2:
+                        last_ask = now
+                        repl.feedback(reply=True)  # a keepalive brings the server's position
+                    if now - last_poll >= SLOT_POLL_SECONDS:
+                        last_poll = now
+                        await self._poll_slot()
+                    if now - last_reconcile >= idle_every:
+                        last_reconcile = now
+                        async for extra in self._reconcile(stop):
+                            yield extra
+                        continue
+                    wal_end = repl.wal_end
+                    if now - last_idle >= idle_every and wal_end > last_lsn:
+                        last_idle = now
+                        last_lsn = wal_end
+                        yield Batch(kind="idle", token={"lsn": format_lsn(wal_end)})
+                        continue
+                await repl.wait(min(0.1, cfg.max_batch_seconds))
+                continue
+            self.idle_since = None
+            count += 1
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            decoded = decode_message(msg.payload)
+            if isinstance(decoded, Begin):
+                txn = _Txn(decoded.final_lsn, decoded.commit_ts)
+                if not (len(batch) or pending or batch.wipes):
+                    batch.created = time.monotonic()
+                continue
+            if isinstance(decoded, Commit):
+                txn = None
+                last_lsn = decoded.end_lsn
+                batch.token = {"lsn": format_lsn(decoded.end_lsn)}
+                batch.source_ts = decoded.commit_ts
+                self._unacked.append((decoded.end_lsn, decoded.commit_ts))
+                now = time.monotonic()
+                if (
+                    len(batch) + len(pending) >= cfg.max_batch_size
+                    or now - batch.created >= cfg.max_batch_seconds
+                    or self._recopy
+                ):
+                    yield await self._flush(batch, pending)
+                    batch = Batch(kind="stream")
+                    if now - last_poll >= SLOT_POLL_SECONDS:
+                        last_poll = now
+                        await self._poll_slot()
+                    if now - last_reconcile >= idle_every:
+                        last_reconcile = now
+                        async for extra in self._reconcile(stop):
+                            yield extra
+                if self._recopy and not (len(batch) or pending):
+                    async for snap in self._due_copies(decoded, stop):
+                        yield snap
+                continue
+            if isinstance(decoded, Relation):
+                await self._relation(decoded)
+                continue
+            if decoded is None or isinstance(decoded, TypeMessage):
+                continue
+            if txn is None:
+                raise TerminalError("pgoutput sent a change outside a transaction")
+            self.events_read += 1
+            batch.events += 1
+            if isinstance(decoded, Truncate):
+                for rel in decoded.relations:
+                    table = self._relations.get(rel)
+                    if table is not None and table.in_scope:
+                        txn.ordinal += 1
+                        batch.wipes.append(
+                            Wipe(table.name, pg_version(txn.commit_lsn, txn.ordinal), "truncate")
+                        )
+                        batch.version = max(batch.version or 0, batch.wipes[-1].version)
+                continue
+            table = self._relations.get(decoded.relation)
+            if table is None:
+                raise TerminalError(
+                    f"pgoutput sent a change of relation {decoded.relation} before its definition"
+                )
+            if not table.in_scope:
+                continue
+            self._change(table, decoded, txn, batch, pending)
+            if len(batch) + len(pending) >= cfg.max_batch_size:
+                # a transaction larger than a batch: this part lands now; the position stays
+                # at the last whole transaction (a replay repeats this one whole)
+                yield await self._flush(batch, pending)
+                batch = Batch(kind="stream")
+        if len(batch) or pending or batch.wipes or batch.token is not None:
+            yield await self._flush(batch, pending)
+
+    def _change(
+        self,
+        table: _Table,
+        msg: Insert | Update | Delete,
+        txn: _Txn,
+        batch: Batch,
+        pending: list[_Pending],
+    ) -> None:
+        ts = txn.source_ts
+        if isinstance(msg, Insert):
+            txn.ordinal += 1
+            version = pg_version(txn.commit_lsn, txn.ordinal)
+            batch.version = version
+            self._row(table, msg.new, "insert", version, ts, batch)
+            return
+        if isinstance(msg, Delete):
+            txn.ordinal += 1
+            version = pg_version(txn.commit_lsn, txn.ordinal)
+            batch.version = version
+            key = [msg.old[i] for i in table.key_idx]
+            batch.changes.append(
+                Change(table.name, key_id(table.key_kinds, key), "delete", version, None, ts)
+            )
+            return
+        new = msg.new
+        if msg.old is not None:
+            old_key = [msg.old[i] for i in table.key_idx]
+            new_key = [new[i] for i in table.key_idx]
+            if old_key != new_key and all(v is not UNCHANGED for v in old_key):
+                # the key changed: the old row is gone, the new one lands
+                txn.ordinal += 1
+                version = pg_version(txn.commit_lsn, txn.ordinal)
+                batch.changes.append(
+                    Change(
+                        table.name, key_id(table.key_kinds, old_key), "delete", version, None, ts
+                    )
+                )
+            if msg.old_kind == "O" and any(v is UNCHANGED for v in new):
+                new = [
+                    msg.old[i] if v is UNCHANGED and msg.old[i] is not UNCHANGED else v
+                    for i, v in enumerate(new)
+                ]
+        txn.ordinal += 1
+        version = pg_version(txn.commit_lsn, txn.ordinal)
+        batch.version = version
+        if any(v is UNCHANGED for v in new):
+            key = [new[i] for i in table.key_idx]
+            pending.append(
+                _Pending(table, key, list(new), key_id(table.key_kinds, key), version, ts)
+            )
+            return
+        self._row(table, new, "update", version, ts, batch)
+
+    # ------------------------------------------------------------------ live copies
+
+    async def _current_lsn(self) -> int:
+        conn = await self._db()
+        return int(await conn.fetchval("SELECT (pg_current_wal_lsn() - '0/0')::numeric"))
+
+    async def _reconcile(self, stop: asyncio.Event) -> AsyncIterator[Batch]:
+        """Compare the tables in scope with what warp knows: a vanished table follows
+        ``warp.drop_policy``; a new one is added to the publication and copied."""
+        added = await self._ensure_publication()
+        present = set(self.tables)
+        vanished = sorted(self.known - present)
+        if vanished:
+            version = pg_version(await self._current_lsn(), 0)
+            batch = Batch(kind="stream", version=version)
+            for name in vanished:
+                wipe = self._drop(name, version)
+                if wipe is not None:
+                    batch.wipes.append(wipe)
+            log.info("warp.pg.vanished", tables=vanished)
+            yield batch
+        for name in added:
+            # the publication covers it from now on: copy what it holds
+            landed = name in self.known  # dropped and created again: sweep the old rows
+            entry = {
+                "done": False,
+                "after": None,
+                "version": str(pg_version(await self._current_lsn(), 0)),
+                "sweep": landed,
+                "merge": landed,
+                "copied": 0,
+            }
+            log.info("warp.pg.table.added", table=name)
+            async for snap in self._live_copy(name, entry, stop):
+                yield snap
+
+    def _drop(self, name: str, version: int) -> Wipe | None:
+        from cartridge_dagster.warp.source import DropPolicyStop
+
+        policy = self.schema.warp.drop_policy
+        if policy == "fail":
+            raise DropPolicyStop(
+                f"table {name!r} of schema {self.schema.name!r} was dropped and "
+                "warp.drop_policy is 'fail'",
+                hint="decide what the raw table should do, set warp.drop_policy to "
+                "'tombstone' or 'ignore', and restart warp",
+            )
+        self.known.discard(name)
+        return None if policy == "ignore" else Wipe(name, version, "drop")
+
+    async def _due_copies(self, commit: Commit, stop: asyncio.Event) -> AsyncIterator[Batch]:
+        """Tables whose rows changed without WAL (a column added with a default): copy them
+        at the version of the transaction that showed it (its own changes come after)."""
+        for name in sorted(self._recopy):
+            reason = self._recopy.pop(name)
+            log.info("warp.pg.table.recopy", table=name, reason=reason)
+            entry = {
+                "done": False,
+                "after": None,
+                "version": str(pg_version(commit.commit_lsn, 0)),
+                "sweep": False,
+                "merge": True,
+                "copied": 0,
+            }
+            async for snap in self._live_copy(name, entry, stop):
+                yield snap
+
+    async def _live_copy(
+        self, name: str, entry: Mapping[str, Any], stop: asyncio.Event
+    ) -> AsyncIterator[Batch]:
+        """Copy ``name`` while streaming. Its progress goes into the checkpoint's snapshot plan
+        (a crash finishes it before streaming again) and into ``_copies`` (a lost connection
+        finishes it first when the stream re-opens)."""
+        self._copies[name] = dict(entry)
+        async for snap in self.snapshot(name, entry, stop):
+            state = (snap.snapshot or {}).get(name)
+            yield snap
+            if self.repl is not None and self.repl.streaming:
+                self.repl.feedback(force=True)  # the walsender hears from us during the copy
+            if state is not None:
+                if state.get("done"):
+                    self._copies.pop(name, None)
+                else:
+                    self._copies[name] = dict(state)
+
+
+# --------------------------------------------------------------------------- administration
+
+
+async def source_slot_state(url: str, schema: SchemaConfig) -> SlotState:
+    """The schema's slot as the source reports it (for checks and ``warp status``)."""
+    conn = await _connect(url, 10.0)
+    try:
+        return await slot_state(conn, slot_name(schema))
+    finally:
+        await conn.close()
+
+
+async def drop_slot(url: str, schema: SchemaConfig) -> list[str]:
+    """Remove warp's replication slot and publication for ``schema`` (lines to print)."""
+    conn = await _connect(url, 10.0)
+    lines: list[str] = []
+    try:
+        state = await slot_state(conn, slot_name(schema))
+        if state.exists:
+            if state.active:
+                raise TerminalError(
+                    f"replication slot {slot_name(schema)!r} is in use (process "
+                    f"{state.active_pid}): stop warp for schema {schema.name!r} first"
+                )
+            await conn.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", state.name)
+            lines.append(f"dropped replication slot {state.name!r}")
+        else:
+            lines.append(f"no replication slot {state.name!r}")
+        pub = publication_name(schema)
+        if await publication_tables(conn, pub) is not None:
+            await conn.execute(f"DROP PUBLICATION {quote_ident(pub)}")
+            lines.append(f"dropped publication {pub!r}")
+        else:
+            lines.append(f"no publication {pub!r}")
+    finally:
+        await conn.close()
+    return lines
