@@ -21,10 +21,13 @@ SchemaOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add this capability's commands to ``app``."""
-    warp = typer.Typer(help="Change data capture: MongoDB → PostgreSQL raw tables, exactly once.")
+    warp = typer.Typer(
+        help="Change data capture: MongoDB or PostgreSQL → PostgreSQL raw tables, exactly once."
+    )
     warp.command("run")(run)
     warp.command("validate")(validate)
     warp.command("status")(status)
+    warp.command("drop-slot")(drop_slot)
     dlq = typer.Typer(help="Dead letters: changes that could not be landed.")
     dlq.command("list")(dlq_list)
     dlq.command("replay")(dlq_replay)
@@ -185,6 +188,26 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
                     for policy, paths in t.policies.items()
                 )
                 console.print(f"  {t.collection}: value policies changed: {changed}", markup=False)
+
+
+def drop_slot(
+    config: ConfigOption = None,
+    schema: Annotated[str, typer.Option("--schema", "-s", help="The schema.")] = "",
+) -> None:
+    """PostgreSQL sources: remove the replication slot and publication warp owns for a schema
+    (stop warp first; the next `warp run` then needs a new snapshot to resume)."""
+    from cartridge_dagster.warp.pg_source import drop_slot as drop
+    from cartridge_dagster.warp.sources import source_kind
+
+    settings = load(config)
+    if not schema:
+        raise ConfigError("pass --schema: the schema whose slot to drop")
+    cfg = settings.get_schema(schema)
+    url = settings.source.url()
+    if source_kind(url) != "postgresql":
+        raise ConfigError(f"schema {schema!r} reads a MongoDB source: it has no replication slot")
+    for line in run_async(drop(url, cfg)):
+        console.print(f"{schema}: {line}")
 
 
 def dlq_list(

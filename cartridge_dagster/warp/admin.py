@@ -223,9 +223,46 @@ def _rebuild(transformer: Transformer, row: asyncpg.Record) -> Change | DeadLett
             doc.encode("utf-8") if isinstance(doc, str) else None,
             None,
         )
+    if raw.get("cartridge_pg"):
+        return _rebuild_pg(transformer, row, raw, version)
     if "operationType" in raw:
         return transformer.event(raw, version, None)
     return transformer.document(collection, raw, op="snapshot", version=version, source_ts=None)
+
+
+def _rebuild_pg(
+    transformer: Transformer, row: asyncpg.Record, raw: dict[str, Any], version: int
+) -> Change | DeadLetter | None:
+    """A PostgreSQL row that could not land: its column texts, converted again with the
+    current policies (the kinds travel with the letter: no source connection needed)."""
+    from cartridge_dagster.documents import ConversionStats, UnlandableDocument
+    from cartridge_dagster.pg_documents import RowConverter, columns_of_raw
+
+    collection = str(raw["table"])
+    doc_id = row["document_id"]
+    if "values" not in raw or doc_id is None:
+        return None  # an oversized row: nothing to rebuild it from (the letter stays)
+    excluded = [p.split(".") for p in transformer.schema.table(collection).exclude_fields]
+    converter = RowConverter(columns_of_raw(raw), transformer.policy, excluded)
+    counted = ConversionStats()
+    try:
+        body = converter.document(raw["values"], counted)
+    except UnlandableDocument as exc:
+        return DeadLetter(
+            collection,
+            doc_id,
+            version,
+            str(raw.get("op")),
+            type(exc).__name__,
+            str(exc),
+            bytes(row["raw_event"]),
+        )
+    if len(body) > transformer.max_bytes:
+        return None
+    if counted:
+        transformer.stats_for(collection).merge(counted)
+    op = str(raw.get("op") or "update")
+    return Change(collection, str(doc_id), op if op != "delete" else "update", version, body)  # type: ignore[arg-type]
 
 
 async def replay_dead_letters(
@@ -329,7 +366,9 @@ async def validate_schema(settings: CartridgeSettings, schema: SchemaConfig) -> 
     collections in scope, warehouse reachable. Returns lines to print; raises on failure."""
     lines: list[str] = []
     url = settings.source.url()
-    source = await open_source(url, schema, timeout_seconds=settings.source.connect_timeout_seconds)
+    source = await open_source(
+        url, schema, timeout_seconds=settings.source.connect_timeout_seconds, read_only=True
+    )
     try:
         await source.check()
         collections = await source.collections()
@@ -344,10 +383,26 @@ async def validate_schema(settings: CartridgeSettings, schema: SchemaConfig) -> 
                 f"{redact_url(str(exc))[:200]}",
                 hint="change streams need a replica set (or the embedded engine)",
             ) from None
-        lines.append(
-            f"source {redact_url(url)}: database {schema.source_database!r}, "
-            f"{len(collections)} collections in scope, stream position {position.base}"
-        )
+        if source.label == "PostgreSQL":
+            from cartridge_dagster.warp.pg_source import PgSource
+
+            assert isinstance(source, PgSource)
+            slot = await source.slot_state()
+            lines.append(
+                f"source {redact_url(url)}: schema {schema.source_database!r}, "
+                f"{len(collections)} tables in scope, WAL position {position.token}; "
+                + (
+                    f"replication slot {slot.name!r} ({slot.wal_status}, "
+                    f"{slot.lag_bytes} bytes behind)"
+                    if slot.exists
+                    else f"replication slot {slot.name!r} not created yet (warp run creates it)"
+                )
+            )
+        else:
+            lines.append(
+                f"source {redact_url(url)}: database {schema.source_database!r}, "
+                f"{len(collections)} collections in scope, stream position {position.base}"
+            )
     finally:
         await source.close()
     async with pg_connection(settings.destination_url()) as pg:

@@ -395,6 +395,7 @@ class PgSource:
         start or a re-snapshot, when nothing depends on it."""
         conn = await self._db()
         if self.read_only:
+            self._keyless(await self._scope())
             lsn = int(await conn.fetchval("SELECT (pg_current_wal_lsn() - '0/0')::numeric"))
             return Position({"lsn": format_lsn(lsn)}, lsn << (ORDINAL_BITS - 16))
         await self._ensure_publication()
@@ -420,6 +421,9 @@ class PgSource:
         self._snapshot_name = snapshot
         log.info("warp.pg.slot.created", slot=self.slot, lsn=format_lsn(lsn))
         return Position({"lsn": format_lsn(lsn)}, lsn << (ORDINAL_BITS - 16))
+
+    async def slot_state(self) -> SlotState:
+        return await slot_state(await self._db(), self.slot)
 
     async def collections(self) -> list[str]:
         return sorted(await self._scope())
