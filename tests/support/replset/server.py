@@ -72,6 +72,8 @@ _DB_LEVEL = "$cartridge.db-level-stream"
 #: ``ping`` carrying the real command under ``_STASH``.
 _OWN_COMMANDS = frozenset({"collMod"})
 _STASH = "$cartridgeCommand"
+#: ``CARTRIDGE_REPLSET_TRACE=1``: one line per command on stderr (the server's log).
+_TRACE = os.environ.get("CARTRIDGE_REPLSET_TRACE") == "1"
 #: Errors a 4.4+ server labels ``ResumableChangeStreamError`` on a change stream's getMore.
 _RESUMABLE_CODES = frozenset(
     {6, 7, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436}
@@ -79,8 +81,9 @@ _RESUMABLE_CODES = frozenset(
 
 
 def _plain_ints(body: dict[str, Any]) -> dict[str, Any]:
-    """Cursor ids as plain ints: the engine's wire layer turns every BSON int64 into a wrapper
-    its own ``getMore``/``killCursors`` validation then refuses (drivers send ids as int64)."""
+    """A command's own int64 options as plain ints: the engine's wire layer turns every BSON
+    int64 into a wrapper its own validation then refuses (cursor ids, a Go driver's ``limit``);
+    values inside documents and filters keep their type."""
 
     def plain(value: Any) -> Any:
         return getattr(value, "value", value)
@@ -89,11 +92,26 @@ def _plain_ints(body: dict[str, Any]) -> dict[str, Any]:
         pipeline = body.get("pipeline")
         if isinstance(pipeline, list) and pipeline and "$changeStream" in pipeline[0]:
             body["aggregate"] = _DB_LEVEL  # the engine's checks want a collection name
-    if "getMore" in body:
-        body["getMore"] = plain(body["getMore"])
+    for key, value in list(body.items()):  # limit, skip, batchSize, maxTimeMS, getMore, …
+        if type(value).__name__ == "BsonInt64":
+            body[key] = plain(value)
+    if isinstance(body.get("cursor"), dict):
+        body["cursor"] = {k: plain(v) for k, v in body["cursor"].items()}
     if "killCursors" in body and isinstance(body.get("cursors"), list):
         body["cursors"] = [plain(c) for c in body["cursors"]]
     return body
+
+
+def _no_zero_limit(context: Any) -> Any:
+    """``limit: 0`` means no limit to MongoDB (the engine returns nothing for it)."""
+    doc = context.command_document
+    if doc.get("limit") != 0:
+        return context
+    import dataclasses
+
+    return dataclasses.replace(
+        context, command_document={k: v for k, v in doc.items() if k != "limit"}
+    )
 
 
 def _error(code: int, name: str, message: str, labels: list[str] | None = None) -> dict[str, Any]:
@@ -191,9 +209,14 @@ class ReplicaSetServer:
                 if next(iter(body), None) in _OWN_COMMANDS:  # commands the engine's wire lacks
                     body = {"ping": 1, "$db": body.get("$db", "admin"), _STASH: body}
                 state.phase = "prepare"
-                return self._executor._build_request_context(
-                    body, connection=connection, db_name=None, on_normalized=state.normalized
-                )
+                try:
+                    return self._executor._build_request_context(
+                        body, connection=connection, db_name=None, on_normalized=state.normalized
+                    )
+                except Exception as exc:
+                    if _TRACE:
+                        print(f"refused {str(body)[:300]}: {exc}", file=sys.stderr, flush=True)
+                    raise
 
             async def _dispatch_wire_request(
                 self, header: Any, payload: bytes, *, connection: Any
@@ -292,17 +315,37 @@ class ReplicaSetServer:
                     result = await fallback(context)
                     await self._sync()
             elif name == "find":
-                result = await fallback(self._with_batch_size(context, _FIRST_BATCH))
+                result = await fallback(
+                    self._with_batch_size(_no_zero_limit(context), _FIRST_BATCH)
+                )
             elif name == "getMore":
                 result = await fallback(self._with_batch_size(context, _DEFAULT_GETMORE))
             else:
                 result = await fallback(context)
         except _CommandError as exc:
             result = exc.document
+        if _TRACE:
+            print(
+                f"cmd {name} db={context.db_name} ok={result.get('ok')} "
+                f"{str(context.command_document)[:300]} -> {str(result.get('errmsg', ''))[:300]}",
+                file=sys.stderr,
+                flush=True,
+            )
         return self._stamp(result)
 
     def _stamp(self, result: dict[str, Any]) -> dict[str, Any]:
         assert self.oplog is not None
+        cursor = result.get("cursor")
+        if isinstance(cursor, dict) and "id" in cursor and not isinstance(cursor["id"], Int64):
+            cursor["id"] = Int64(int(cursor["id"]))  # drivers read cursor ids as int64
+            for doc in cursor.get("firstBatch") or ():
+                if (
+                    isinstance(doc, dict)
+                    and "name" in doc
+                    and "type" not in doc
+                    and ("listCollections" in str(cursor.get("ns", "")))
+                ):
+                    doc["type"] = "collection"
         now = self.oplog.now()
         result["operationTime"] = now
         result["$clusterTime"] = {
