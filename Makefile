@@ -35,7 +35,7 @@ test-coverage:
 demo:
 	@scripts/demo.sh
 
-bench: install-dev
+bench:
 	@scripts/bench.sh
 
 soak: install-dev

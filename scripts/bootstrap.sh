@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv with Python 3.13 and install Cartridge from uv.lock. Idempotent and offline-safe:
 # it never downloads an interpreter; it finds an installed Python 3.13 (PATH, pyenv, common
-# prefixes, or $CARTRIDGE_PYTHON).
+# prefixes, or $CARTRIDGE_PYTHON). Extras: dev and demo; `make bench` adds bench
+# (CARTRIDGE_EXTRAS="dev demo bench": dlt, Sling's binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,8 @@ find_python() {
   return 1
 }
 
-stamp=.venv/.cartridge-installed
+EXTRAS="${CARTRIDGE_EXTRAS:-dev demo}"
+stamp=".venv/.cartridge-installed-${EXTRAS// /-}"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$stamp" -nt uv.lock ] && [ "$stamp" -nt pyproject.toml ] \
     && [ "$stamp" -nt cartridge_dagster/_bsonjson.c ] && [ "$stamp" -nt hatch_build.py ]; then
   exit 0
@@ -47,11 +49,12 @@ if [ -z "$UV" ]; then
 fi
 echo "==> installing from uv.lock"
 if UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never \
-    "$UV" sync --frozen --all-extras --inexact --python .venv/bin/python; then
+    "$UV" sync --frozen $(for e in $EXTRAS; do printf -- '--extra %s ' "$e"; done) --inexact \
+    --python .venv/bin/python; then
   :
 else
   echo "==> uv sync failed; falling back to pip" >&2
-  .venv/bin/python -m pip install --quiet -e ".[dev,demo,bench]"
+  .venv/bin/python -m pip install --quiet -e ".[${EXTRAS// /,}]"
 fi
 touch "$stamp"
 echo "==> environment ready: .venv"

@@ -72,6 +72,8 @@ _DB_LEVEL = "$cartridge.db-level-stream"
 #: ``ping`` carrying the real command under ``_STASH``.
 _OWN_COMMANDS = frozenset({"collMod"})
 _STASH = "$cartridgeCommand"
+#: ``CARTRIDGE_REPLSET_TRACE=1``: one line per command on stderr (the server's log).
+_TRACE = os.environ.get("CARTRIDGE_REPLSET_TRACE") == "1"
 #: Errors a 4.4+ server labels ``ResumableChangeStreamError`` on a change stream's getMore.
 _RESUMABLE_CODES = frozenset(
     {6, 7, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436}
@@ -79,8 +81,9 @@ _RESUMABLE_CODES = frozenset(
 
 
 def _plain_ints(body: dict[str, Any]) -> dict[str, Any]:
-    """Cursor ids as plain ints: the engine's wire layer turns every BSON int64 into a wrapper
-    its own ``getMore``/``killCursors`` validation then refuses (drivers send ids as int64)."""
+    """A command's own int64 options as plain ints: the engine's wire layer turns every BSON
+    int64 into a wrapper its own validation then refuses (cursor ids, a Go driver's ``limit``);
+    values inside documents and filters keep their type."""
 
     def plain(value: Any) -> Any:
         return getattr(value, "value", value)
@@ -89,11 +92,26 @@ def _plain_ints(body: dict[str, Any]) -> dict[str, Any]:
         pipeline = body.get("pipeline")
         if isinstance(pipeline, list) and pipeline and "$changeStream" in pipeline[0]:
             body["aggregate"] = _DB_LEVEL  # the engine's checks want a collection name
-    if "getMore" in body:
-        body["getMore"] = plain(body["getMore"])
+    for key, value in list(body.items()):  # limit, skip, batchSize, maxTimeMS, getMore, …
+        if type(value).__name__ == "BsonInt64":
+            body[key] = plain(value)
+    if isinstance(body.get("cursor"), dict):
+        body["cursor"] = {k: plain(v) for k, v in body["cursor"].items()}
     if "killCursors" in body and isinstance(body.get("cursors"), list):
         body["cursors"] = [plain(c) for c in body["cursors"]]
     return body
+
+
+def _no_zero_limit(context: Any) -> Any:
+    """``limit: 0`` means no limit to MongoDB (the engine returns nothing for it)."""
+    doc = context.command_document
+    if doc.get("limit") != 0:
+        return context
+    import dataclasses
+
+    return dataclasses.replace(
+        context, command_document={k: v for k, v in doc.items() if k != "limit"}
+    )
 
 
 def _error(code: int, name: str, message: str, labels: list[str] | None = None) -> dict[str, Any]:
@@ -123,6 +141,65 @@ class _Stream:
     pending: list[dict[str, Any]] = field(default_factory=list)  # fragments or an invalidate
     invalidated: bool = False
     last_token: dict[str, Any] | None = None
+
+
+@dataclass
+class _Scan:
+    """A whole-collection find served from the engine's stored documents."""
+
+    id: int
+    db: str
+    coll: str
+    after: str | None  # the last key sent
+    remaining: int | None  # of a limit
+    token: bool  # $_requestResumeToken
+    done: bool = False
+
+
+def _own_find(body: dict[str, Any]) -> bool:
+    """A find whose options the engine's wire layer refuses (a ``$natural`` hint, resumable
+    scans): the server answers it (:func:`_full_scan`)."""
+    hint = body.get("hint")
+    return "find" in body and (
+        (hasattr(hint, "keys") and list(hint.keys()) == ["$natural"])
+        or "$_requestResumeToken" in body
+        or "$_resumeAfter" in body
+    )
+
+
+def _full_scan(doc: dict[str, Any]) -> bool:
+    """A find with no filter, sort, projection or skip (a hint may only be ``$natural``)."""
+    if doc.get("filter") not in (None, {}) or doc.get("skip") or doc.get("projection"):
+        return False
+    sort, hint = doc.get("sort"), doc.get("hint")
+    if sort and (not hasattr(sort, "keys") or list(sort.keys()) != ["$natural"]):
+        return False
+    if hint and (not hasattr(hint, "keys") or list(hint.keys()) != ["$natural"]):
+        return False
+    unknown = set(doc) - {
+        "find",
+        "filter",
+        "sort",
+        "hint",
+        "batchSize",
+        "limit",
+        "singleBatch",
+        "lsid",
+        "$db",
+        "$clusterTime",
+        "$readPreference",
+        "readConcern",
+        "txnNumber",
+        "comment",
+        "maxTimeMS",
+        "noCursorTimeout",
+        "allowDiskUse",
+        "$_requestResumeToken",
+        "$_resumeAfter",
+        "projection",
+        "skip",
+    }
+    return not unknown and not doc.get("singleBatch")
 
 
 @dataclass
@@ -161,6 +238,8 @@ class ReplicaSetServer:
         self.history = history
         self.max_event_bytes = max_event_bytes
         self._streams: dict[int, _Stream] = {}
+        self._scans: dict[int, _Scan] = {}
+        self._store: Any = None  # StoreScan over the engine's file, opened on first use
         self._ids = itertools.count(7_000_000_000_000 + os.getpid() * 1000)
         self._write_lock = asyncio.Lock()
         self._fail_points: list[_FailPoint] = []
@@ -188,12 +267,17 @@ class ReplicaSetServer:
                     state.disposition = "suppress"
                     state.expects_reply = False
                 body = _plain_ints(decode_op_msg(header, payload).body)
-                if next(iter(body), None) in _OWN_COMMANDS:  # commands the engine's wire lacks
+                if next(iter(body), None) in _OWN_COMMANDS or _own_find(body):
                     body = {"ping": 1, "$db": body.get("$db", "admin"), _STASH: body}
                 state.phase = "prepare"
-                return self._executor._build_request_context(
-                    body, connection=connection, db_name=None, on_normalized=state.normalized
-                )
+                try:
+                    return self._executor._build_request_context(
+                        body, connection=connection, db_name=None, on_normalized=state.normalized
+                    )
+                except Exception as exc:
+                    if _TRACE:
+                        print(f"refused {str(body)[:300]}: {exc}", file=sys.stderr, flush=True)
+                    raise
 
             async def _dispatch_wire_request(
                 self, header: Any, payload: bytes, *, connection: Any
@@ -252,6 +336,8 @@ class ReplicaSetServer:
             await self.client.close()
         if self.oplog is not None:
             self.oplog.close()
+        if self._store is not None:
+            self._store.close()
 
     async def _tail(self) -> None:
         """Copy other processes' writes into the oplog as they happen."""
@@ -272,7 +358,11 @@ class ReplicaSetServer:
         if isinstance(stashed, dict):
             import dataclasses
 
-            command = {k: v for k, v in stashed.items() if not k.startswith("$") and k != "lsid"}
+            command = {
+                k: v
+                for k, v in stashed.items()
+                if k not in ("lsid", "$db", "$clusterTime", "$readPreference")
+            }
             context = dataclasses.replace(
                 context,
                 command_name=next(iter(stashed)),
@@ -291,18 +381,40 @@ class ReplicaSetServer:
                 async with self._write_lock:
                     result = await fallback(context)
                     await self._sync()
+            elif name == "find" and _full_scan(context.command_document):
+                result = await self._scan(context)
             elif name == "find":
-                result = await fallback(self._with_batch_size(context, _FIRST_BATCH))
+                result = await fallback(
+                    self._with_batch_size(_no_zero_limit(context), _FIRST_BATCH)
+                )
             elif name == "getMore":
                 result = await fallback(self._with_batch_size(context, _DEFAULT_GETMORE))
             else:
                 result = await fallback(context)
         except _CommandError as exc:
             result = exc.document
+        if _TRACE:
+            print(
+                f"cmd {name} db={context.db_name} ok={result.get('ok')} "
+                f"{str(context.command_document)[:300]} -> {str(result.get('errmsg', ''))[:300]}",
+                file=sys.stderr,
+                flush=True,
+            )
         return self._stamp(result)
 
     def _stamp(self, result: dict[str, Any]) -> dict[str, Any]:
         assert self.oplog is not None
+        cursor = result.get("cursor")
+        if isinstance(cursor, dict) and "id" in cursor and not isinstance(cursor["id"], Int64):
+            cursor["id"] = Int64(int(cursor["id"]))  # drivers read cursor ids as int64
+            for doc in cursor.get("firstBatch") or ():
+                if (
+                    isinstance(doc, dict)
+                    and "name" in doc
+                    and "type" not in doc
+                    and ("listCollections" in str(cursor.get("ns", "")))
+                ):
+                    doc["type"] = "collection"
         now = self.oplog.now()
         result["operationTime"] = now
         result["$clusterTime"] = {
@@ -641,9 +753,74 @@ class ReplicaSetServer:
             ["NonResumableChangeStreamError"],
         )
 
+    async def _scan(self, context: Any) -> dict[str, Any]:
+        """A find that reads a whole collection (no filter, no sort, no projection): pages of
+        the engine's stored documents in key order, decoded once and sent as BSON, with
+        ``$_requestResumeToken``/``$_resumeAfter`` (resumable natural-order scans: the token is
+        ``{"$recordId": <key>}``)."""
+        doc = context.command_document
+        resume = doc.get("$_resumeAfter")
+        after = resume.get("$recordId") if isinstance(resume, dict) else None
+        limit = int(doc.get("limit") or 0)
+        scan = _Scan(
+            next(self._ids),
+            str(context.db_name),
+            str(doc["find"]),
+            None if after is None else str(after),
+            limit if limit > 0 else None,
+            bool(doc.get("$_requestResumeToken")),
+        )
+        size = doc.get("batchSize")
+        first = await self._scan_page(scan, _FIRST_BATCH if size is None else int(size))
+        return self._scan_reply(scan, first, "firstBatch")
+
+    async def _scan_page(self, scan: _Scan, size: int) -> list[Any]:
+        from bson.raw_bson import RawBSONDocument
+
+        from cartridge_dagster.connectors.mongoeco_store import decode_stored_text
+
+        if self._store is None:
+            from cartridge_dagster.connectors.mongoeco_store import StoreScan
+
+            self._store = StoreScan(self.engine_path)
+        if scan.remaining is not None:
+            size = min(size, scan.remaining)
+        if size <= 0:
+            scan.done = True
+            return []
+        rows = await asyncio.to_thread(self._store.page, scan.db, scan.coll, scan.after, size)
+        out = [
+            RawBSONDocument(bson.encode(decode_stored_text(text), codec_options=CODEC))
+            for _, text in rows
+        ]
+        if rows:
+            scan.after = rows[-1][0]
+        if scan.remaining is not None:
+            scan.remaining -= len(rows)
+        scan.done = len(rows) < size or scan.remaining == 0
+        return out
+
+    def _scan_reply(self, scan: _Scan, batch: list[Any], key: str) -> dict[str, Any]:
+        if scan.done:
+            self._scans.pop(scan.id, None)
+        else:
+            self._scans[scan.id] = scan
+        cursor: dict[str, Any] = {
+            key: batch,
+            "id": Int64(0 if scan.done else scan.id),
+            "ns": f"{scan.db}.{scan.coll}",
+        }
+        if scan.token:
+            cursor["postBatchResumeToken"] = {"$recordId": scan.after}
+        return {"cursor": cursor, "ok": 1.0}
+
     async def _get_more(self, context: Any, fallback: Any) -> dict[str, Any]:
         doc = context.command_document
         cursor_id = int(doc.get("getMore", 0))
+        if cursor_id in self._scans:
+            scan = self._scans[cursor_id]
+            size = int(doc.get("batchSize") or _DEFAULT_GETMORE)
+            return self._scan_reply(scan, await self._scan_page(scan, size), "nextBatch")
         if cursor_id not in self._streams:
             if cursor_id >= 7 * 10**12:
                 raise _CommandError(
@@ -670,10 +847,11 @@ class ReplicaSetServer:
     async def _kill_cursors(self, context: Any, fallback: Any) -> dict[str, Any]:
         doc = dict(context.command_document)
         ids = [int(c) for c in doc.get("cursors") or []]
-        ours = [c for c in ids if c in self._streams]
+        ours = [c for c in ids if c in self._streams or c in self._scans]
         for c in ours:
             self._streams.pop(c, None)
-        others = [c for c in ids if c not in self._streams and c not in ours]
+            self._scans.pop(c, None)
+        others = [c for c in ids if c not in ours]
         result: dict[str, Any] = {
             "cursorsKilled": ours,
             "cursorsNotFound": [],

@@ -1,0 +1,427 @@
+"""warp's whole run as a user times it, beside Sling and the server's plain read ceiling.
+
+Every tool reads the same collection of order documents (the demo generator's, ~530 bytes of
+BSON) from the same MongoDB wire server — the replica-set test server (``tests/support/replset``)
+over TCP on 127.0.0.1 — into the same PostgreSQL, in interleaved rounds:
+
+- **plain read ceiling**: a PyMongo client reading every document as raw BSON (no conversion,
+  no writes): what the server can serve; timed inside its process, after its imports.
+- **Sling**: ``sling run`` MongoDB → PostgreSQL, full refresh (the ``sling-linux-amd64``
+  wheel's binary, called directly), from launch to exit.
+- **warp over the wire**: ``cartridge warp run`` as a process of its own, from launch until the
+  checkpoint says the snapshot is done (polled every 20 ms); also launch → its first snapshot
+  read (its log's ``warp.snapshot.start``) and its peak resident memory.
+- **warp in process**: the same on the embedded engine's file (``mongoeco://``).
+
+Sizes: ``BENCH_E2E_SIZES`` (default ``10000,50000,100000,1000000``), rounds
+``BENCH_E2E_ROUNDS`` (3; one round for a million), and ``BENCH_E2E_MANY`` collections of 10,000
+(100; 0 skips). Seeded sources are cached in ``.cartridge/bench/seed/`` (seeding a million
+documents into the embedded engine takes minutes). Processes start from compiled bytecode, as
+a deployed image does (this machine sets ``PYTHONDONTWRITEBYTECODE``; it is dropped for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import yaml
+
+from tests.support.services import REPO
+
+SIZES = [int(s) for s in os.environ.get("BENCH_E2E_SIZES", "10000,50000,100000,1000000").split(",")]
+ROUNDS = max(1, int(os.environ.get("BENCH_E2E_ROUNDS", "3")))
+MANY = int(os.environ.get("BENCH_E2E_MANY", "100"))
+MANY_SIZE = 10_000
+SEED_DIR = REPO / ".cartridge" / "bench" / "seed"
+SEED_VERSION = "1"  # bump when the generator or the engine's format changes
+DB = "bench"
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def seed_file(n: int, collections: int = 1) -> Path:
+    """An embedded-engine file with ``collections`` collections of ``n`` order documents each
+    (``orders``, or ``c000``…), cached."""
+    SEED_DIR.mkdir(parents=True, exist_ok=True)
+    path = SEED_DIR / f"v{SEED_VERSION}-{collections}x{n}.sqlite"
+    if path.exists():
+        return path
+    progress(f"seeding {collections} x {n:,} documents into {path.name} (cached afterwards)")
+    tmp = path.with_suffix(".seeding")
+    for stale in SEED_DIR.glob(tmp.name + "*"):
+        stale.unlink()
+    code = (
+        "import asyncio, sys\n"
+        "from tests.performance.bench_warp import orders\n"
+        "from cartridge_dagster.connectors.mongo import mongo_session\n"
+        "async def main():\n"
+        f"    async with mongo_session('mongoeco://{tmp}') as conn:\n"
+        f"        db = conn.database({DB!r})\n"
+        f"        for c in range({collections}):\n"
+        f"            name = 'orders' if {collections} == 1 else f'c{{c:03d}}'\n"
+        f"            for i in range(0, {n}, 10000):\n"
+        f"                await db[name].insert_many(orders(min(10000, {n} - i)))\n"
+        "asyncio.run(main())\n"
+        "import sqlite3\n"
+        f"db = sqlite3.connect('{tmp}')\n"
+        "db.execute('PRAGMA wal_checkpoint(TRUNCATE)')\n"  # everything in the main file
+        "db.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), check=True)
+    tmp.rename(path)
+    return path
+
+
+@dataclass
+class Source:
+    """A copy of a seeded file, served over the wire by the replica-set test server."""
+
+    seed: Path
+    work: Path
+    server: Any = None
+    uri: str = ""
+
+    def __post_init__(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.seed, self.work / "engine.sqlite")
+
+    @property
+    def engine_url(self) -> str:
+        return f"mongoeco://{self.work / 'engine.sqlite'}"
+
+    def start(self) -> None:
+        from tests.support.replset import start
+
+        self.server = start(self.work)
+        self.uri = self.server.uri
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+# --------------------------------------------------------------------------- the tools
+
+
+def plain_read(uri: str, collections: list[str]) -> float:
+    """Seconds a PyMongo client takes to read every document as raw BSON (in its process)."""
+    code = (
+        "import sys, time, pymongo\n"
+        "from bson.raw_bson import RawBSONDocument\n"
+        f"c = pymongo.MongoClient({uri!r}, document_class=RawBSONDocument)\n"
+        "c.admin.command('ping')\n"
+        "t = time.perf_counter()\n"
+        f"n = sum(1 for name in {collections!r} for _ in c[{DB!r}][name].find())\n"
+        "print(time.perf_counter() - t, n)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.split()[0])
+
+
+def sling_binary() -> Path:
+    try:
+        import sling_linux_amd64  # type: ignore[import-not-found]
+    except ImportError:
+        raise SystemExit(
+            "the bench needs Sling: install the bench extra (pip install 'cartridge-dagster[bench]')"
+        ) from None
+    binary = Path(sling_linux_amd64.__file__).parent / "bin" / "sling-linux-amd64"
+    if not binary.exists():
+        raise SystemExit(f"no Sling binary at {binary}")
+    return binary
+
+
+def sling(uri: str, pg_url: str, collections: list[str], home: Path) -> float:
+    """Seconds from launching Sling's full refresh of ``collections`` to its exit."""
+    direct = uri.replace("?replicaSet=rs0", "?directConnection=true")
+    env = {
+        **child_env(),
+        "MONGO": direct,
+        "PG": pg_url + ("&" if "?" in pg_url else "?") + "sslmode=disable",
+        "SLING_HOME_DIR": str(home),
+    }
+    started = time.perf_counter()
+    for name in collections:
+        proc = subprocess.run(
+            [
+                str(sling_binary()),
+                "run",
+                "--src-conn",
+                "MONGO",
+                "--src-stream",
+                f"{DB}.{name}",
+                "--tgt-conn",
+                "PG",
+                "--tgt-object",
+                f"public.sling_{name}",
+                "--mode",
+                "full-refresh",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"sling failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+@dataclass
+class WarpRun:
+    done: float  # launch → the checkpoint says the snapshot is done
+    first_read: float  # launch → warp.snapshot.start in its log
+    peak_rss_mb: float
+    rows: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+async def _snapshot_state(pg_url: str) -> tuple[bool, int]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT snapshot FROM cartridge_warp.checkpoints WHERE schema_name = 'bench'"
+        )
+    except asyncpg.UndefinedTableError:
+        return False, 0
+    finally:
+        await conn.close()
+    if row is None or not row["snapshot"]:
+        return False, 0
+    plan = json.loads(row["snapshot"])
+    copied = sum(int(v.get("copied", 0)) for v in plan.values())
+    return bool(plan) and all(v.get("done") for v in plan.values()), copied
+
+
+def warp(source_url: str, pg_url: str, work: Path, n_expected: int) -> WarpRun:
+    """``cartridge warp run`` from launch until its checkpoint says the snapshot is done."""
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "cartridge.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"connection_string": source_url},
+                "destination": {"connection_string": pg_url},
+                "state_dir": str(work / "state"),
+                "mode": "single",
+                "schemas": [
+                    {
+                        "name": "bench",
+                        "source_database": DB,
+                        "target_schema": "raw_bench",
+                        "warp": {"metrics_port": 0},
+                    }
+                ],
+            }
+        )
+    )
+    log_path = work / "warp.log"
+    with open(log_path, "w") as log:
+        launched_wall = time.time()
+        launched = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cartridge_dagster", "warp", "run", "--config", str(config)],
+            cwd=REPO,
+            env=child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        done_at: float | None = None
+        copied = 0
+        try:
+            while done_at is None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"warp exited early: {log_path.read_text()[-3000:]}")
+                ok, copied = asyncio.run(_snapshot_state(pg_url))
+                if ok:
+                    done_at = time.perf_counter() - launched
+                    break
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, _, usage = os.wait4(proc.pid, 0)
+            proc.returncode = 0
+    text = log_path.read_text()
+    first = _log_time(text, "warp.snapshot.start")
+    if copied != n_expected:
+        raise RuntimeError(f"warp copied {copied} of {n_expected} documents")
+    return WarpRun(
+        done_at,
+        (first - launched_wall) if first is not None else float("nan"),
+        usage.ru_maxrss / 1024,
+        copied,
+    )
+
+
+def _log_time(text: str, event: str) -> float | None:
+    import datetime as dt
+
+    for line in text.splitlines():
+        if event in line:
+            stamp = line.split(" ", 1)[0]
+            try:
+                return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+async def fresh_db(server: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return f"{server.rpartition('/')[0]}/{name}"
+
+
+async def drop_db(server: str, url: str) -> None:
+    conn = await asyncpg.connect(server)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+    await conn.close()
+
+
+def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    names = ["orders"] if collections == 1 else [f"c{c:03d}" for c in range(collections)]
+    total = n * collections
+    src = Source(seed_file(n, collections), tmp / f"src-{collections}x{n}")
+    src.start()
+    results: dict[str, list[float]] = {
+        "ceiling": [],
+        "sling": [],
+        "warp": [],
+        "warp_first": [],
+        "warp_rss": [],
+        "embedded": [],
+    }
+    try:
+        for r in range(rounds):
+            order = ["ceiling", "sling", "warp", "embedded"]
+            if r % 2:
+                order.reverse()
+            for tool in order:
+                url = asyncio.run(fresh_db(pg_server))
+                try:
+                    work = tmp / f"{tool}-{collections}x{n}-{r}"
+                    if tool == "ceiling":
+                        results["ceiling"].append(total / plain_read(src.uri, names))
+                    elif tool == "sling":
+                        results["sling"].append(total / sling(src.uri, url, names, work / "home"))
+                    elif tool == "warp":
+                        run = warp(src.uri, url, work, total)
+                        results["warp"].append(total / run.done)
+                        results["warp_first"].append(run.first_read)
+                        results["warp_rss"].append(run.peak_rss_mb)
+                    elif collections == 1 or n * collections <= 200_000:
+                        run = warp(src.engine_url, url, work, total)
+                        results["embedded"].append(total / run.done)
+                finally:
+                    asyncio.run(drop_db(pg_server, url))
+            progress(
+                f"{collections}x{n:,} round {r + 1}: "
+                + ", ".join(f"{k} {v[-1]:,.2f}" for k, v in results.items() if v)
+            )
+    finally:
+        src.stop()
+    return {
+        "docs": total,
+        **{k: (statistics.median(v) if v else float("nan")) for k, v in results.items()},
+        "warp_seconds": total / statistics.median(results["warp"]),
+        "warp_rss_max": max(results["warp_rss"]),
+    }
+
+
+def main() -> None:
+    pg_server = os.environ.get("CARTRIDGE_TEST_POSTGRES_DSN")
+    if not pg_server:
+        raise SystemExit("set CARTRIDGE_TEST_POSTGRES_DSN (make bench starts a PostgreSQL)")
+    sling_binary()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    try:
+        rows: dict[int, dict[str, Any]] = {}
+        for n in SIZES:
+            rows[n] = measure(pg_server, n, 1, 1 if n >= 1_000_000 else ROUNDS, tmp)
+        many = measure(pg_server, MANY_SIZE, MANY, 1, tmp) if MANY else None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(rows, many)
+
+
+def report(rows: dict[int, dict[str, Any]], many: dict[str, Any] | None) -> None:
+    sizes = sorted(rows)
+
+    def line(label: str, key: Any, fmt: str, target: str = "") -> None:
+        cells = []
+        for n in sizes:
+            value = key(rows[n]) if callable(key) else rows[n][key]
+            cells.append(format(value, fmt))
+        print(f"| {label} | " + " | ".join(cells) + f" | {target} |")
+
+    print()
+    print("warp's whole run, launch → snapshot done, over the wire (the replica-set test server)")
+    print("| measure | " + " | ".join(f"{n:,}" for n in sizes) + " | target |")
+    print("|---|" + "---|" * len(sizes) + "---|")
+    line("plain read ceiling (docs/s)", "ceiling", ",.0f")
+    line("Sling full refresh, whole run (docs/s)", "sling", ",.0f")
+    line("warp, launch → snapshot done (docs/s)", "warp", ",.0f")
+    line("warp ÷ Sling", lambda r: r["warp"] / r["sling"], ".2f", "≥ 1.0 at 10k, ≥ 1.2 at 50k")
+    line("warp ÷ plain read ceiling", lambda r: r["warp"] / r["ceiling"], ".2f", "≥ 0.8")
+    line("warp in process (mongoeco://), docs/s", "embedded", ",.0f")
+    line("launch → first snapshot read (s)", "warp_first", ".3f", "≤ 0.3")
+    line("warp peak resident memory (MB)", "warp_rss_max", ".0f")
+    if 100_000 in rows and 1_000_000 in rows:
+        small, big = rows[100_000], rows[1_000_000]
+        print()
+        print("| scale | measured | target |")
+        print("|---|---|---|")
+        print(f"| 1M time ÷ 100k time | {big['warp_seconds'] / small['warp_seconds']:.2f} | ≤ 11 |")
+        print(
+            f"| peak memory 1M ÷ 100k | {big['warp_rss_max'] / small['warp_rss_max']:.2f} | ≤ 1.2 |"
+        )
+        if many is not None:
+            print(
+                f"| {MANY} collections of {MANY_SIZE:,}: warp docs/s (÷ one collection of 1M) | "
+                f"{many['warp']:,.0f} ({many['warp'] / big['warp']:.2f}) | |"
+            )
+            print(f"| … Sling docs/s | {many['sling']:,.0f} | |")
+
+
+if __name__ == "__main__":
+    main()
