@@ -44,7 +44,7 @@ from cartridge_dagster.documents import (
     ValuePolicy,
     to_jsonable,
 )
-from cartridge_dagster.identifiers import quote_ident, quote_literal
+from cartridge_dagster.identifiers import quote_ident
 
 __all__ = [
     "SESSION_SETTINGS",
@@ -403,14 +403,13 @@ def output_text(ref: str) -> str:
 
 @dataclass(frozen=True)
 class SnapshotSQL:
-    """What a snapshot query selects besides the keys: the document (built by the server) and
-    a flag for rows the Python conversion must take instead (``slow``)."""
+    """What a snapshot query adds to ``FROM <table> AS <alias>``: a lateral subquery of the
+    landed values (``lateral``), the document built from it (``document``: JSON text), and
+    the flag of rows the Python conversion must take instead (``slow``, None: never)."""
 
+    lateral: str
     document: str
     slow: str | None
-
-
-_BUILD_ARGS = 50  # jsonb_build_object takes at most 100 arguments: 50 pairs
 
 
 def snapshot_expressions(
@@ -418,49 +417,51 @@ def snapshot_expressions(
     columns: Sequence[Column],
     excluded: Sequence[Sequence[str]] = (),
     *,
-    policy: ValuePolicy | None = None,
+    doc_alias: str = "_cartridge_row",
 ) -> SnapshotSQL:
-    """SQL building each row's landed document on the source server (``jsonb``), with the
-    flag of rows :class:`RowConverter` must convert instead. ``alias`` is the table's alias."""
+    """SQL building each row's landed document on the source server, with the flag of rows
+    :class:`RowConverter` must convert instead. ``alias`` is the table's alias in the query.
+
+    The document is ``row_to_json`` of a lateral row of the landed values: JSON text built in
+    one pass (no ``jsonb`` tree, no argument limit); the destination parses it into ``jsonb``,
+    where it equals what ``to_jsonb`` would have built."""
     a = quote_ident(alias)
     drop_top = {p[0] for p in excluded if len(p) == 1}
-    pairs: list[str] = []
+    values: list[str] = []
     slow: list[str] = []
     for col in columns:
         if col.name in drop_top:
             continue
         ref = f"{a}.{quote_ident(col.name)}"
-        key = quote_literal(col.name)
         element = col.element
         if col.kind == "text" or (col.is_array and element == "text"):
             expr = f"{ref}::text"
         elif col.kind == "bytea":
             expr = f"translate(encode({ref}, 'base64'), E'\\n', '')"
-        elif col.kind == "json":
-            expr = f"CASE WHEN strpos({ref}::text, 'u0000') > 0 THEN NULL ELSE {ref}::jsonb END"
-            slow.append(f"strpos({ref}::text, 'u0000') > 0")
         elif col.is_array and element in ("bytea", "json"):
             expr = "NULL"
             slow.append(f"{ref} IS NOT NULL")
         else:
             expr = ref
-            if col.kind == "float":
+            if col.kind == "json":  # json may hold \u0000, which jsonb refuses
+                slow.append(f"strpos({ref}::text, 'u0000') > 0")
+            elif col.kind == "float":
                 slow.append(f"{ref} IN ('NaN', 'Infinity', '-Infinity')")
             elif col.kind == "float[]":
                 slow.append(
                     f"'NaN' = ANY({ref}) OR 'Infinity' = ANY({ref}) OR '-Infinity' = ANY({ref})"
                 )
-        pairs.append(f"{key}, {expr}")
+        values.append(f"{expr} AS {quote_ident(col.name)}")
     nested = [p for p in excluded if len(p) > 1]
     if nested:
         # a path inside a json(b) column: the Python conversion drops it for every row
         slow.append("true")
-    parts = [
-        "jsonb_build_object(" + ", ".join(pairs[i : i + _BUILD_ARGS]) + ")"
-        for i in range(0, len(pairs), _BUILD_ARGS)
-    ] or ["'{}'::jsonb"]
+    d = quote_ident(doc_alias)
+    lateral = f"CROSS JOIN LATERAL (SELECT {', '.join(values) or 'NULL AS _'}) AS {d}"
+    # ``alias.*``: the lateral row, even where the table has a column of the alias's name
+    document = f"row_to_json({d}.*)" if values else "'{}'::json"
     flag = " OR ".join(f"({s})" for s in slow) if slow else None
-    return SnapshotSQL(" || ".join(parts), flag)
+    return SnapshotSQL(lateral, document, flag)
 
 
 def raw_event(

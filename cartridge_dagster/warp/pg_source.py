@@ -178,6 +178,14 @@ async def _connect(url: str, timeout: float) -> asyncpg.Connection:
             f"{redact_url(str(exc)) or type(exc).__name__}",
             hint="check source.connection_string and that the server is up",
         ) from None
+    # JSON text straight into bytes (what the sink sends on): no decoding, no copy per value
+    await conn.set_type_codec(
+        "json",
+        encoder=lambda v: v if isinstance(v, bytes) else str(v).encode(),
+        decoder=bytes,
+        schema="pg_catalog",
+        format="binary",
+    )
     await conn.set_type_codec(
         "jsonb",
         encoder=lambda v: b"\x01" + (v if isinstance(v, bytes) else str(v).encode()),
@@ -476,31 +484,31 @@ class PgSource:
         return [p.split(".") for p in self.schema.table(name).exclude_fields]
 
     def _snapshot_query(self, info: TableInfo, first: bool) -> tuple[str, int]:
+        """One chunk of ``info`` in key order: the key's texts, the document (JSON built by
+        the server), and the column texts of the rows the Python conversion must take."""
         keys = info.key_columns()
         landed = [c.landed for c in info.landed]
         expr = snapshot_expressions("t", landed, self._excluded(info.name))
         sel = ", ".join(output_text(f"t.{quote_ident(k.name)}") for k in keys)
         cols = ", ".join(f"t.{quote_ident(k.name)}" for k in keys)
-        params = ", ".join(f"${i + 1}::{k.cast}{k.collate}" for i, k in enumerate(keys))
+        params = ", ".join(f"${i + 1}::text::{k.cast}{k.collate}" for i, k in enumerate(keys))
         where = "" if first else f"WHERE ({cols}) > ({params}) "
         limit = f"${1 if first else len(keys) + 1}"
         table = qualified(self.namespace, info.name)
         if expr.slow is None:
-            sql = (
+            return (
                 f"SELECT {sel}, {expr.document} AS doc, NULL::text[] AS texts "
-                f"FROM {table} AS t {where}ORDER BY {cols} LIMIT {limit}"
+                f"FROM {table} AS t {expr.lateral} {where}ORDER BY {cols} LIMIT {limit}",
+                len(keys),
             )
-        else:
-            texts = (
-                "ARRAY[" + ", ".join(output_text(f"t.{quote_ident(c.name)}") for c in landed) + "]"
-            )
-            sql = (
-                f"SELECT {sel}, CASE WHEN s.slow THEN NULL ELSE {expr.document} END AS doc, "
-                f"CASE WHEN s.slow THEN {texts} END AS texts FROM {table} AS t "
-                f"CROSS JOIN LATERAL (SELECT COALESCE({expr.slow}, false) AS slow) AS s "
-                f"{where}ORDER BY {cols} LIMIT {limit}"
-            )
-        return sql, len(keys)
+        texts = "ARRAY[" + ", ".join(output_text(f"t.{quote_ident(c.name)}") for c in landed) + "]"
+        return (
+            f"SELECT {sel}, CASE WHEN s.slow THEN NULL ELSE {expr.document} END AS doc, "
+            f"CASE WHEN s.slow THEN {texts} END AS texts FROM {table} AS t {expr.lateral} "
+            f"CROSS JOIN LATERAL (SELECT COALESCE({expr.slow}, false) AS slow) AS s "
+            f"{where}ORDER BY {cols} LIMIT {limit}",
+            len(keys),
+        )
 
     async def _chunk(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
         conn = await self._db()
