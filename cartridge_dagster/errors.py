@@ -201,7 +201,8 @@ def _classify_psycopg2(
             return TransientError
         return TerminalError
     # No SQLSTATE: the connection itself failed (server gone, network, "connection already
-    # closed"). Refusals at connect time are turned into TerminalError by the connector.
-    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):  # type: ignore[attr-defined]
+    # closed", a replication stream cut: "error with status PGRES_COPY_BOTH and no message").
+    # Refusals at connect time are turned into TerminalError by the connector.
+    if isinstance(exc, (psycopg2.DatabaseError, psycopg2.InterfaceError)):  # type: ignore[attr-defined]
         return TransientError
     return TerminalError

@@ -266,6 +266,11 @@ class PgSource:
     _copies: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Tables to copy again at the next commit (rows changed without WAL), with why.
     _recopy: dict[str, str] = field(default_factory=dict)
+    #: Per table, the columns with a default warp has landed for every row (kept in the
+    #: checkpoint's position: a column added with a default later, even while warp was down,
+    #: is found and copied), and the lists a copy in progress will make true.
+    _defaults: dict[str, list[str]] = field(default_factory=dict)
+    _pending_defaults: dict[str, list[str]] = field(default_factory=dict)
     _unacked: deque[tuple[int, dt.datetime]] = field(default_factory=deque)
     #: updates whose TOASTed values were read from the source, and those whose row was gone
     toast_lookups: int = 0
@@ -428,7 +433,12 @@ class PgSource:
         self.repl = repl
         self._snapshot_name = snapshot
         log.info("warp.pg.slot.created", slot=self.slot, lsn=format_lsn(lsn))
-        return Position({"lsn": format_lsn(lsn)}, lsn << (ORDINAL_BITS - 16))
+        self._defaults = {name: _with_default(info) for name, info in self.tables.items()}
+        return Position(self._token(lsn), lsn << (ORDINAL_BITS - 16))
+
+    def _token(self, lsn: int) -> dict[str, Any]:
+        """A position for the checkpoint: the LSN, and the columns with defaults landed."""
+        return {"lsn": format_lsn(lsn), "defaults": dict(sorted(self._defaults.items()))}
 
     async def slot_state(self) -> SlotState:
         return await slot_state(await self._db(), self.slot)
@@ -677,6 +687,11 @@ class PgSource:
             )
         lsn = parse_lsn(str(token["lsn"]))
         conn = await self._db()
+        if isinstance(token.get("defaults"), Mapping):
+            self._defaults = {str(k): list(v) for k, v in token["defaults"].items()}
+        else:
+            await self._scope()
+            self._defaults = {name: _with_default(info) for name, info in self.tables.items()}
         state = await slot_state(conn, self.slot)
         self._slot_health(state)
         mine = self.repl.backend_pid if self.repl is not None else None
@@ -746,7 +761,6 @@ class PgSource:
     async def _relation(self, msg: Relation) -> None:
         conn = await self._db()
         in_scope = msg.namespace == self.namespace and self.schema.selects(msg.name)
-        previous = self._relations.get(msg.oid)
         types = await self.resolver.resolve(conn, [c.type_oid for c in msg.columns])
         columns = [
             Column(c.name, types[c.type_oid].kind, types[c.type_oid].delim) for c in msg.columns
@@ -776,12 +790,21 @@ class PgSource:
                 )
             key_idx = [names.index(k) for k in key]
             self.known.add(msg.name)
-            if previous is not None and previous.name == msg.name and info is not None:
-                added = [n for n in names if n not in previous.names]
-                if any(
-                    info.columns_by_name[n].has_default for n in added if n in info.columns_by_name
-                ):
+            if info is not None:
+                now = [
+                    n
+                    for n in names
+                    if n in info.columns_by_name and info.columns_by_name[n].has_default
+                ]
+                landed = self._defaults.get(msg.name)
+                if landed is None or msg.name in self._copies:
+                    pass  # a table being copied: its copy lands every column
+                elif set(now) - set(landed):
+                    # rows took the default without WAL of their own: copy the table again
                     self._recopy.setdefault(msg.name, "a column was added with a default")
+                    self._pending_defaults[msg.name] = now
+                else:
+                    self._defaults[msg.name] = now
         converter = RowConverter(columns, self.transformer.policy, self._excluded(msg.name))
         self._relations[msg.oid] = _Table(
             oid=msg.oid,
@@ -923,7 +946,7 @@ class PgSource:
                     if now - last_idle >= idle_every and wal_end > last_lsn:
                         last_idle = now
                         last_lsn = wal_end
-                        yield Batch(kind="idle", token={"lsn": format_lsn(wal_end)})
+                        yield Batch(kind="idle", token=self._token(wal_end))
                         continue
                 await repl.wait(min(0.1, cfg.max_batch_seconds))
                 continue
@@ -940,7 +963,7 @@ class PgSource:
             if isinstance(decoded, Commit):
                 txn = None
                 last_lsn = decoded.end_lsn
-                batch.token = {"lsn": format_lsn(decoded.end_lsn)}
+                batch.token = self._token(decoded.end_lsn)
                 batch.source_ts = decoded.commit_ts
                 self._unacked.append((decoded.end_lsn, decoded.commit_ts))
                 now = time.monotonic()
@@ -1132,8 +1155,18 @@ class PgSource:
             if state is not None:
                 if state.get("done"):
                     self._copies.pop(name, None)
+                    info = self.tables.get(name)
+                    landed = self._pending_defaults.pop(name, None)
+                    if landed is None and info is not None:
+                        landed = _with_default(info)
+                    if landed is not None:
+                        self._defaults[name] = landed
                 else:
                     self._copies[name] = dict(state)
+
+
+def _with_default(info: TableInfo) -> list[str]:
+    return sorted(c.name for c in info.landed if c.has_default)
 
 
 # --------------------------------------------------------------------------- administration

@@ -270,6 +270,30 @@ def test_tables_and_columns_that_come_and_go(pg_source_url: str, pg_url: str) ->
     run(go())
 
 
+def test_a_column_added_with_a_default_while_warp_is_down(pg_source_url: str, pg_url: str) -> None:
+    execute(
+        pg_source_url,
+        "CREATE SCHEMA app",
+        "CREATE TABLE app.t (id int PRIMARY KEY, v int)",
+        "INSERT INTO app.t SELECT g, g FROM generate_series(1, 20) g",
+    )
+    settings = pg_settings(pg_source_url, pg_url)
+
+    async def go() -> None:
+        await warp_until_idle(settings, idle=0.8)
+        # while warp is down: every row takes the default, with no change of its own
+        execute(
+            pg_source_url,
+            "ALTER TABLE app.t ADD COLUMN c text NOT NULL DEFAULT 'dflt'",
+            "INSERT INTO app.t VALUES (21, 21, 'own')",
+        )
+        summary, _ = await warp_until_idle(settings, idle=0.8)
+        assert summary.snapshot_rows["t"] == 21, "the table was copied again"
+        await oracle(settings, "t")
+
+    run(go())
+
+
 def test_dead_letters_name_the_column_and_replay(pg_source_url: str, pg_url: str) -> None:
     execute(
         pg_source_url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import mongoeco.errors as embedded
+import psycopg2
 import pymongo.errors as pme
 import pytest
 
@@ -91,3 +92,31 @@ def test_the_stop_message_names_the_source_without_secrets() -> None:
     assert "hunter2" not in text
     assert "mongodb://***@db1.internal:27017,db2.internal:27017" in str(error)
     assert "shop" in str(error) and "4 attempts" in str(error) and "AutoReconnect" in str(error)
+
+
+def _pg_error(base: type[Exception], code: str | None) -> Exception:
+    """A psycopg2 error as the driver raises it, with its SQLSTATE."""
+    kind = type("PgError", (base,), {"pgcode": code})
+    return kind("boom")
+
+
+@pytest.mark.parametrize(
+    ("base", "code", "expected"),
+    [
+        # the replication stream cut by a server restart: no SQLSTATE
+        (psycopg2.DatabaseError, None, TransientError),
+        (psycopg2.OperationalError, None, TransientError),
+        (psycopg2.InterfaceError, None, TransientError),
+        (psycopg2.OperationalError, "57P01", TransientError),  # admin shutdown
+        (psycopg2.OperationalError, "08006", TransientError),  # connection failure
+        (psycopg2.OperationalError, "55006", TransientError),  # slot in use (a fenced twin)
+        (psycopg2.OperationalError, "53300", TransientError),  # too many connections
+        (psycopg2.ProgrammingError, "42704", TerminalError),  # slot does not exist
+        (psycopg2.OperationalError, "55000", TerminalError),  # slot invalidated
+        (psycopg2.OperationalError, "28P01", TerminalError),  # bad password
+    ],
+)
+def test_psycopg2_errors_split_into_transient_and_terminal(
+    base: type[Exception], code: str | None, expected: type[Exception]
+) -> None:
+    assert classify(_pg_error(base, code)) is expected
