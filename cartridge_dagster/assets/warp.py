@@ -11,7 +11,9 @@ Per configured schema S:
   Run tags: ``cartridge/warp_schema`` (the instance allows one run per value) and
   ``dagster-k8s/config`` with the schema's ``k8s_resources`` (one pod per schema).
 - sensor ``warp_<S>_supervisor`` (see :mod:`cartridge_dagster.sensors.warp`).
-- asset checks per raw table: lag under ``warp.lag_threshold_seconds``; no pending dead letters.
+- asset checks per raw table: lag under ``warp.lag_threshold_seconds``; no pending dead letters;
+  PostgreSQL sources: the replication slot exists, is valid and holds less unconfirmed WAL than
+  ``warp.slot_lag_threshold_bytes`` (``slot_lag_under_threshold``).
 """
 
 import asyncio
@@ -71,10 +73,13 @@ class DagsterObserver:
         interval: float,
         cancel_poll_seconds: float = 1.0,
         open_letters: Callable[[], "WarehouseCounts"] | None = None,
+        source_lag: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.context = context
         #: Open dead letters and value-policy counts per collection, read when emitting.
         self.open_letters = open_letters
+        #: The source's own lag (PostgreSQL: the replication slot's), read when emitting.
+        self.source_lag = source_lag
         self.schema = schema
         self.interval = interval
         self.cancel_poll = cancel_poll_seconds
@@ -163,6 +168,12 @@ class DagsterObserver:
             }
             if self.lag is not None:
                 metadata["lag_seconds"] = dg.MetadataValue.float(round(self.lag, 3))
+            slot = self.source_lag() if self.source_lag is not None else {}
+            if slot:
+                metadata["slot_lag_bytes"] = dg.MetadataValue.int(int(slot.get("bytes", 0)))
+                metadata["slot_lag_seconds"] = dg.MetadataValue.float(
+                    round(float(slot.get("seconds", 0.0)), 3)
+                )
             events.append((table, metadata))
         return events
 
@@ -285,6 +296,7 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             observer=observer,
             run_id=context.run_id,
         )
+        observer.source_lag = lambda: dict(getattr(runner.source, "slot_lag", None) or {})
         server: MetricsServer | None = None
         if cfg.warp.metrics_port:
             # In a pod, set CARTRIDGE_METRICS_HOST=0.0.0.0 so Prometheus and probes reach it.
@@ -350,17 +362,15 @@ def _raw_specs(settings: CartridgeSettings, schema: SchemaConfig) -> list[dg.Ass
     ]
 
 
-def _checks(schema: SchemaConfig, keys: list[dg.AssetKey]) -> dg.AssetChecksDefinition | None:
+def _checks(
+    schema: SchemaConfig, keys: list[dg.AssetKey], *, slot: bool = False
+) -> dg.AssetChecksDefinition | None:
     if not keys:
         return None
-    specs = [
-        spec
-        for key in keys
-        for spec in (
-            dg.AssetCheckSpec("lag_under_threshold", asset=key),
-            dg.AssetCheckSpec("no_dead_letters", asset=key),
-        )
-    ]
+    names = ["lag_under_threshold", "no_dead_letters"]
+    if slot:  # a PostgreSQL source: its replication slot
+        names.append("slot_lag_under_threshold")
+    specs = [dg.AssetCheckSpec(name, asset=key) for key in keys for name in names]
 
     @dg.multi_asset_check(specs=specs, name=f"warp_{schema.name}_checks", can_subset=True)
     def warp_checks(context: dg.AssetCheckExecutionContext, warp: WarpResource) -> Any:
@@ -371,10 +381,25 @@ def _checks(schema: SchemaConfig, keys: list[dg.AssetKey]) -> dg.AssetChecksDefi
         status = asyncio.run(schema_status(settings.destination_url(), cfg))
         by_table = {t.collection: t for t in status.tables}
         threshold = cfg.warp.lag_threshold_seconds
+        slot_check: Any = None
         for key in context.selected_asset_check_keys:
             collection = key.asset_key.path[-1]
             table = by_table.get(collection)
-            if key.name == "lag_under_threshold":
+            if key.name == "slot_lag_under_threshold":
+                from cartridge_dagster.warp.pg_source import check_slot
+
+                if slot_check is None:  # one look at the slot for all tables
+                    slot_check = asyncio.run(
+                        check_slot(settings.source.url(), cfg, expected=status.exists)
+                    )
+                yield dg.AssetCheckResult(
+                    asset_key=key.asset_key,
+                    check_name=key.name,
+                    passed=slot_check.passed,
+                    metadata=slot_check.metadata(),
+                    description=slot_check.reason,
+                )
+            elif key.name == "lag_under_threshold":
                 lag = table.lag_seconds if table else None
                 yield dg.AssetCheckResult(
                     asset_key=key.asset_key,
@@ -418,7 +443,7 @@ def build_warp_defs(settings: CartridgeSettings) -> dg.Definitions:
         job = _warp_job(schema)
         jobs.append(job)
         sensors.append(build_warp_supervisor(schema, job))
-        check = _checks(schema, [s.key for s in specs])
+        check = _checks(schema, [s.key for s in specs], slot=settings.source.type == "postgresql")
         if check is not None:
             checks.append(check)
     return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, asset_checks=checks)

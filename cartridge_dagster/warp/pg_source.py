@@ -107,7 +107,9 @@ from cartridge_dagster.warp.sources import Position
 __all__ = [
     "ORDINAL_BITS",
     "PgSource",
+    "SlotCheck",
     "SlotInUse",
+    "check_slot",
     "drop_slot",
     "open_pg_source",
     "pg_version",
@@ -1179,6 +1181,52 @@ async def source_slot_state(url: str, schema: SchemaConfig) -> SlotState:
         return await slot_state(conn, slot_name(schema))
     finally:
         await conn.close()
+
+
+@dataclass(frozen=True)
+class SlotCheck:
+    """The ``slot_lag_under_threshold`` verdict for a schema's slot (dagster-free)."""
+
+    passed: bool
+    state: SlotState
+    threshold_bytes: int
+    reason: str | None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "slot": self.state.name,
+            "exists": self.state.exists,
+            "wal_status": self.state.wal_status or "",
+            "active": self.state.active,
+            "lag_bytes": int(self.state.lag_bytes or 0),
+            "retained_bytes": int(self.state.retained_bytes or 0),
+            "threshold_bytes": self.threshold_bytes,
+        }
+
+
+async def check_slot(url: str, schema: SchemaConfig, *, expected: bool) -> SlotCheck:
+    """Whether the schema's slot is healthy: it exists (once warp has run: ``expected``), is
+    not invalidated, and holds less unconfirmed WAL than ``warp.slot_lag_threshold_bytes``."""
+    state = await source_slot_state(url, schema)
+    threshold = schema.warp.slot_lag_threshold_bytes
+    reason = None
+    if not state.exists:
+        if expected:
+            reason = (
+                f"replication slot {state.name!r} does not exist: warp cannot resume from its "
+                "checkpoint (warp.history_lost_policy decides at the next run)"
+            )
+    elif state.lost:
+        reason = (
+            f"replication slot {state.name!r} was invalidated (max_slot_wal_keep_size): the "
+            "changes since the checkpoint are gone"
+        )
+    elif (state.lag_bytes or 0) > threshold:
+        reason = (
+            f"replication slot {state.name!r} holds {state.lag_bytes} bytes of WAL warp has not "
+            f"confirmed (threshold {threshold}): is warp running and keeping up?"
+        )
+    return SlotCheck(reason is None, state, threshold, reason)
 
 
 async def drop_slot(url: str, schema: SchemaConfig) -> list[str]:
