@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from cartridge_dagster.cli.common import ConfigOption, console, load, run_async
-from cartridge_dagster.config import CartridgeSettings
-from cartridge_dagster.errors import CartridgeError, ConfigError
+from cartridge_dagster.config import CartridgeSettings, settings_from_mapping
+from cartridge_dagster.errors import CartridgeError, ConfigError, redact_url
 
 SchemaOption = Annotated[
     str | None,
@@ -39,6 +43,61 @@ def register(app: typer.Typer) -> None:
     app.add_typer(schema, name="schema")
 
 
+ConnectionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--connection-string",
+        envvar="CARTRIDGE_SCAN_CONNECTION_STRING",
+        help="Scan this source without a configuration file: postgresql://…, mongodb://… "
+        "or mongoeco://PATH (also $CARTRIDGE_SCAN_CONNECTION_STRING, which keeps the password "
+        "out of the process list). Needs --output.",
+        show_default=False,
+    ),
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        help="With --connection-string: the MongoDB database (default: the URL's), or the "
+        "PostgreSQL schema (default: public).",
+        show_default=False,
+    ),
+]
+
+
+def _seed_name(database: str) -> str:
+    """A Cartridge schema name for a database name (lower case, letters first, ≤ 40)."""
+    name = re.sub(r"[^a-z0-9_]+", "_", database.lower()).strip("_") or "source"
+    if not name[0].isalpha():
+        name = f"s_{name}"
+    return name[:40]
+
+
+def _seed_settings(url: str, database: str | None, name: str | None) -> CartridgeSettings:
+    """Settings for one source given on the command line (no configuration file)."""
+    scheme = url.split("://", 1)[0].lower()
+    kind = "postgresql" if scheme in ("postgresql", "postgres") else "mongodb"
+    if database is None:
+        if kind == "postgresql":
+            database = "public"
+        else:
+            path = unquote(urlsplit(url).path.lstrip("/")) if scheme != "mongoeco" else ""
+            if not path:
+                raise ConfigError(
+                    f"--connection-string {redact_url(url)}: pass --database (the MongoDB "
+                    "database to scan)"
+                )
+            database = path
+    return settings_from_mapping(
+        {
+            "source": {"type": kind, "connection_string": url},
+            "state_dir": tempfile.mkdtemp(prefix="cartridge-scan-"),
+            "schemas": [{"name": name or _seed_name(database), "source_database": database}],
+        },
+        origin="--connection-string",
+    )
+
+
 def _schemas(settings: CartridgeSettings, only: str | None) -> list[str]:
     if only is not None:
         settings.get_schema(only)
@@ -56,11 +115,24 @@ def scan(
     full_scan: Annotated[
         bool, typer.Option("--full-scan", help="Read every document instead of sampling.")
     ] = False,
+    connection_string: ConnectionOption = None,
+    database: DatabaseOption = None,
 ) -> None:
-    """Sample the source, infer each collection's schema, and store a version when it changed."""
+    """Sample the source, infer each collection's schema, and store a version when it changed.
+
+    Without a configuration file: ``cartridge scan --connection-string URL [--database D]
+    --output schema.json`` scans one source and writes the result (nothing else is kept)."""
     from cartridge_dagster.init.service import scan_and_record
 
-    settings = load(config)
+    if connection_string is not None:
+        if config is not None:
+            raise ConfigError("pass either --config or --connection-string, not both")
+        if output is None:
+            raise ConfigError("--connection-string needs --output FILE (where the scan goes)")
+        settings = _seed_settings(connection_string, database, schema)
+        schema = None
+    else:
+        settings = load(config)
     names = _schemas(settings, schema)
     written: dict[str, Any] = {}
     table = Table(title="scan")
@@ -120,6 +192,27 @@ def scan(
         text = json.dumps({"schemas": written}, indent=2, sort_keys=True, ensure_ascii=False)
         output.write_text(text + "\n", encoding="utf-8")
         console.print(f"wrote {output}")
+    if connection_string is not None:  # nothing but the output is kept
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
+
+
+def _settings_for_documents(documents: dict[str, dict[str, Any]]) -> CartridgeSettings:
+    """Settings naming the schemas of a scan output (``generate`` without a config file)."""
+    schemas = []
+    kinds = set()
+    for name, doc in sorted(documents.items()):
+        schemas.append({"name": name, "source_database": str(doc.get("database") or name)})
+        kinds.add(str(doc.get("source_kind") or "mongodb"))
+    kind = "postgresql" if kinds == {"postgresql"} else "mongodb"
+    placeholder = "postgresql://localhost/unused" if kind == "postgresql" else "mongoeco://:memory:"
+    return settings_from_mapping(
+        {
+            "source": {"type": kind, "connection_string": placeholder},
+            "state_dir": tempfile.mkdtemp(prefix="cartridge-generate-"),
+            "schemas": schemas,
+        },
+        origin="--input",
+    )
 
 
 def _input_documents(path: Path) -> dict[str, dict[str, Any]]:
@@ -163,12 +256,21 @@ def generate(
         typer.Option("--parse/--no-parse", help="Run `dbt parse` on the project afterwards."),
     ] = False,
 ) -> None:
-    """Write dbt sources, staging and child models, and their tests, from inferred schemas."""
+    """Write dbt sources, staging and child models, and their tests, from inferred schemas.
+
+    Without a configuration file: ``cartridge generate --input schema.json --output-dir
+    models/ --ai-provider none`` writes the models of a ``cartridge scan --output`` file."""
     from cartridge_dagster.init.ai import build_describer
     from cartridge_dagster.init.service import generate_schema, validate_project
 
-    settings = load(config)
     documents = _input_documents(input) if input is not None else None
+    if config is None and documents is not None and output_dir is not None:
+        try:
+            settings = load(config)
+        except ConfigError:  # no configuration file: the scan output says what to generate
+            settings = _settings_for_documents(documents)
+    else:
+        settings = load(config)
     names = _schemas(settings, schema)
     if documents is not None:
         unknown = sorted(set(documents) - {s.name for s in settings.schemas})
