@@ -1086,11 +1086,15 @@ class PgSource:
         ``warp.drop_policy``; a new one is added to the publication and copied."""
         added = await self._ensure_publication()
         present = set(self.tables)
+        # in the publication already but never copied whole (the tables of the checkpoint's
+        # default-column map have been): a table renamed into the scope
+        renamed = sorted(present - set(self._defaults) - set(added) - set(self._copies))
         vanished = sorted(self.known - present)
         if vanished:
             version = pg_version(await self._current_lsn(), 0)
             batch = Batch(kind="stream", version=version)
             for name in vanished:
+                self._defaults.pop(name, None)
                 wipe = self._drop(name, version)
                 if wipe is not None:
                     batch.wipes.append(wipe)
@@ -1108,6 +1112,18 @@ class PgSource:
                 "copied": 0,
             }
             log.info("warp.pg.table.added", table=name)
+            async for snap in self._live_copy(name, entry, stop):
+                yield snap
+        for name in renamed:
+            entry = {
+                "done": False,
+                "after": None,
+                "version": str(pg_version(await self._current_lsn(), 0)),
+                "sweep": False,
+                "merge": True,  # its changes since the rename may have landed already
+                "copied": 0,
+            }
+            log.info("warp.pg.table.appeared", table=name)
             async for snap in self._live_copy(name, entry, stop):
                 yield snap
 

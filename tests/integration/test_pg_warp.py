@@ -226,6 +226,8 @@ def test_tables_and_columns_that_come_and_go(pg_source_url: str, pg_url: str) ->
         "CREATE TABLE app.items (id int PRIMARY KEY, name text)",
         "CREATE TABLE app.doomed (id int PRIMARY KEY)",
         "CREATE TABLE app.skipped (id int PRIMARY KEY)",
+        "CREATE TABLE app.old (id int PRIMARY KEY, v text)",
+        "INSERT INTO app.old SELECT g, 'o' || g FROM generate_series(1, 7) g",
         "INSERT INTO app.items SELECT g, 'i' || g FROM generate_series(1, 50) g",
         "INSERT INTO app.doomed SELECT generate_series(1, 5)",
     )
@@ -242,6 +244,8 @@ def test_tables_and_columns_that_come_and_go(pg_source_url: str, pg_url: str) ->
             "ALTER TABLE app.items ADD COLUMN flag text NOT NULL DEFAULT 'dflt'",
             "UPDATE app.items SET flag = 'set' WHERE id = 1",
             "DROP TABLE app.doomed",
+            "ALTER TABLE app.old RENAME TO moved",
+            "UPDATE app.moved SET v = 'after the rename' WHERE id = 1",
             "INSERT INTO app.skipped VALUES (1)",
         )
         await asyncio.sleep(1.0)  # let warp find the new table (it looks while idle)
@@ -251,6 +255,7 @@ def test_tables_and_columns_that_come_and_go(pg_source_url: str, pg_url: str) ->
         summary, _ = await warp_until_idle(settings, writers, idle=2.0)
         await oracle(settings, "items")
         await oracle(settings, "later")
+        await oracle(settings, "moved")  # a renamed table: copied under its new name
         dst = await asyncpg.connect(pg_url)
         try:
             flags = await dst.fetch(
@@ -260,10 +265,14 @@ def test_tables_and_columns_that_come_and_go(pg_source_url: str, pg_url: str) ->
                 "SELECT count(*) FILTER (WHERE NOT _cartridge_deleted) FROM raw_shop.doomed"
             )
             skipped = await dst.fetchval("SELECT to_regclass('raw_shop.skipped')")
+            old_live = await dst.fetchval(
+                "SELECT count(*) FILTER (WHERE NOT _cartridge_deleted) FROM raw_shop.old"
+            )
         finally:
             await dst.close()
         assert {r["f"]: r["n"] for r in flags} == {"dflt": 49, "set": 1}
         assert doomed == 0
+        assert old_live == 0, "the old name's rows follow the drop policy"
         assert skipped is None
         assert summary.applied["later"] >= 15
 

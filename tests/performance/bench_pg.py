@@ -178,7 +178,10 @@ async def warp_round(source: str, dest: str) -> tuple[float, float, int]:
     from cartridge_dagster.warp.runner import WarpRunner
 
     configure_logging("console", "warning")
-    settings = pg_settings(source, dest, name="bench")
+    from cartridge_dagster.config import BatchingConfig
+
+    # the default batching (the test helper's is smaller)
+    settings = pg_settings(source, dest, name="bench", batching=BatchingConfig().model_dump())
     runner = WarpRunner(settings, settings.schemas[0], stop_when_idle=0.5)
     summary = await runner.run()
     assert summary.snapshot_rows["orders"] == ROWS, summary.snapshot_rows
