@@ -185,7 +185,7 @@ def test_kill9_before_and_after_commit(tmp_path: Path, dbs: tuple[str, str]) -> 
 
 
 def test_random_kills_writer_processes_and_a_new_column(tmp_path: Path, pg_server_url: str) -> None:
-    result = run_pg_chaos(pg_server_url, 7, tmp_path, seconds=12.0)
+    result = run_pg_chaos(pg_server_url, 7, tmp_path, seconds=8.0, life=(1.0, 3.0))
     assert result.kills >= 2, result.line()
     assert result.ok, result.line() + "\n" + Path(result.log).read_text()[-3000:]
 
@@ -199,17 +199,17 @@ def test_two_warp_processes(tmp_path: Path, dbs: tuple[str, str]) -> None:
     log_b = open(tmp_path / "b.log", "wb")  # noqa: SIM115 - closed below
 
     async def go() -> None:
-        writers = start_writers(source, 11, 6.0, tmp_path)
+        writers = start_writers(source, 11, 4.0, tmp_path)
         a = spawn_warp(config, log_a)
         b: subprocess.Popen[bytes] | None = None
         try:
             await wait_for(lambda: snapshot_done(dest))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
             b = spawn_warp(config, log_b)  # takes the schema over: a is fenced
             assert await asyncio.to_thread(a.wait, 60) == 1
             for w in writers:
                 assert await asyncio.to_thread(w.wait, 60) == 0
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(1.0)
             assert b.poll() is None, "the second process keeps running"
             b.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(b.wait, 30) == 0
@@ -277,10 +277,10 @@ def test_source_and_destination_restarts(
         runner = WarpRunner(settings, settings.schemas[0], max_backoff=1.0, max_retries=30)
         task = asyncio.create_task(runner.run())
         await wait_for(lambda: snapshot_done(dest))
-        writers = start_writers(source, 5, 10.0, tmp_path)
-        await asyncio.sleep(2.5)
+        writers = start_writers(source, 5, 7.0, tmp_path)
+        await asyncio.sleep(2.0)
         await asyncio.to_thread(src_server.restart, mode="immediate")  # a crash of the source
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(2.0)
         await asyncio.to_thread(dst_server.restart, mode="immediate")  # and of the warehouse
         for w in writers:
             assert await asyncio.to_thread(w.wait, 60) == 0
