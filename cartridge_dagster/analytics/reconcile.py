@@ -247,7 +247,7 @@ class _Sides:
 
 
 async def reconcile_collection(
-    mongo: MongoConnection,
+    mongo: MongoConnection | None,
     conn: asyncpg.Connection,
     schema: SchemaConfig,
     collection: str,
@@ -256,14 +256,18 @@ async def reconcile_collection(
     tolerance: float | None = None,
     recheck_seconds: float = 2.0,
     attempts: int = 3,
+    sides: _Sides | None = None,
 ) -> Reconciliation:
-    """Compare one collection with its raw table (see the module docstring)."""
+    """Compare one collection with its raw table (see the module docstring). ``sides``: how
+    the source is read, when it is not MongoDB (``reconcile_pg.reconcile_pg_table``)."""
     sample_size = schema.analytics.reconcile_sample_size if sample_size is None else sample_size
     tolerance = schema.analytics.reconcile_tolerance if tolerance is None else tolerance
-    sides = _Sides(mongo, conn, schema, collection)
+    if sides is None:
+        assert mongo is not None
+        sides = _Sides(mongo, conn, schema, collection)
     exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", sides.table)
     if not exists:
-        count = int(await sides.coll.count_documents({}))
+        count = await sides.source_count()
         result = Reconciliation(schema.name, collection, count, 0, 0, tolerance)
         result.target_exists = False
         return result
