@@ -16,8 +16,12 @@ No value stops a scan: a collection holding NaN or ±Infinity, which the embedde
 sort or filter in SQL, is read through :mod:`~cartridge_dagster.safe_reads`; a query the
 source cannot answer raises one error naming the collection and the cause.
 
-PostgreSQL: columns, types, nullability, keys and statistics come from the catalogs
-(:func:`scan_postgres`) and are stored in the same shape.
+PostgreSQL: columns, types, nullability and keys come from the catalogs (:func:`scan_postgres`);
+then the rows are sampled as warp lands them (the same JSON, built by the server): tables with
+fewer than ``sampling.full_scan_below`` rows (or all, with ``full_scan``) are read whole,
+larger ones through ``TABLESAMPLE BERNOULLI … REPEATABLE`` (the same rows for the same data) of
+about ``max_sample_size`` rows; the sample gives each column's null ratio, distinct values,
+examples and, for text and enum columns, the enum values. Stored in the same shape.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
+import orjson
 import pymongo.errors
 from bson import ObjectId
 
@@ -37,7 +43,7 @@ from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection
 from cartridge_dagster.documents import canonical_id
 from cartridge_dagster.errors import CartridgeError, TransientError, classify
-from cartridge_dagster.identifiers import assign_names
+from cartridge_dagster.identifiers import assign_names, qualified
 from cartridge_dagster.init.inference import (
     ARRAY_MARK,
     RESERVED_COLUMNS,
@@ -401,7 +407,100 @@ WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
 """
 
 
-async def scan_postgres(conn: Any, schema: SchemaConfig) -> ScanResult:
+#: Column types whose few distinct values make an enum (not timestamps, uuids, numbers).
+_PG_ENUM_TYPES = frozenset({"text", "character varying", "character", "USER-DEFINED"})
+#: The seed of PostgreSQL samples (``REPEATABLE``): changing it changes every sample.
+PG_SAMPLE_SEED = 1
+
+
+async def _sample_postgres(
+    conn: Any,
+    schema: SchemaConfig,
+    results: dict[str, dict[str, Any]],
+    *,
+    full_scan: bool,
+    progress: ScanProgress | None,
+) -> int:
+    """Profile each table's rows as landed and fold the statistics into its fields."""
+    from cartridge_dagster.connectors.pg_catalog import TypeResolver, read_tables
+    from cartridge_dagster.pg_documents import snapshot_expressions
+
+    sampling = schema.sampling
+    seen = 0
+    async with conn.transaction(readonly=True):
+        await conn.execute("SET LOCAL TimeZone = 'UTC'")
+        await conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        infos = await read_tables(conn, schema.source_database, TypeResolver(), names=list(results))
+        for table, result in sorted(results.items()):
+            info = infos.get(table)
+            if info is None:
+                continue
+            landed = [c.landed for c in info.landed]
+            excluded = [p.split(".") for p in schema.table(table).exclude_fields]
+            expr = snapshot_expressions("t", landed, excluded)
+            estimate = int(result["documents_total"])
+            whole = full_scan or estimate <= sampling.full_scan_below
+            source = qualified(schema.source_database, table)
+            if whole:
+                sql = f"SELECT ({expr.document})::text FROM {source} AS t {expr.lateral}"
+                method = "full"
+            else:
+                percent = min(100.0, 100.0 * sampling.max_sample_size / max(estimate, 1))
+                sql = (
+                    f"SELECT ({expr.document})::text FROM {source} AS t "
+                    f"TABLESAMPLE BERNOULLI ({percent:.6f}) REPEATABLE ({PG_SAMPLE_SEED}) "
+                    f"{expr.lateral} LIMIT {int(sampling.max_sample_size)}"
+                )
+                method = "sample"
+            profiler = Profiler(_options(schema, table))
+            try:
+                async with conn.transaction():  # a savepoint: one table's failure stays its own
+                    rows = await conn.fetch(sql)
+            except asyncpg.PostgresError as exc:
+                log.warning("init.scan.pg_sample_failed", table=table, error=str(exc)[:200])
+                continue
+            profiler.add_many(orjson.loads(r[0]) for r in rows)
+            sampled = finalize(table, profiler, total_documents=estimate, method=method, rounds=1)
+            seen += profiler.documents
+            if progress is not None:
+                progress(table, profiler.documents, profiler.documents)
+            _fold_sample(result, sampled, profiler.documents, method)
+    return seen
+
+
+def _fold_sample(
+    result: dict[str, Any], sampled: dict[str, Any], documents: int, method: str
+) -> None:
+    """Sampled statistics into the catalog's fields (types and layout stay the catalog's)."""
+    result["documents_sampled"] = documents
+    result["sampling"] = {"method": method, "rounds": 1}
+    if method == "full":
+        result["documents_total"] = documents
+    for path, entry in result["fields"].items():
+        found = sampled["fields"].get(path)
+        if found is None:
+            continue
+        nulls = int(found.get("types", {}).get("null", 0)) + (documents - int(found["count"]))
+        entry["null_ratio"] = round(nulls / documents, 4) if documents else entry["null_ratio"]
+        entry["nulls"] = nulls if method == "full" else entry["nulls"]
+        if "distinct" in found:
+            entry["distinct"] = found["distinct"]
+            entry["distinct_exact"] = method == "full" and bool(found.get("distinct_exact", True))
+        for key in ("examples", "min", "max", "range_exact", "string_length"):
+            if key in found:
+                entry[key] = found[key]
+        if "enum" in found and entry.get("pg_type") in _PG_ENUM_TYPES:
+            entry["enum"] = found["enum"]
+
+
+async def scan_postgres(
+    conn: Any,
+    schema: SchemaConfig,
+    *,
+    full_scan: bool = False,
+    progress: ScanProgress | None = None,
+    sample: bool = True,
+) -> ScanResult:
     """Read a PostgreSQL schema's tables from the catalogs (``conn``: an asyncpg connection).
 
     Each table becomes a "collection" whose fields are its columns: the type histogram holds the
@@ -482,12 +581,18 @@ async def scan_postgres(conn: Any, schema: SchemaConfig) -> ScanResult:
             "incremental_key": None,
             "references": dict(sorted(fks.get(table, {}).items())),
         }
+    seen = (
+        await _sample_postgres(conn, schema, results, full_scan=full_scan, progress=progress)
+        if sample and results
+        else 0
+    )
     return ScanResult(
         schema=schema.name,
         database=source,
         source_kind="postgresql",
         collections=results,
         seconds=time.perf_counter() - started,
+        documents_seen=seen,
     )
 
 
@@ -504,7 +609,7 @@ async def scan_schema(
         from cartridge_dagster.connectors.postgres import pg_connection
 
         async with pg_connection(settings.source.url()) as conn:
-            return await scan_postgres(conn, schema)
+            return await scan_postgres(conn, schema, full_scan=full_scan, progress=progress)
     from cartridge_dagster.connectors.mongo import mongo_session
 
     async with mongo_session(

@@ -108,6 +108,70 @@ def test_postgresql_source_from_catalogs(pg_url: str) -> None:
     asyncio.run(run())
 
 
+def test_postgresql_scans_sample_the_rows(pg_url: str) -> None:
+    """Null ratios, distinct counts, examples and enums come from the rows (as landed), not
+    only from the catalogs; a large table is sampled, the same rows each time."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(
+                """
+                CREATE SCHEMA app;
+                CREATE TYPE app.tier AS ENUM ('basic', 'gold');
+                CREATE TABLE app.orders (id int PRIMARY KEY, status text, tier app.tier,
+                                         placed timestamptz, note text);
+                INSERT INTO app.orders SELECT g, (ARRAY['new', 'paid', 'shipped'])[1 + g % 3],
+                  CASE WHEN g % 2 = 0 THEN 'gold' ELSE 'basic' END::app.tier,
+                  '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour',
+                  CASE WHEN g % 4 = 0 THEN NULL ELSE 'n' || g END
+                FROM generate_series(1, 300) g;
+                CREATE TABLE app.big (id int PRIMARY KEY, kind text);
+                INSERT INTO app.big SELECT g, 'k' || (g % 5) FROM generate_series(1, 3000) g;
+                ANALYZE app.orders; ANALYZE app.big;
+                """
+            )
+            cfg = settings_from_mapping(
+                {
+                    "source": {"type": "postgresql", "connection_string": pg_url},
+                    "schemas": [
+                        {
+                            "name": "app",
+                            "source_database": "app",
+                            "sampling": {
+                                "full_scan_below": 1000,
+                                "sample_size": 200,
+                                "max_sample_size": 400,
+                            },
+                        }
+                    ],
+                }
+            ).get_schema("app")
+            first = await scan_postgres(conn, cfg)
+            again = await scan_postgres(conn, cfg)
+        finally:
+            await conn.close()
+        orders = first.collections["orders"]
+        assert orders["sampling"]["method"] == "full" and orders["documents_sampled"] == 300
+        fields = orders["fields"]
+        assert fields["status"]["enum"] == ["new", "paid", "shipped"]
+        assert fields["tier"]["enum"] == ["basic", "gold"]
+        assert "enum" not in fields["placed"], "timestamps are never enums"
+        assert fields["note"]["null_ratio"] == 0.25
+        assert fields["status"]["distinct"] == 3 and fields["status"]["distinct_exact"]
+        assert fields["placed"]["examples"][0] == "2024-01-01T01:00:00+00:00"
+        big = first.collections["big"]
+        assert big["sampling"]["method"] == "sample"
+        assert 0 < big["documents_sampled"] <= 400
+        assert big["fields"]["kind"]["enum"] == ["k0", "k1", "k2", "k3", "k4"]
+        assert first.to_json() == again.to_json(), "the same data gives the same scan"
+        files, skipped = render_schema("app", "raw_app", "app_staging", first.collections)
+        assert not skipped
+        assert "accepted_values" in files["_app__models.yml"]
+
+    asyncio.run(run())
+
+
 @pytest.mark.slow
 def test_ai_sql_must_pass_dbt_parse_before_it_is_written(
     tmp_path: Path, mongo_url: str, pg_url: str
