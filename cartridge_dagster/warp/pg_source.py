@@ -481,15 +481,12 @@ class PgSource:
 
     # ------------------------------------------------------------------ snapshot
 
-    async def _info(self, name: str) -> TableInfo:
+    async def _info(self, name: str) -> TableInfo | None:
+        """The table's catalog entry; None when it is gone (dropped, renamed, out of scope)."""
         info = self.tables.get(name)
         if info is None:
             await self._scope()
             info = self.tables.get(name)
-        if info is None:
-            raise TerminalError(
-                f"schema {self.schema.name!r}: table {name!r} is not in {self.namespace!r} any more"
-            )
         return info
 
     def _excluded(self, name: str) -> list[list[str]]:
@@ -549,6 +546,10 @@ class PgSource:
     ) -> AsyncIterator[Batch]:
         """Copy ``collection`` from ``state["after"]`` (the last key copied) in key order."""
         info = await self._info(collection)
+        if info is None:  # gone before its copy: nothing to copy (the drop policy follows)
+            log.info("warp.pg.snapshot.gone", table=collection)
+            yield self._copied(collection, state)
+            return
         version = int(state["version"])
         chunk = self.schema.batching.snapshot_chunk_size
         size = min(chunk, self.schema.batching.max_batch_size)
@@ -587,7 +588,11 @@ class PgSource:
             if stop is not None and stop.is_set():
                 return
             args: list[Any] = [chunk] if after is None else [*after, chunk]
-            rows = await self._chunk(first_sql if after is None else next_sql, args)
+            try:
+                rows = await self._chunk(first_sql if after is None else next_sql, args)
+            except asyncpg.UndefinedTableError:  # dropped while copying: the rest is gone
+                log.info("warp.pg.snapshot.gone", table=collection)
+                rows = []
             now = dt.datetime.now(dt.UTC)
             batch = Batch(kind="snapshot", version=None)
             for row in rows:
@@ -633,6 +638,12 @@ class PgSource:
             if done:
                 return
             await asyncio.sleep(0)
+
+    def _copied(self, collection: str, state: Mapping[str, Any]) -> Batch:
+        """The batch ending the copy of a table that is gone."""
+        batch = Batch(kind="snapshot", version=None)
+        batch.snapshot = {collection: {**dict(state), "done": True}}
+        return batch
 
     def _dead(
         self,
@@ -861,6 +872,9 @@ class PgSource:
         conn = await self._db()
         for name, items in by_table.items():
             info = await self._info(name)
+            if info is None:  # dropped since: the drop policy decides what its rows become
+                self.toast_gone += len(items)
+                continue
             keys = info.key_columns()
             cols = items[0].table.names
             sel = ", ".join(output_text(f"t.{quote_ident(c)}") for c in cols)
@@ -874,7 +888,11 @@ class PgSource:
                 f"WHERE ({knames}) IN (SELECT {casts} FROM unnest({unnest}) AS u({aliases}))"
             )
             args = [[p.key_texts[i] for p in items] for i in range(len(keys))]
-            rows = await conn.fetch(sql, *args)
+            try:
+                rows = await conn.fetch(sql, *args)
+            except asyncpg.UndefinedTableError:
+                self.toast_gone += len(items)
+                continue
             current = {tuple(r[: len(keys)]): list(r[len(keys) :]) for r in rows}
             for p in items:
                 found = current.get(tuple(p.key_texts))
