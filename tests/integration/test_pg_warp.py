@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.errors import ResumeTokenLost
@@ -153,6 +154,9 @@ def test_every_kind_of_change_lands(pg_source_url: str, pg_url: str) -> None:
             await src.close()
         token = orjson.loads(cp["resume_token"])
         assert slot is not None
+        # the slot's lag, as Prometheus serves it
+        assert REGISTRY.get_sample_value("cartridge_warp_slot_lag_bytes", {"schema": "shop"}) >= 0
+        assert REGISTRY.get_sample_value("cartridge_warp_slot_retained_bytes", {"schema": "shop"})
         # the slot was confirmed up to what the warehouse holds (or further, while idle)
         assert _lsn(slot["lsn"]) >= _lsn(token["lsn"])
         assert int(cp["version"]) >> 32 > 0
