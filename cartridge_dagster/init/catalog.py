@@ -1,4 +1,4 @@
-"""The source catalog: which collections a schema has, how many documents, how large.
+"""The source catalog: which collections (or tables) a schema has, how many documents, how large.
 
 Plain core code (no dagster): used by the ``cartridge/<S>/catalog`` asset and the CLI.
 """
@@ -13,7 +13,7 @@ import bson
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection, aggregate, bson_options
 
-__all__ = ["CollectionInfo", "SourceCatalog", "read_catalog"]
+__all__ = ["CollectionInfo", "SourceCatalog", "read_catalog", "read_pg_catalog"]
 
 SIZE_SAMPLE = 200
 
@@ -91,4 +91,34 @@ async def read_catalog(conn: MongoConnection, schema: SchemaConfig) -> SourceCat
         count = int(await coll.count_documents({})) if in_scope else 0
         avg = await _avg_size(coll) if in_scope and count else 0
         infos[name] = CollectionInfo(name, count, avg, avg * count, in_scope)
+    return SourceCatalog(schema.name, schema.source_database, infos)
+
+
+async def read_pg_catalog(conn: Any, schema: SchemaConfig) -> SourceCatalog:
+    """Count and size every table of PostgreSQL schema ``schema.source_database`` (``conn``: an
+    asyncpg connection). Rows are counted exactly; sizes are the tables' on-disk sizes (TOAST
+    included), averaged over the rows."""
+    from cartridge_dagster.identifiers import qualified
+
+    tables = await conn.fetch(
+        "SELECT c.relname, pg_catalog.pg_table_size(c.oid) AS bytes "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+        "ORDER BY c.relname",
+        schema.source_database,
+    )
+    infos: dict[str, CollectionInfo] = {}
+    for row in tables:
+        name = str(row["relname"])
+        in_scope = schema.selects(name)
+        count = 0
+        size = int(row["bytes"] or 0)
+        if in_scope:
+            count = int(
+                await conn.fetchval(
+                    f"SELECT count(*) FROM {qualified(schema.source_database, name)}"
+                )
+            )
+        avg = size // count if count else 0
+        infos[name] = CollectionInfo(name, count, avg, size if in_scope else 0, in_scope)
     return SourceCatalog(schema.name, schema.source_database, infos)

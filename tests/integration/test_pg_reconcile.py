@@ -61,3 +61,29 @@ def test_reconcile_a_postgresql_source(pg_source_url: str, pg_url: str) -> None:
         assert not found.within_tolerance
 
     run(go())
+
+
+def test_catalog_of_a_postgresql_source(pg_source_url: str) -> None:
+    from cartridge_dagster.init.catalog import read_pg_catalog
+
+    execute(
+        pg_source_url,
+        "CREATE SCHEMA app",
+        "CREATE TABLE app.a (id int PRIMARY KEY, v text)",
+        'CREATE TABLE app."Skipped" (id int PRIMARY KEY)',
+        "INSERT INTO app.a SELECT g, repeat('x', 100) FROM generate_series(1, 250) g",
+    )
+    settings = pg_settings(pg_source_url, pg_source_url, schema={"exclude": ["Skipped"]})
+
+    async def go() -> None:
+        conn = await asyncpg.connect(pg_source_url)
+        try:
+            catalog = await read_pg_catalog(conn, settings.schemas[0])
+        finally:
+            await conn.close()
+        assert catalog.collections["a"].documents == 250
+        assert catalog.collections["a"].avg_document_bytes > 100
+        assert catalog.to_json()["out_of_scope"] == ["Skipped"]
+        assert catalog.total_documents == 250
+
+    run(go())
