@@ -43,6 +43,7 @@ makes warp copy the table again; a dropped table follows ``warp.drop_policy``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections import deque
@@ -584,60 +585,76 @@ class PgSource:
                 batch.wipes.append(Wipe(collection, version, "sweep"))
             return batch
 
-        while True:
-            if stop is not None and stop.is_set():
-                return
-            args: list[Any] = [chunk] if after is None else [*after, chunk]
+        async def fetch(cursor: list[str] | None) -> list[asyncpg.Record]:
+            args: list[Any] = [chunk] if cursor is None else [*cursor, chunk]
             try:
-                rows = await self._chunk(first_sql if after is None else next_sql, args)
+                return await self._chunk(first_sql if cursor is None else next_sql, args)
             except asyncpg.UndefinedTableError:  # dropped while copying: the rest is gone
                 log.info("warp.pg.snapshot.gone", table=collection)
-                rows = []
-            now = dt.datetime.now(dt.UTC)
-            batch = Batch(kind="snapshot", version=None)
-            for row in rows:
-                key_texts = list(row[:nkeys])
-                doc_id = key_texts[0] if single else key_id(kinds, key_texts)
-                doc = row[nkeys]
-                if doc is None:
-                    texts = row[nkeys + 1]
-                    try:
-                        counted = ConversionStats()
-                        doc = converter.document(texts, counted)
-                        if counted:  # taken by the runner after each batch: look it up now
-                            self.transformer.stats_for(collection).merge(counted)
-                    except UnlandableDocument as exc:
-                        batch.dead.append(
-                            self._dead(
-                                info.name,
-                                doc_id,
-                                version,
-                                "snapshot",
-                                exc,
-                                converter.columns,
-                                texts,
+                return []
+
+        ahead: asyncio.Task[list[asyncpg.Record]] | None = None
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                rows = await ahead if ahead is not None else await fetch(after)
+                ahead = None
+                if len(rows) == chunk:
+                    # the source builds the next chunk while this one is converted and landed
+                    ahead = asyncio.create_task(fetch(list(rows[-1][:nkeys])))
+                now = dt.datetime.now(dt.UTC)
+                batch = Batch(kind="snapshot", version=None)
+                for row in rows:
+                    key_texts = list(row[:nkeys])
+                    doc_id = key_texts[0] if single else key_id(kinds, key_texts)
+                    doc = row[nkeys]
+                    if doc is None:
+                        texts = row[nkeys + 1]
+                        try:
+                            counted = ConversionStats()
+                            doc = converter.document(texts, counted)
+                            if counted:  # taken by the runner after each batch: look it up now
+                                self.transformer.stats_for(collection).merge(counted)
+                        except UnlandableDocument as exc:
+                            batch.dead.append(
+                                self._dead(
+                                    info.name,
+                                    doc_id,
+                                    version,
+                                    "snapshot",
+                                    exc,
+                                    converter.columns,
+                                    texts,
+                                )
                             )
-                        )
-                        doc = None
-                if doc is not None:
-                    if len(doc) > max_bytes:
-                        batch.dead.append(self._oversized(info, doc_id, version, "snapshot", row))
-                    else:
-                        batch.changes.append(
-                            Change(collection, doc_id, "snapshot", version, doc, now)
-                        )
-                after = key_texts  # type: ignore[assignment]
-                copied += 1
-                batch.events += 1
-                if batch.events >= size:
-                    yield close(batch, done=False)
-                    batch = Batch(kind="snapshot", version=None)
-            done = len(rows) < chunk
-            if batch.events or done:
-                yield close(batch, done=done)
-            if done:
-                return
-            await asyncio.sleep(0)
+                            doc = None
+                    if doc is not None:
+                        if len(doc) > max_bytes:
+                            batch.dead.append(
+                                self._oversized(info, doc_id, version, "snapshot", row)
+                            )
+                        else:
+                            batch.changes.append(
+                                Change(collection, doc_id, "snapshot", version, doc, now)
+                            )
+                    after = key_texts  # type: ignore[assignment]
+                    copied += 1
+                    batch.events += 1
+                    if batch.events >= size:
+                        yield close(batch, done=False)
+                        batch = Batch(kind="snapshot", version=None)
+                done = len(rows) < chunk
+                if batch.events or done:
+                    yield close(batch, done=done)
+                if done:
+                    return
+                await asyncio.sleep(0)
+        finally:
+            if ahead is not None:  # stopped early: the connection must be free again
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                    await ahead
 
     def _copied(self, collection: str, state: Mapping[str, Any]) -> Batch:
         """The batch ending the copy of a table that is gone."""
