@@ -278,6 +278,8 @@ class PgSource:
     #: updates whose TOASTed values were read from the source, and those whose row was gone
     toast_lookups: int = 0
     toast_gone: int = 0
+    #: snapshot chunks read in the slot's exported snapshot (consistent with its start)
+    snapshot_imports: int = 0
     events_read: int = 0
 
     @property
@@ -528,7 +530,9 @@ class PgSource:
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 await conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(name)}")
-                return list(await conn.fetch(sql, *args))
+                rows = list(await conn.fetch(sql, *args))
+            self.snapshot_imports += 1
+            return rows
         except (asyncpg.InvalidParameterValueError, asyncpg.ObjectNotInPrerequisiteStateError):
             # the exporting connection is gone: the stream's catch-up makes the copy consistent
             log.info("warp.pg.snapshot.lost_export", snapshot=name)
