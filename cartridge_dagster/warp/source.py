@@ -76,6 +76,73 @@ def _plain(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
+def _batch(reply: Any, key: str) -> list[Any]:
+    """The documents of a cursor reply's ``key`` batch, each as the bytes it came in (a raw
+    reply) or as decoded: a raw reply's array is cut into documents directly, because decoding
+    it would turn a document shaped like a DBRef into one."""
+    raw = getattr(reply, "raw", None)
+    if raw is None:  # decoded (no C conversion): a DBRef-shaped document back to a document
+        from bson.dbref import DBRef
+
+        return [d.as_doc() if isinstance(d, DBRef) else d for d in reply["cursor"][key]]
+    from bson.raw_bson import RawBSONDocument
+
+    from cartridge_dagster.documents import RAW_OPTIONS
+
+    cursor = _element(raw, 4, "cursor", 3)
+    array = _element(cursor, 4, key, 4) if cursor is not None else None
+    if array is None:
+        return []
+    out: list[Any] = []
+    pos, end = 4, len(array) - 1
+    while pos < end:
+        kind = array[pos]
+        name_end = array.index(0, pos + 1)
+        start = name_end + 1
+        size = int.from_bytes(array[start : start + 4], "little")
+        if kind == 3:
+            out.append(RawBSONDocument(array[start : start + size], RAW_OPTIONS))
+        pos = start + size
+    return out
+
+
+def _element(doc: bytes, pos: int, name: str, kind: int) -> bytes | None:
+    """The bytes of sub-document (kind 3) or array (kind 4) ``name`` at the top of ``doc``."""
+    want = name.encode()
+    end = len(doc) - 1
+    while pos < end:
+        t = doc[pos]
+        name_end = doc.index(0, pos + 1)
+        start = name_end + 1
+        if t in (3, 4):
+            size = int.from_bytes(doc[start : start + 4], "little")
+            if t == kind and doc[pos + 1 : name_end] == want:
+                return bytes(doc[start : start + size])
+            pos = start + size
+            continue
+        pos = start + _value_size(t, doc, start)
+    return None
+
+
+def _value_size(t: int, doc: bytes, start: int) -> int:
+    """Bytes of a (non-document) BSON value of type ``t`` at ``start``."""
+    fixed = {1: 8, 7: 12, 8: 1, 9: 8, 10: 0, 16: 4, 17: 8, 18: 8, 19: 16, 127: 0, 255: 0}
+    if t in fixed:
+        return fixed[t]
+    if t in (2, 13, 14):  # string, code, symbol: int32 length + bytes
+        return 4 + int.from_bytes(doc[start : start + 4], "little")
+    if t == 5:  # binary: int32 length + subtype + bytes
+        return 5 + int.from_bytes(doc[start : start + 4], "little")
+    if t == 15:  # code with scope: int32 total
+        return int.from_bytes(doc[start : start + 4], "little")
+    if t == 11:  # regex: two cstrings
+        first = doc.index(0, start)
+        return doc.index(0, first + 1) + 1 - start
+    if t == 12:  # DBPointer: string + 12 bytes
+        return 4 + int.from_bytes(doc[start : start + 4], "little") + 12
+    raise ValueError(f"unexpected BSON type {t} in a cursor reply")
+
+
 def _later_brackets(value: Any) -> list[Any]:
     """The smallest value of each BSON type bracket that sorts after ``value``'s (MongoDB's
     order: numbers, strings, objects, binary, ObjectId, booleans, dates, timestamps)."""
@@ -376,9 +443,9 @@ class SchemaSource:
         if scan and scan.get("token"):
             command["$_resumeAfter"] = json_util.loads(str(scan["token"]))
         async with self.conn.client.start_session() as session:
-            reply = await db.command(command, session=session)
+            reply = await db.command(command, session=session, codec_options=db.codec_options)
             cursor = reply["cursor"]
-            batch, cursor_id = list(cursor["firstBatch"]), int(cursor["id"])
+            batch, cursor_id = _batch(reply, "firstBatch"), int(cursor["id"])
             try:
                 while True:
                     token = cursor.get("postBatchResumeToken")
@@ -396,9 +463,10 @@ class SchemaSource:
                             ]
                         ),
                         session=session,
+                        codec_options=db.codec_options,
                     )
                     cursor = reply["cursor"]
-                    batch, cursor_id = list(cursor["nextBatch"]), int(cursor["id"])
+                    batch, cursor_id = _batch(reply, "nextBatch"), int(cursor["id"])
             finally:
                 if cursor_id:
                     with contextlib.suppress(pymongo.errors.PyMongoError):

@@ -380,7 +380,10 @@ def main() -> None:
             rows[n] = measure(pg_server, n, 1, 1 if n >= 1_000_000 else ROUNDS, tmp)
         many = measure(pg_server, MANY_SIZE, MANY, 1, tmp) if MANY else None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("BENCH_E2E_KEEP") == "1":
+            progress(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     report(rows, many)
 
 

@@ -395,7 +395,7 @@ class ReplicaSetServer:
             result = exc.document
         if _TRACE:
             print(
-                f"cmd {name} db={context.db_name} ok={result.get('ok')} "
+                f"cmd {time.time():.3f} {name} db={context.db_name} ok={result.get('ok')} "
                 f"{str(context.command_document)[:300]} -> {str(result.get('errmsg', ''))[:300]}",
                 file=sys.stderr,
                 flush=True,
