@@ -15,6 +15,7 @@ Per configured schema S:
 """
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from cartridge_dagster.errors import CartridgeError, redact_url
 from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.observability import MetricsServer, get_logger
 from cartridge_dagster.resources.warp import WarpResource
+from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
 from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
 from cartridge_dagster.state import known_collections
 from cartridge_dagster.warp.sink import Batch, BatchResult
@@ -298,7 +300,8 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
         try:
             if server is not None:
                 server.health.watch(f"warp/{schema.name}", runner.health.probe)
-            summary = asyncio.run(runner.run())
+            with young_gc_threshold() if gc_tuning_enabled() else contextlib.nullcontext():
+                summary = asyncio.run(runner.run())
         except Exception as exc:  # noqa: BLE001 - re-raised as a Failure without secrets
             raise _redacted_failure(exc) from None
         finally:
