@@ -443,31 +443,43 @@ class SchemaSource:
         if scan and scan.get("token"):
             command["$_resumeAfter"] = json_util.loads(str(scan["token"]))
         async with self.conn.client.start_session() as session:
+
+            def more(cursor_id: int) -> Any:
+                return db.command(
+                    SON(
+                        [
+                            ("getMore", Int64(cursor_id)),
+                            ("collection", collection),
+                            ("batchSize", size),
+                        ]
+                    ),
+                    session=session,
+                    codec_options=db.codec_options,
+                )
+
             reply = await db.command(command, session=session, codec_options=db.codec_options)
             cursor = reply["cursor"]
             batch, cursor_id = _batch(reply, "firstBatch"), int(cursor["id"])
+            ahead: asyncio.Task[Any] | None = None
             try:
                 while True:
                     token = cursor.get("postBatchResumeToken")
                     state = {"kind": "natural", "token": json_util.dumps(_plain(token))}
+                    # the next batch is asked for now: the server reads it while this one is
+                    # converted and written (one request in flight, as a driver's cursor would)
+                    ahead = asyncio.ensure_future(more(cursor_id)) if cursor_id else None
                     if batch:
                         yield batch, state
-                    if cursor_id == 0:
+                    if ahead is None:
                         return
-                    reply = await db.command(
-                        SON(
-                            [
-                                ("getMore", Int64(cursor_id)),
-                                ("collection", collection),
-                                ("batchSize", size),
-                            ]
-                        ),
-                        session=session,
-                        codec_options=db.codec_options,
-                    )
+                    reply, ahead = await ahead, None
                     cursor = reply["cursor"]
                     batch, cursor_id = _batch(reply, "nextBatch"), int(cursor["id"])
             finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        await ahead
                 if cursor_id:
                     with contextlib.suppress(pymongo.errors.PyMongoError):
                         await db.command(

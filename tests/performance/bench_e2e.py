@@ -332,6 +332,7 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
         "warp_first": [],
         "warp_rss": [],
         "embedded": [],
+        "embedded_nogc": [],
     }
     try:
         for r in range(rounds):
