@@ -324,6 +324,13 @@ class WarpConfig(StrictModel):
     lag_threshold_seconds: float = Field(
         300.0, gt=0, description="Asset check: lag above this fails."
     )
+    snapshot_parallel_collections: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Collections copied at the same time during a snapshot (their reads "
+        "overlap; one writer lands them).",
+    )
     health_stall_seconds: float = Field(
         120.0,
         gt=0,

@@ -82,6 +82,8 @@ class DagsterObserver:
         self.cancel_poll = cancel_poll_seconds
         self.pending: Counter[str] = Counter()
         self.pending_dead: Counter[str] = Counter()
+        #: The latest snapshot progress per table (see ``Batch.progress``).
+        self.progress: dict[str, dict[str, Any]] = {}
         self.total: Counter[str] = Counter()
         self.last_emit: dict[str, float] = {}
         self.lag: float | None = None
@@ -93,6 +95,10 @@ class DagsterObserver:
         self._emitter: ThreadPoolExecutor | None = None
 
     def on_batch(self, schema: str, batch: Batch, result: BatchResult) -> None:
+        if batch.progress is not None and batch.snapshot:
+            for table in batch.snapshot:
+                self.progress[table] = batch.progress
+                self.pending[table] += 0  # a progress report is worth a materialization
         self.pending.update(result.applied)
         self.pending_dead.update(result.dead_letters)
         for name in result.wiped:
@@ -165,6 +171,17 @@ class DagsterObserver:
             }
             if self.lag is not None:
                 metadata["lag_seconds"] = dg.MetadataValue.float(round(self.lag, 3))
+            progress = self.progress.get(table)
+            if progress is not None:  # the copy of the snapshot: how far, how fast, how long
+                metadata["snapshot_copied"] = dg.MetadataValue.int(int(progress["copied"]))
+                if progress.get("total") is not None:
+                    metadata["snapshot_total"] = dg.MetadataValue.int(int(progress["total"]))
+                metadata["snapshot_rows_per_s"] = dg.MetadataValue.float(progress["rows_per_s"])
+                if progress.get("eta_s") is not None:
+                    metadata["snapshot_eta_seconds"] = dg.MetadataValue.float(progress["eta_s"])
+                metadata["snapshot_done"] = dg.MetadataValue.bool(bool(progress["done"]))
+                if progress["done"]:
+                    self.progress.pop(table, None)
             events.append((table, metadata))
         return events
 

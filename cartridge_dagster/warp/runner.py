@@ -156,6 +156,62 @@ class RunSummary:
         return sum(self.applied.values())
 
 
+async def _estimate(source: Source, collection: str) -> int | None:
+    estimate = getattr(source, "estimate", None)  # optional for a source
+    if estimate is None:
+        return None
+    try:
+        return await asyncio.wait_for(estimate(collection), 10)
+    except TimeoutError:
+        return None
+
+
+@dataclass
+class _Progress:
+    """A collection copy's progress: logged every few seconds (rows/s, ETA) and carried by
+    its batches to the host (asset metadata in Dagster)."""
+
+    collection: str
+    start_copied: int
+    total: int | None
+    started: float = field(default_factory=time.monotonic)
+    logged: float = field(default_factory=time.monotonic)
+    EVERY = 5.0
+
+    def update(self, copied: int, done: bool) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-6)
+        rate = (copied - self.start_copied) / elapsed
+        total = max(self.total, copied) if self.total is not None else None
+        eta = (total - copied) / rate if total is not None and rate > 0 and not done else None
+        info: dict[str, Any] = {
+            "copied": copied,
+            "total": total,
+            "rows_per_s": round(rate, 1),
+            "eta_s": round(eta, 1) if eta is not None else (0.0 if done else None),
+            "done": done,
+        }
+        if done:
+            log.info(
+                "warp.snapshot.done",
+                table=self.collection,
+                copied=copied,
+                rows_per_s=info["rows_per_s"],
+                seconds=round(elapsed, 2),
+            )
+        elif now - self.logged >= self.EVERY:
+            self.logged = now
+            log.info(
+                "warp.snapshot.progress",
+                table=self.collection,
+                copied=copied,
+                total=total,
+                rows_per_s=info["rows_per_s"],
+                eta_s=info["eta_s"],
+            )
+        return info
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -293,7 +349,10 @@ class WarpRunner:
                     progressed = False
                     try:
                         async for batch in produce():
-                            batch.policy = source.take_stats()
+                            single = batch.snapshot is not None and len(batch.snapshot) == 1
+                            batch.policy = source.take_stats(
+                                next(iter(batch.snapshot)) if single else None  # type: ignore[arg-type]
+                            )
                             await self._put(queue, batch)
                             progressed = True
                             if handed is not None:
@@ -419,14 +478,33 @@ class WarpRunner:
     async def _snapshot(
         self, source: Source, queue: asyncio.Queue[Any], plan: dict[str, dict[str, Any]]
     ) -> None:
+        """Copy the plan's unfinished collections, up to ``warp.snapshot_parallel_collections``
+        at a time (their reads overlap; the writer takes their batches in turn)."""
+        todo = []
         for name in sorted(plan):
-            state = plan[name]
-            if state.get("done"):
+            if plan[name].get("done"):
                 source.known.add(name)
-                continue
-            with bind_context(table=name):
-                log.info("warp.snapshot.start", copied=state.get("copied", 0))
-                await self._copy(source, queue, name, state)
+            else:
+                todo.append(name)
+        gate = asyncio.Semaphore(max(1, self.schema.warp.snapshot_parallel_collections))
+
+        async def one(name: str) -> None:
+            async with gate:
+                if self.stop.is_set():
+                    return
+                with bind_context(table=name):
+                    log.info("warp.snapshot.start", copied=plan[name].get("copied", 0))
+                    await self._copy(source, queue, name, plan[name])
+
+        tasks = [asyncio.create_task(one(name), name=f"warp-copy-{name}") for name in todo]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _copy(
         self, source: Source, queue: asyncio.Queue[Any], name: str, state: dict[str, Any]
@@ -435,9 +513,14 @@ class WarpRunner:
         continues after the last ``_id`` handed to the writer: rows past it were never queued,
         so nothing is copied twice and the direct COPY of initial-snapshot rows stays safe."""
         current = dict(state)
+        progress = _Progress(name, int(state.get("copied", 0)), await _estimate(source, name))
 
-        def produce() -> AsyncIterator[Batch]:
-            return source.snapshot(name, current, self.stop)
+        async def produce() -> AsyncIterator[Batch]:
+            async for batch in source.snapshot(name, current, self.stop):
+                entry = (batch.snapshot or {}).get(name)
+                if entry is not None:
+                    batch.progress = progress.update(int(entry.get("copied", 0)), entry["done"])
+                yield batch
 
         def handed(batch: Batch) -> None:
             nonlocal current

@@ -299,8 +299,22 @@ class SchemaSource:
     async def acknowledge(self, token: Mapping[str, Any]) -> None:
         """A MongoDB server keeps its oplog by size and time, whoever reads: nothing to do."""
 
-    def take_stats(self) -> dict[str, ConversionStats]:
-        return self.transformer.take_stats()
+    def take_stats(self, collection: str | None = None) -> dict[str, ConversionStats]:
+        return self.transformer.take_stats(collection)
+
+    async def estimate(self, collection: str) -> int | None:
+        try:
+            if self._scan_kind() == "store":
+                if self._store is None:
+                    log_ = self.conn.change_log()
+                    assert log_ is not None
+                    self._store = StoreScan(log_.path)
+                db = self.schema.source_database
+                return await asyncio.to_thread(self._store.count, db, collection)
+            coll = self.conn.database(self.schema.source_database)[collection]
+            return int(await coll.estimated_document_count())
+        except (pymongo.errors.PyMongoError, OSError, ValueError, AttributeError):
+            return None
 
     async def close(self) -> None:
         if self._store is not None:
