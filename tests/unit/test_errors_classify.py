@@ -91,3 +91,44 @@ def test_the_stop_message_names_the_source_without_secrets() -> None:
     assert "hunter2" not in text
     assert "mongodb://***@db1.internal:27017,db2.internal:27017" in str(error)
     assert "shop" in str(error) and "4 attempts" in str(error) and "AutoReconnect" in str(error)
+
+
+def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except BaseException as caught:
+        return caught
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        sqlite3.OperationalError("database is locked"),
+        ExceptionGroup(
+            "errors while closing AsyncMongoClient",
+            [sqlite3.OperationalError("database is locked")],
+        ),
+        _raised_from(
+            embedded.OperationFailure("change delivery failed"),
+            sqlite3.OperationalError("database is locked"),
+        ),
+        ExceptionGroup(
+            "nested",
+            [ExceptionGroup("inner", [sqlite3.OperationalError("database table is locked")])],
+        ),
+    ],
+    ids=["bare", "exception-group", "raised-from", "nested-groups"],
+)
+def test_a_busy_embedded_file_is_transient_however_wrapped(exc: BaseException) -> None:
+    assert classify(exc) is TransientError
+
+
+def test_a_group_with_a_terminal_member_is_terminal() -> None:
+    group = ExceptionGroup(
+        "mixed", [sqlite3.OperationalError("database is locked"), ValueError("x")]
+    )
+    assert classify(group) is TransientError  # the busy file decides: retrying may clear it
+    assert classify(ExceptionGroup("bad", [ValueError("x"), KeyError("y")])) is TerminalError

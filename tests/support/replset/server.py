@@ -891,6 +891,10 @@ class ReplicaSetServer:
             )
             if rows:
                 for row in rows:
+                    if row.op == "gap":  # changes this stream would read past, unseen
+                        raise _CommandError(
+                            self._lost(f"changes at position {row.pos} are not in the oplog")
+                        )
                     events = await self._events(stream, row)
                     stream.pos = row.pos
                     encoded = sum(len(bson.encode(e, codec_options=CODEC)) for e in events)
