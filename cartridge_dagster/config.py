@@ -344,6 +344,13 @@ class WarpConfig(StrictModel):
         description="PostgreSQL sources: asset check `slot_lag_under_threshold` fails when the "
         "replication slot holds more unconfirmed WAL than this.",
     )
+    snapshot_parallel_collections: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Collections copied at the same time during a snapshot (their reads "
+        "overlap; one writer lands them).",
+    )
     health_stall_seconds: float = Field(
         120.0,
         gt=0,

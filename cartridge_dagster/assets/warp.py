@@ -17,6 +17,7 @@ Per configured schema S:
 """
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ from cartridge_dagster.errors import CartridgeError, redact_url
 from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.observability import MetricsServer, get_logger
 from cartridge_dagster.resources.warp import WarpResource
+from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
 from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
 from cartridge_dagster.state import known_collections
 from cartridge_dagster.warp.sink import Batch, BatchResult
@@ -85,6 +87,8 @@ class DagsterObserver:
         self.cancel_poll = cancel_poll_seconds
         self.pending: Counter[str] = Counter()
         self.pending_dead: Counter[str] = Counter()
+        #: The latest snapshot progress per table (see ``Batch.progress``).
+        self.progress: dict[str, dict[str, Any]] = {}
         self.total: Counter[str] = Counter()
         self.last_emit: dict[str, float] = {}
         self.lag: float | None = None
@@ -96,6 +100,10 @@ class DagsterObserver:
         self._emitter: ThreadPoolExecutor | None = None
 
     def on_batch(self, schema: str, batch: Batch, result: BatchResult) -> None:
+        if batch.progress is not None and batch.snapshot:
+            for table in batch.snapshot:
+                self.progress[table] = batch.progress
+                self.pending[table] += 0  # a progress report is worth a materialization
         self.pending.update(result.applied)
         self.pending_dead.update(result.dead_letters)
         for name in result.wiped:
@@ -174,6 +182,17 @@ class DagsterObserver:
                 metadata["slot_lag_seconds"] = dg.MetadataValue.float(
                     round(float(slot.get("seconds", 0.0)), 3)
                 )
+            progress = self.progress.get(table)
+            if progress is not None:  # the copy of the snapshot: how far, how fast, how long
+                metadata["snapshot_copied"] = dg.MetadataValue.int(int(progress["copied"]))
+                if progress.get("total") is not None:
+                    metadata["snapshot_total"] = dg.MetadataValue.int(int(progress["total"]))
+                metadata["snapshot_rows_per_s"] = dg.MetadataValue.float(progress["rows_per_s"])
+                if progress.get("eta_s") is not None:
+                    metadata["snapshot_eta_seconds"] = dg.MetadataValue.float(progress["eta_s"])
+                metadata["snapshot_done"] = dg.MetadataValue.bool(bool(progress["done"]))
+                if progress["done"]:
+                    self.progress.pop(table, None)
             events.append((table, metadata))
         return events
 
@@ -310,7 +329,8 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
         try:
             if server is not None:
                 server.health.watch(f"warp/{schema.name}", runner.health.probe)
-            summary = asyncio.run(runner.run())
+            with young_gc_threshold() if gc_tuning_enabled() else contextlib.nullcontext():
+                summary = asyncio.run(runner.run())
         except Exception as exc:  # noqa: BLE001 - re-raised as a Failure without secrets
             raise _redacted_failure(exc) from None
         finally:

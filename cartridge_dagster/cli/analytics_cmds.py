@@ -6,15 +6,16 @@ import functools
 import http.server
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from cartridge_dagster.analytics.report import default_report_dir
-from cartridge_dagster.analytics.runner import SchemaAnalysis, analyze_schema
 from cartridge_dagster.cli.common import ConfigOption, console, load, run_async
 from cartridge_dagster.errors import CartridgeError
+
+if TYPE_CHECKING:  # the analytics core is imported by its commands only (start-up of the rest)
+    from cartridge_dagster.analytics.runner import SchemaAnalysis
 
 
 def register(app: typer.Typer) -> None:
@@ -99,6 +100,9 @@ def analyze(
     names = schema or [s.name for s in settings.schemas]
     for name in names:
         settings.get_schema(name)  # unknown names fail before any work
+    from cartridge_dagster.analytics.report import default_report_dir
+    from cartridge_dagster.analytics.runner import analyze_schema
+
     out = output or default_report_dir(settings)
     failed: list[str] = []
     for name in names:
@@ -147,6 +151,8 @@ def serve_reports(
     assets link their reports there instead of to ``file://`` paths.
     """
     settings = load(config)
+    from cartridge_dagster.analytics.report import default_report_dir
+
     root = (directory or default_report_dir(settings)).resolve()
     root.mkdir(parents=True, exist_ok=True)
     handler = functools.partial(_QuietHandler, directory=str(root))

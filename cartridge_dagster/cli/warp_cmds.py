@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from typing import Annotated, Any
@@ -90,6 +91,8 @@ def run(
         except OSError as exc:
             console.print(f"[yellow]metrics disabled: port {port} is busy ({exc.strerror})[/]")
 
+    from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
+
     async def main() -> list[Any]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -100,7 +103,8 @@ def run(
         )
 
     try:
-        summaries = run_async(main())
+        with young_gc_threshold() if gc_tuning_enabled() else contextlib.nullcontext():
+            summaries = run_async(main())
     finally:
         if server is not None:
             server.stop()

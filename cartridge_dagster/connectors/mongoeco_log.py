@@ -57,6 +57,9 @@ class PositionGap(ResumeTokenLost):
     lost history (``warp.history_lost_policy``): stop naming the position, or re-snapshot,
     which fills it."""
 
+    #: The position without its change.
+    position: int = 0
+
 
 def encode_token(sequence: int) -> dict[str, str]:
     """A resume token for ``sequence``, in the engine's own format (``{"_data": …}``)."""
@@ -220,20 +223,28 @@ class ChangeLog:
         expected = after + 1
         for sequence, kind, payload in rows:
             if int(sequence) != expected:
-                raise PositionGap(
+                gap = PositionGap(
                     f"the embedded engine's change log at {self.path} has no position "
                     f"{expected} (next is {sequence}); nothing past {expected - 1} is read",
                     hint="the log was edited or a foreign writer broke its order; "
                     "re-snapshot (warp.history_lost_policy: resnapshot)",
                 )
+                gap.position = expected
+                if entries:  # what came before the gap is good: hand it over first
+                    break
+                raise gap
             if kind != "event" or payload is None:
-                raise PositionGap(
+                gap = PositionGap(
                     f"position {sequence} of the embedded engine's change log at {self.path} "
                     "records a write without its change (a client that publishes no change "
                     "events wrote it); nothing past it is read",
                     hint="write through Cartridge's clients (or keep a change stream open in "
                     "the writer), then re-snapshot (warp.history_lost_policy: resnapshot)",
                 )
+                gap.position = int(sequence)
+                if entries:  # what came before the gap is good: hand it over first
+                    break
+                raise gap
             entries.append(LogEntry(int(sequence), str(payload)))
             expected += 1
         return entries

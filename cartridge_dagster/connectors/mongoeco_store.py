@@ -58,9 +58,9 @@ def _dbref(v: Any) -> Any:
 
 
 def _undefined(v: Any) -> Any:
-    from mongoeco.types import UNDEFINED
+    import mongoeco.types
 
-    return UNDEFINED
+    return mongoeco.types.UNDEFINED  # type: ignore[attr-defined]
 
 
 def _uuid(v: Any) -> Any:

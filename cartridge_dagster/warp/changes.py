@@ -157,9 +157,13 @@ class Transformer:
             found = self.collection_stats[collection] = ConversionStats()
         return found
 
-    def take_stats(self) -> dict[str, ConversionStats]:
+    def take_stats(self, collection: str | None = None) -> dict[str, ConversionStats]:
         """The counts per collection since the last call, and start counting afresh (for a
-        caller that adds them up where they outlive the process, e.g. per batch)."""
+        caller that adds them up where they outlive the process, e.g. per batch); only
+        ``collection``'s when given (copies of several collections run side by side)."""
+        if collection is not None:
+            stats = self.collection_stats.pop(collection, None)
+            return {collection: stats} if stats else {}
         taken = {c: s for c, s in self.collection_stats.items() if s}
         self.collection_stats = {}
         return taken

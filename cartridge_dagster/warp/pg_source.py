@@ -164,23 +164,21 @@ _REFUSED = (
 )
 
 
-async def _connect(url: str, timeout: float) -> asyncpg.Connection:
-    try:
-        conn = await asyncpg.connect(
-            url, timeout=timeout, server_settings=dict(SESSION_SETTINGS), command_timeout=300
-        )
-    except _REFUSED as exc:
-        raise TerminalError(
+def _refused(url: str, exc: BaseException) -> Exception:
+    if isinstance(exc, _REFUSED):
+        return TerminalError(
             f"the PostgreSQL source {redact_url(url)} refused the connection: "
             f"{redact_url(str(exc))}",
             hint="check the user, password and database name in source.connection_string",
-        ) from None
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ConnectionFailed(
-            f"cannot connect to the PostgreSQL source {redact_url(url)}: "
-            f"{redact_url(str(exc)) or type(exc).__name__}",
-            hint="check source.connection_string and that the server is up",
-        ) from None
+        )
+    return ConnectionFailed(
+        f"cannot connect to the PostgreSQL source {redact_url(url)}: "
+        f"{redact_url(str(exc)) or type(exc).__name__}",
+        hint="check source.connection_string and that the server is up",
+    )
+
+
+async def _codecs(conn: asyncpg.Connection) -> None:
     # JSON text straight into bytes (what the sink sends on): no decoding, no copy per value
     await conn.set_type_codec(
         "json",
@@ -196,6 +194,34 @@ async def _connect(url: str, timeout: float) -> asyncpg.Connection:
         schema="pg_catalog",
         format="binary",
     )
+
+
+async def _pool(url: str, size: int, timeout: float) -> asyncpg.Pool:
+    """Connections for snapshot chunks (tables are copied side by side)."""
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=size,
+            timeout=timeout,
+            command_timeout=300,
+            server_settings=dict(SESSION_SETTINGS),
+            init=_codecs,
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _refused(url, exc) from None
+    assert pool is not None
+    return pool
+
+
+async def _connect(url: str, timeout: float) -> asyncpg.Connection:
+    try:
+        conn = await asyncpg.connect(
+            url, timeout=timeout, server_settings=dict(SESSION_SETTINGS), command_timeout=300
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _refused(url, exc) from None
+    await _codecs(conn)
     return conn
 
 
@@ -281,6 +307,9 @@ class PgSource:
     #: snapshot chunks read in the slot's exported snapshot (consistent with its start)
     snapshot_imports: int = 0
     events_read: int = 0
+    _pool: asyncpg.Pool | None = None
+    #: one catalog query at a time on ``conn`` (copies of several tables run side by side)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def namespace(self) -> str:
@@ -363,8 +392,9 @@ class PgSource:
             )
 
     async def _scope(self) -> dict[str, TableInfo]:
-        conn = await self._db()
-        found = await read_tables(conn, self.namespace, self.resolver)
+        async with self._lock:
+            conn = await self._db()
+            found = await read_tables(conn, self.namespace, self.resolver)
         self.tables = {n: t for n, t in found.items() if self.schema.selects(n)}
         return self.tables
 
@@ -454,8 +484,21 @@ class PgSource:
     def seed_version(self, version: int) -> None:
         """Versions come from LSNs: nothing to continue."""
 
-    def take_stats(self) -> dict[str, ConversionStats]:
-        return self.transformer.take_stats()
+    def take_stats(self, collection: str | None = None) -> dict[str, ConversionStats]:
+        return self.transformer.take_stats(collection)
+
+    async def estimate(self, collection: str) -> int | None:
+        """The planner's row count of the table (``pg_class.reltuples``; None before the
+        first ANALYZE or autovacuum)."""
+        async with self._lock:
+            conn = await self._db()
+            n = await conn.fetchval(
+                "SELECT c.reltuples FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                self.namespace,
+                collection,
+            )
+        return int(n) if n is not None and n >= 0 else None
 
     async def acknowledge(self, token: Mapping[str, Any]) -> None:
         """Everything up to ``token`` is committed in the warehouse: confirm it to the slot."""
@@ -470,6 +513,12 @@ class PgSource:
 
     async def close(self) -> None:
         await self._close_repl()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
         if not self.conn.is_closed():
             try:
                 await self.conn.close(timeout=5)
@@ -523,21 +572,27 @@ class PgSource:
         )
 
     async def _chunk(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
-        conn = await self._db()
-        name = self._snapshot_name
-        if name is None:
-            return list(await conn.fetch(sql, *args))
-        try:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                await conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(name)}")
-                rows = list(await conn.fetch(sql, *args))
-            self.snapshot_imports += 1
-            return rows
-        except (asyncpg.InvalidParameterValueError, asyncpg.ObjectNotInPrerequisiteStateError):
-            # the exporting connection is gone: the stream's catch-up makes the copy consistent
-            log.info("warp.pg.snapshot.lost_export", snapshot=name)
-            self._snapshot_name = None
-            return list(await conn.fetch(sql, *args))
+        if self._pool is None:
+            size = 2 * max(1, self.schema.warp.snapshot_parallel_collections)
+            self._pool = await _pool(self.url, size, 10.0)
+        async with self._pool.acquire() as conn:
+            name = self._snapshot_name
+            if name is None:
+                return list(await conn.fetch(sql, *args))
+            try:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    await conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(name)}")
+                    rows = list(await conn.fetch(sql, *args))
+                self.snapshot_imports += 1
+                return rows
+            except (
+                asyncpg.InvalidParameterValueError,
+                asyncpg.ObjectNotInPrerequisiteStateError,
+            ):
+                # the exporting connection is gone: the stream's catch-up makes it consistent
+                log.info("warp.pg.snapshot.lost_export", snapshot=name)
+                self._snapshot_name = None
+                return list(await conn.fetch(sql, *args))
 
     def _converter(self, info: TableInfo) -> RowConverter:
         return RowConverter(

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import socket
-import threading
 import time
 import uuid
 from collections import Counter
@@ -55,45 +53,6 @@ from cartridge_dagster.observability import HealthState, bind_context, get_logge
 from cartridge_dagster.warp import metrics
 from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, Wipe, is_transient
 from cartridge_dagster.warp.sources import Source, open_source, source_kind
-
-#: Allocations between two young-generation collections while warp runs (CPython's default is
-#: 2,000). warp allocates and frees documents by the thousand, nearly all freed by reference
-#: counting; at the default, the cyclic GC ran ~350 times over 10,000 documents from the
-#: embedded engine and took most of the run, at this threshold ~20 times.
-GC_YOUNG_THRESHOLD = 50_000
-_gc_lock = threading.Lock()
-_gc_state: dict[str, Any] = {"users": 0, "saved": None}
-
-
-@contextlib.contextmanager
-def young_gc_threshold(threshold: int = GC_YOUNG_THRESHOLD) -> Any:
-    """While any runner of this process runs: raise the cyclic GC's young threshold, and
-    freeze what the process held before (imports, Dagster's definitions: left out of every
-    later collection, where a full one otherwise scans them all and costs ~0.5 s here).
-    Only the young generation is collected first: a full collection of the host's heap took
-    0.14 s (plain process, 284,000 objects) to 0.20 s (Dagster run worker, 349,000) of each
-    warp start and found 20 and ~1,500 garbage objects; those few stay frozen, a bounded
-    one-off. Process-wide settings: the last runner to stop restores the threshold; what was
-    frozen stays frozen (it was alive before warp started, and unfreezing would also undo
-    freezes the host made)."""
-    with _gc_lock:
-        if _gc_state["users"] == 0:
-            saved = gc.get_threshold()
-            _gc_state["saved"] = saved
-            if saved[0] and saved[0] < threshold:  # 0: collection disabled, leave it so
-                gc.set_threshold(threshold, *saved[1:])
-            gc.collect(0)
-            gc.freeze()
-        _gc_state["users"] += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_state["users"] -= 1
-            if _gc_state["users"] == 0 and _gc_state["saved"] is not None:
-                gc.set_threshold(*_gc_state["saved"])
-                _gc_state["saved"] = None
-
 
 __all__ = ["RunObserver", "RunSummary", "RunnerHealth", "WarpRunner", "run_schemas"]
 
@@ -195,6 +154,62 @@ class RunSummary:
     @property
     def total_applied(self) -> int:
         return sum(self.applied.values())
+
+
+async def _estimate(source: Source, collection: str) -> int | None:
+    estimate = getattr(source, "estimate", None)  # optional for a source
+    if estimate is None:
+        return None
+    try:
+        return await asyncio.wait_for(estimate(collection), 10)
+    except TimeoutError:
+        return None
+
+
+@dataclass
+class _Progress:
+    """A collection copy's progress: logged every few seconds (rows/s, ETA) and carried by
+    its batches to the host (asset metadata in Dagster)."""
+
+    collection: str
+    start_copied: int
+    total: int | None
+    started: float = field(default_factory=time.monotonic)
+    logged: float = field(default_factory=time.monotonic)
+    EVERY = 5.0
+
+    def update(self, copied: int, done: bool) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-6)
+        rate = (copied - self.start_copied) / elapsed
+        total = max(self.total, copied) if self.total is not None else None
+        eta = (total - copied) / rate if total is not None and rate > 0 and not done else None
+        info: dict[str, Any] = {
+            "copied": copied,
+            "total": total,
+            "rows_per_s": round(rate, 1),
+            "eta_s": round(eta, 1) if eta is not None else (0.0 if done else None),
+            "done": done,
+        }
+        if done:
+            log.info(
+                "warp.snapshot.done",
+                table=self.collection,
+                copied=copied,
+                rows_per_s=info["rows_per_s"],
+                seconds=round(elapsed, 2),
+            )
+        elif now - self.logged >= self.EVERY:
+            self.logged = now
+            log.info(
+                "warp.snapshot.progress",
+                table=self.collection,
+                copied=copied,
+                total=total,
+                rows_per_s=info["rows_per_s"],
+                eta_s=info["eta_s"],
+            )
+        return info
 
 
 def _owner() -> str:
@@ -334,7 +349,10 @@ class WarpRunner:
                     progressed = False
                     try:
                         async for batch in produce():
-                            batch.policy = source.take_stats()
+                            single = batch.snapshot is not None and len(batch.snapshot) == 1
+                            batch.policy = source.take_stats(
+                                next(iter(batch.snapshot)) if single else None  # type: ignore[arg-type]
+                            )
                             await self._put(queue, batch)
                             progressed = True
                             if handed is not None:
@@ -460,14 +478,33 @@ class WarpRunner:
     async def _snapshot(
         self, source: Source, queue: asyncio.Queue[Any], plan: dict[str, dict[str, Any]]
     ) -> None:
+        """Copy the plan's unfinished collections, up to ``warp.snapshot_parallel_collections``
+        at a time (their reads overlap; the writer takes their batches in turn)."""
+        todo = []
         for name in sorted(plan):
-            state = plan[name]
-            if state.get("done"):
+            if plan[name].get("done"):
                 source.known.add(name)
-                continue
-            with bind_context(table=name):
-                log.info("warp.snapshot.start", copied=state.get("copied", 0))
-                await self._copy(source, queue, name, state)
+            else:
+                todo.append(name)
+        gate = asyncio.Semaphore(max(1, self.schema.warp.snapshot_parallel_collections))
+
+        async def one(name: str) -> None:
+            async with gate:
+                if self.stop.is_set():
+                    return
+                with bind_context(table=name):
+                    log.info("warp.snapshot.start", copied=plan[name].get("copied", 0))
+                    await self._copy(source, queue, name, plan[name])
+
+        tasks = [asyncio.create_task(one(name), name=f"warp-copy-{name}") for name in todo]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _copy(
         self, source: Source, queue: asyncio.Queue[Any], name: str, state: dict[str, Any]
@@ -476,9 +513,14 @@ class WarpRunner:
         continues after the last ``_id`` handed to the writer: rows past it were never queued,
         so nothing is copied twice and the direct COPY of initial-snapshot rows stays safe."""
         current = dict(state)
+        progress = _Progress(name, int(state.get("copied", 0)), await _estimate(source, name))
 
-        def produce() -> AsyncIterator[Batch]:
-            return source.snapshot(name, current, self.stop)
+        async def produce() -> AsyncIterator[Batch]:
+            async for batch in source.snapshot(name, current, self.stop):
+                entry = (batch.snapshot or {}).get(name)
+                if entry is not None:
+                    batch.progress = progress.update(int(entry.get("copied", 0)), entry["done"])
+                yield batch
 
         def handed(batch: Batch) -> None:
             nonlocal current
@@ -556,7 +598,7 @@ class WarpRunner:
         started = self.summary.started = time.perf_counter()
         self.summary.cpu_started = time.process_time()
         name = self.schema.name
-        with bind_context(schema=name, run_id=self.run_id), young_gc_threshold():
+        with bind_context(schema=name, run_id=self.run_id):
             sink = Sink(
                 self.pg_url,
                 self.schema,
@@ -566,12 +608,8 @@ class WarpRunner:
             )
             self.sink = sink
             try:
-                async for attempt in self._retrying("postgres", is_transient):
-                    with attempt:
-                        await sink.setup()
-                        cp = await sink.acquire()
+                cp, source = await self._connect(sink)
                 self.health.checkpointed = cp.resume_token is not None
-                source = await self._open_source()
                 try:
                     self.source = source
                     source.known.update(sink._tables)
@@ -595,6 +633,32 @@ class WarpRunner:
             batches=self.summary.batches,
         )
         return self.summary
+
+    async def _connect(self, sink: Sink) -> tuple[Checkpoint, Source]:
+        """The warehouse (control tables, fence, checkpoint) and the source, at the same time:
+        the two connections' round trips overlap (each retried on its own)."""
+
+        async def warehouse() -> Checkpoint:
+            async for attempt in self._retrying("postgres", is_transient):
+                with attempt:
+                    await sink.setup()
+                    return await sink.acquire()
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        tasks = (asyncio.create_task(warehouse()), asyncio.create_task(self._open_source()))
+        try:
+            cp = await tasks[0]
+            source = await tasks[1]
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    opened = await task
+                    if isinstance(opened, Source):
+                        await opened.close()
+            raise
+        return cp, source
 
     async def _pipeline(self, sink: Sink, source: Source, cp: Checkpoint) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.schema.batching.queue_max_batches)

@@ -105,6 +105,9 @@ class Batch:
     #: What the value policies changed in this batch's documents, per collection (counted
     #: with the batch, so a replayed batch counts once).
     policy: dict[str, ConversionStats] = field(default_factory=dict)
+    #: A snapshot batch: how far its collection's copy is (``copied``, ``total`` — an
+    #: estimate —, ``rows_per_s``, ``eta_s``), for logs and asset metadata.
+    progress: dict[str, Any] | None = None
     created: float = field(default_factory=time.monotonic)
     read_at: float = field(default_factory=time.time)
 

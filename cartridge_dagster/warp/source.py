@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+import pymongo.errors
 from bson import Timestamp
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, raw_database
 from cartridge_dagster.connectors.mongoeco_log import decode_token
+from cartridge_dagster.connectors.mongoeco_store import StoreScan, decode_stored_text
 from cartridge_dagster.documents import ConversionStats
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.observability import get_logger
@@ -59,6 +62,113 @@ __all__ = [
 YIELD_EVERY = 100
 
 log = get_logger("cartridge.warp.source")
+
+#: Errors of a server that does not take resumable natural-order scans: BadValue,
+#: FailedToParse, Unauthorized, InvalidOptions, unknown field (then ``_id`` order).
+_NO_RESUMABLE_SCANS = frozenset({2, 9, 13, 72, 40415})
+
+
+def _plain(value: Any) -> Any:
+    """A reply's (raw BSON) value as plain Python values, for the checkpoint."""
+    raw = getattr(value, "raw", None)
+    if raw is not None:
+        return bson.decode(raw)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _batch(reply: Any, key: str) -> list[Any]:
+    """The documents of a cursor reply's ``key`` batch, each as the bytes it came in (a raw
+    reply) or as decoded: a raw reply's array is cut into documents directly, because decoding
+    it would turn a document shaped like a DBRef into one."""
+    raw = getattr(reply, "raw", None)
+    if raw is None:  # decoded (no C conversion): a DBRef-shaped document back to a document
+        from bson.dbref import DBRef
+
+        return [d.as_doc() if isinstance(d, DBRef) else d for d in reply["cursor"][key]]
+    from bson.raw_bson import RawBSONDocument
+
+    from cartridge_dagster.documents import RAW_OPTIONS
+
+    cursor = _element(raw, 4, "cursor", 3)
+    array = _element(cursor, 4, key, 4) if cursor is not None else None
+    if array is None:
+        return []
+    out: list[Any] = []
+    pos, end = 4, len(array) - 1
+    while pos < end:
+        kind = array[pos]
+        name_end = array.index(0, pos + 1)
+        start = name_end + 1
+        size = int.from_bytes(array[start : start + 4], "little")
+        if kind == 3:
+            out.append(RawBSONDocument(array[start : start + size], RAW_OPTIONS))
+        pos = start + size
+    return out
+
+
+def _element(doc: bytes, pos: int, name: str, kind: int) -> bytes | None:
+    """The bytes of sub-document (kind 3) or array (kind 4) ``name`` at the top of ``doc``."""
+    want = name.encode()
+    end = len(doc) - 1
+    while pos < end:
+        t = doc[pos]
+        name_end = doc.index(0, pos + 1)
+        start = name_end + 1
+        if t in (3, 4):
+            size = int.from_bytes(doc[start : start + 4], "little")
+            if t == kind and doc[pos + 1 : name_end] == want:
+                return bytes(doc[start : start + size])
+            pos = start + size
+            continue
+        pos = start + _value_size(t, doc, start)
+    return None
+
+
+def _value_size(t: int, doc: bytes, start: int) -> int:
+    """Bytes of a (non-document) BSON value of type ``t`` at ``start``."""
+    fixed = {1: 8, 7: 12, 8: 1, 9: 8, 10: 0, 16: 4, 17: 8, 18: 8, 19: 16, 127: 0, 255: 0}
+    if t in fixed:
+        return fixed[t]
+    if t in (2, 13, 14):  # string, code, symbol: int32 length + bytes
+        return 4 + int.from_bytes(doc[start : start + 4], "little")
+    if t == 5:  # binary: int32 length + subtype + bytes
+        return 5 + int.from_bytes(doc[start : start + 4], "little")
+    if t == 15:  # code with scope: int32 total
+        return int.from_bytes(doc[start : start + 4], "little")
+    if t == 11:  # regex: two cstrings
+        first = doc.index(0, start)
+        return doc.index(0, first + 1) + 1 - start
+    if t == 12:  # DBPointer: string + 12 bytes
+        return 4 + int.from_bytes(doc[start : start + 4], "little") + 12
+    raise ValueError(f"unexpected BSON type {t} in a cursor reply")
+
+
+def _later_brackets(value: Any) -> list[Any]:
+    """The smallest value of each BSON type bracket that sorts after ``value``'s (MongoDB's
+    order: numbers, strings, objects, binary, ObjectId, booleans, dates, timestamps)."""
+    from bson import Binary, MaxKey, ObjectId
+    from bson.datetime_ms import DatetimeMS
+
+    brackets: list[tuple[tuple[type, ...], Any]] = [
+        ((int, float, bson.Int64, bson.Decimal128), float("-inf")),
+        ((str,), ""),
+        ((dict,), {}),
+        ((bytes, Binary), Binary(b"", 0)),
+        ((ObjectId,), ObjectId("0" * 24)),
+        ((bool,), False),
+        ((dt.datetime, DatetimeMS), DatetimeMS(-(2**63))),
+        ((Timestamp,), Timestamp(0, 0)),
+        ((MaxKey,), MaxKey()),
+    ]
+    for i, (types, _low) in enumerate(brackets):
+        if isinstance(value, bool):
+            if bool in types:
+                return [low for _, low in brackets[i + 1 :]]
+            continue
+        if isinstance(value, types):
+            return [low for _, low in brackets[i + 1 :]]
+    return [low for _, low in brackets]
+
 
 CRUD = frozenset({"insert", "update", "replace", "delete"})
 
@@ -113,6 +223,8 @@ class SchemaSource:
     #: Live copies (a rename's target, a collection that appeared) not finished yet, with the
     #: state after the last batch handed over: a re-opened stream finishes them first.
     _copies: dict[str, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+    _scan_kind_cache: str | None = None
+    _store: Any = None
     #: Events the server split into fragments (over 16 MiB) that were put back together.
     merged_splits: int = 0
     #: Update events whose ``fullDocument`` was missing (``whenAvailable`` without post-images)
@@ -187,10 +299,27 @@ class SchemaSource:
     async def acknowledge(self, token: Mapping[str, Any]) -> None:
         """A MongoDB server keeps its oplog by size and time, whoever reads: nothing to do."""
 
-    def take_stats(self) -> dict[str, ConversionStats]:
-        return self.transformer.take_stats()
+    def take_stats(self, collection: str | None = None) -> dict[str, ConversionStats]:
+        return self.transformer.take_stats(collection)
+
+    async def estimate(self, collection: str) -> int | None:
+        try:
+            if self._scan_kind() == "store":
+                if self._store is None:
+                    log_ = self.conn.change_log()
+                    assert log_ is not None
+                    self._store = StoreScan(log_.path)
+                db = self.schema.source_database
+                return await asyncio.to_thread(self._store.count, db, collection)
+            coll = self.conn.database(self.schema.source_database)[collection]
+            return int(await coll.estimated_document_count())
+        except (pymongo.errors.PyMongoError, OSError, ValueError, AttributeError):
+            return None
 
     async def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         await self.conn.close()
 
     # ------------------------------------------------------------------ position
@@ -250,99 +379,207 @@ class SchemaSource:
 
     # ------------------------------------------------------------------ snapshot
 
-    async def _range(
-        self, collection: str, after: Any, has_after: bool, n: int
-    ) -> AsyncIterator[Any]:
-        """Up to ``n`` documents after ``after`` in ``_id`` order (one query, read lazily).
+    def _scan_kind(self) -> str:
+        """How this source copies a collection: ``store`` (the embedded engine's file: its
+        stored documents in key order), ``natural`` (a server: a resumable natural-order scan,
+        ``$_requestResumeToken``), or ``id`` (``_id`` order: the fallback)."""
+        if self._scan_kind_cache is None:
+            if self.conn.change_log() is not None:
+                self._scan_kind_cache = "store"
+            elif self.conn.kind == "pymongo":
+                self._scan_kind_cache = "natural"
+            else:
+                self._scan_kind_cache = "id"
+        return self._scan_kind_cache
 
-        Documents come as raw BSON where the client allows (:func:`raw_database`): only the
-        last one's ``_id`` is ever decoded."""
+    async def _pages(
+        self, collection: str, state: Mapping[str, Any], size: int
+    ) -> AsyncGenerator[tuple[list[Any], dict[str, Any]]]:
+        """Pages of ``collection``'s documents from ``state`` on, each with the scan cursor
+        after it (what the snapshot plan stores): linear in the collection, never a re-sort."""
+        scan = state.get("scan")
+        kind = scan.get("kind") if isinstance(scan, Mapping) else None
+        if kind is None:
+            kind = "id" if state.get("after") is not None else self._scan_kind()
+        if kind == "store":
+            async for page in self._store_pages(collection, scan, size):
+                yield page
+            return
+        if kind == "natural":
+            try:
+                async for page in self._natural_pages(collection, scan, size):
+                    yield page
+                return
+            except pymongo.errors.OperationFailure as exc:
+                if scan is not None or exc.code not in _NO_RESUMABLE_SCANS:
+                    raise
+                # a server without resumable scans (MongoDB < 4.4, or not allowed): _id order
+                log.info("warp.snapshot.id_order", collection=collection, reason=str(exc)[:200])
+                self._scan_kind_cache = "id"
+        async for page in self._id_pages(collection, state, size):
+            yield page
+
+    async def _store_pages(
+        self, collection: str, scan: Mapping[str, Any] | None, size: int
+    ) -> AsyncIterator[tuple[list[Any], dict[str, Any]]]:
+        if self._store is None:
+            path = self.conn.change_log()
+            assert path is not None
+            self._store = StoreScan(path.path)
+        key = scan.get("key") if scan else None
+        db = self.schema.source_database
+        while True:
+            rows = await asyncio.to_thread(self._store.page, db, collection, key, size)
+            if not rows:
+                return
+            key = rows[-1][0]
+            yield [decode_stored_text(text) for _, text in rows], {"kind": "store", "key": key}
+            if len(rows) < size:
+                return
+
+    async def _natural_pages(
+        self, collection: str, scan: Mapping[str, Any] | None, size: int
+    ) -> AsyncIterator[tuple[list[Any], dict[str, Any]]]:
+        """``find`` with ``hint: {$natural: 1}`` and ``$_requestResumeToken`` (MongoDB 4.4+):
+        the storage order, no index, resumable after any batch (``$_resumeAfter``)."""
+        from bson import SON, Int64, json_util
+
+        db = raw_database(self.conn, self.schema.source_database)
+        command: Any = SON(
+            [
+                ("find", collection),
+                ("filter", {}),
+                ("hint", {"$natural": 1}),
+                ("batchSize", size),
+                ("$_requestResumeToken", True),
+            ]
+        )
+        if scan and scan.get("token"):
+            command["$_resumeAfter"] = json_util.loads(str(scan["token"]))
+        async with self.conn.client.start_session() as session:
+
+            def more(cursor_id: int) -> Any:
+                return db.command(
+                    SON(
+                        [
+                            ("getMore", Int64(cursor_id)),
+                            ("collection", collection),
+                            ("batchSize", size),
+                        ]
+                    ),
+                    session=session,
+                    codec_options=db.codec_options,
+                )
+
+            reply = await db.command(command, session=session, codec_options=db.codec_options)
+            cursor = reply["cursor"]
+            batch, cursor_id = _batch(reply, "firstBatch"), int(cursor["id"])
+            ahead: asyncio.Task[Any] | None = None
+            try:
+                while True:
+                    token = cursor.get("postBatchResumeToken")
+                    state = {"kind": "natural", "token": json_util.dumps(_plain(token))}
+                    # the next batch is asked for now: the server reads it while this one is
+                    # converted and written (one request in flight, as a driver's cursor would)
+                    ahead = asyncio.ensure_future(more(cursor_id)) if cursor_id else None
+                    if batch:
+                        yield batch, state
+                    if ahead is None:
+                        return
+                    reply, ahead = await ahead, None
+                    cursor = reply["cursor"]
+                    batch, cursor_id = _batch(reply, "nextBatch"), int(cursor["id"])
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        await ahead
+                if cursor_id:
+                    with contextlib.suppress(pymongo.errors.PyMongoError):
+                        await db.command(
+                            SON([("killCursors", collection), ("cursors", [Int64(cursor_id)])]),
+                            session=session,
+                        )
+
+    async def _id_pages(
+        self, collection: str, state: Mapping[str, Any], size: int
+    ) -> AsyncIterator[tuple[list[Any], dict[str, Any]]]:
+        """One cursor in ``_id`` order (the index on a server). After a resume, ``$gt`` stays
+        within the BSON type of the last ``_id`` copied: the later types (MongoDB's sort order
+        of types) follow, each found through the index (``$gte`` its smallest value)."""
         coll = raw_database(self.conn, self.schema.source_database)[collection]
-        query: dict[str, Any] = {"_id": {"$gt": after}} if has_after else {}
-        count = 0
-        last_doc = None
-        # find_documents: a NaN or ±Infinity on the embedded engine cannot stop the copy
-        async for doc in find_documents(coll, query, name=collection, sort_by_id=True, limit=n):
-            count += 1
-            last_doc = doc
-            yield doc
-        if has_after and count < n:
-            # ``$gt`` stays within one BSON type; ``$expr`` compares across types, so a
-            # collection with mixed ``_id`` types continues in the next type bracket.
-            last = after if last_doc is None else last_doc["_id"]
-            more = {"$expr": {"$gt": ["$_id", {"$literal": last}]}}
-            rest = n - count
+        has_after = state.get("after") is not None
+        after = decode_after(str(state["after"])) if has_after else None
+        queries: list[dict[str, Any]] = [{"_id": {"$gt": after}} if has_after else {}]
+        if has_after:
+            queries += [{"_id": {"$gte": low}} for low in _later_brackets(after)]
+        page: list[Any] = []
+        for query in queries:
             async for doc in find_documents(
-                coll, more, name=collection, sort_by_id=True, limit=rest
+                coll, query, name=collection, sort_by_id=True, batch_size=size
             ):
-                yield doc
+                page.append(doc)
+                if len(page) >= size:
+                    yield page, {"after": encode_after(page[-1]["_id"])}
+                    page = []
+        if page:
+            yield page, {"after": encode_after(page[-1]["_id"])}
 
     async def snapshot(
         self, collection: str, state: Mapping[str, Any], stop: asyncio.Event | None = None
     ) -> AsyncIterator[Batch]:
-        """Copy ``collection`` from ``state["after"]`` in ``_id`` order.
-
-        One query per ``snapshot_chunk_size`` documents, read lazily; a batch (a transaction)
-        every ``max_batch_size`` documents, each recording the last ``_id`` copied."""
+        """Copy ``collection`` from ``state`` (its snapshot-plan entry) on: one page of
+        ``min(snapshot_chunk_size, max_batch_size)`` documents per batch (a transaction), each
+        recording the scan cursor after it, so a crash resumes the copy where it stopped."""
         version = int(state["version"])
-        chunk = self.schema.batching.snapshot_chunk_size
-        size = min(chunk, self.schema.batching.max_batch_size)
-        has_after = state.get("after") is not None
-        after = decode_after(state["after"]) if has_after else None
+        size = min(self.schema.batching.snapshot_chunk_size, self.schema.batching.max_batch_size)
         copied = int(state.get("copied", 0))
         sweep = bool(state.get("sweep"))
         self.known.add(collection)
+        cursor: dict[str, Any] = {
+            k: state[k] for k in ("after", "scan") if state.get(k) is not None
+        }
 
-        last_doc: Any = None  # the last document copied (its ``_id`` decoded only when needed)
-
-        def sync_after() -> None:
-            nonlocal after, has_after, last_doc
-            if last_doc is not None:
-                after, has_after, last_doc = last_doc["_id"], True, None
-
-        def close(batch: Batch, done: bool) -> Batch:
-            sync_after()
-            entry = {
+        def entry(done: bool) -> dict[str, Any]:
+            return {
                 "done": done,
-                "after": encode_after(after) if has_after else None,
                 "version": str(version),  # JSON: a real cluster time needs ~80 bits
                 "sweep": sweep,
                 "copied": copied,
+                "after": cursor.get("after"),
+                "scan": cursor.get("scan"),
             }
-            batch.snapshot = {collection: entry}
-            batch.direct_copy = not sweep
-            if done and sweep:
-                batch.wipes.append(Wipe(collection, version, "sweep"))
-            return batch
 
-        while True:
-            if stop is not None and stop.is_set():
-                return
-            batch = Batch(kind="snapshot", version=None)
-            in_chunk = 0
-            now = dt.datetime.now(dt.UTC)
-            sync_after()
-            async for doc in self._range(collection, after, has_after, chunk):
-                in_chunk += 1
-                if in_chunk % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
-                out = self.transformer.document(
-                    collection, doc, op="snapshot", version=version, source_ts=now
-                )
-                (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
-                last_doc = doc
-                copied += 1
-                batch.events += 1
-                if batch.events >= size:
-                    yield close(batch, done=False)
-                    batch = Batch(kind="snapshot", version=None)
-                    if stop is not None and stop.is_set():
-                        return
-            done = in_chunk < chunk
-            if batch.events or done:
-                yield close(batch, done=done)
-            if done:
-                return
+        if stop is not None and stop.is_set():
+            return
+        pages = self._pages(collection, state, size)
+        try:
+            async for docs, position in pages:
+                now = dt.datetime.now(dt.UTC)
+                batch = Batch(kind="snapshot", version=None)
+                for i, doc in enumerate(docs, 1):
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
+                    out = self.transformer.document(
+                        collection, doc, op="snapshot", version=version, source_ts=now
+                    )
+                    (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
+                copied += len(docs)
+                batch.events = len(docs)
+                cursor = {"after": position["after"]} if "after" in position else {"scan": position}
+                batch.snapshot = {collection: entry(done=False)}
+                batch.direct_copy = not sweep
+                yield batch
+                if stop is not None and stop.is_set():
+                    return
+        finally:
+            await pages.aclose()
+        final = Batch(kind="snapshot", version=None)
+        final.snapshot = {collection: entry(done=True)}
+        final.direct_copy = not sweep
+        if sweep:
+            final.wipes.append(Wipe(collection, version, "sweep"))
+        yield final
 
     # ------------------------------------------------------------------ stream
 

@@ -76,9 +76,14 @@ class Source(Protocol):
     def stream(self, token: Mapping[str, Any] | None, stop: asyncio.Event) -> AsyncIterator[Batch]:
         """Batches of changes after ``token`` until ``stop`` is set."""
 
-    def take_stats(self) -> dict[str, ConversionStats]:
-        """What the value policies changed since the last call, per collection (the runner
-        attaches it to the batch just read, which counts it in its transaction)."""
+    def take_stats(self, collection: str | None = None) -> dict[str, ConversionStats]:
+        """What the value policies changed since the last call, per collection (only
+        ``collection``'s when given; the runner attaches it to the batch just read, which
+        counts it in its transaction)."""
+
+    async def estimate(self, collection: str) -> int | None:
+        """About how many documents/rows ``collection`` holds (from metadata: cheap), for
+        progress and ETAs; None when the source cannot say."""
 
     async def acknowledge(self, token: Mapping[str, Any]) -> None:
         """The warehouse committed everything up to ``token``."""

@@ -131,3 +131,43 @@ def test_history_lost_is_code_286(tmp_path) -> None:  # type: ignore[no-untyped-
     finally:
         client.close()
         server.stop()
+
+
+def test_a_gap_in_the_engines_log_is_lost_history_on_the_wire(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A write the engine logged without its change (a client that publishes none, writing to
+    the server's file) is never streamed past: a stream from before it gets 286."""
+    import asyncio
+
+    from mongoeco import AsyncMongoClient
+    from mongoeco.engines import SQLiteEngine
+    from pymongo.errors import OperationFailure
+
+    from tests.support.replset import start
+
+    server = start(tmp_path / "rs")
+    client = _client(server.uri)
+    try:
+        coll = client["rs_gap"].c
+        coll.insert_one({"_id": 0})
+        with coll.watch(max_await_time_ms=100) as stream:
+            before = stream.resume_token
+
+        async def plain_write() -> None:
+            async with AsyncMongoClient(SQLiteEngine(str(tmp_path / "rs" / "engine.sqlite"))) as c:
+                await c["rs_gap"].c.insert_one({"_id": "unlogged"})
+
+        asyncio.run(plain_write())
+        coll.insert_one({"_id": 2})
+        with (
+            coll.watch(resume_after=before, max_await_time_ms=300) as resumed,
+            pytest.raises(OperationFailure) as caught,
+        ):
+            resumed.next()
+        assert caught.value.code == 286
+        # a stream opened after the gap streams the changes after it
+        with coll.watch(max_await_time_ms=300) as after:
+            coll.insert_one({"_id": 3})
+            assert after.next()["documentKey"] == {"_id": 3}
+    finally:
+        client.close()
+        server.stop()

@@ -61,6 +61,7 @@ def test_cli_run_status_and_dlq(tmp_path: Path, pg_url: str, mongo_db_name: str)
         app, ["warp", "run", "--config", str(config), "--mode", "single", "--stop-when-idle", "0.5"]
     )
     assert out.exit_code == 0, out.output
+    assert "warp.snapshot.done" in out.output and "rows_per_s=" in out.output, out.output
     out = cli.invoke(app, ["warp", "status", "--config", str(config)])
     assert out.exit_code == 0, out.output
     assert "people" in out.output and "25" in out.output

@@ -99,6 +99,16 @@ def test_job_materializes_raw_tables(tmp_path: Path, pg_url: str, mongo_db_name:
             for e in events
         )
         assert total == 60
+        # the snapshot's progress: how far, how fast, done
+        progress = [
+            e.asset_materialization.metadata  # type: ignore[union-attr]
+            for e in events
+            if "snapshot_copied" in e.asset_materialization.metadata  # type: ignore[union-attr]
+        ]
+        assert progress, f"no snapshot progress for {coll}"
+        assert progress[0]["snapshot_total"].value == 60  # type: ignore[union-attr]
+        assert any(p["snapshot_done"].value for p in progress)  # type: ignore[union-attr]
+        assert all(p["snapshot_rows_per_s"].value >= 0 for p in progress)  # type: ignore[union-attr]
     run(assert_oracle(settings, COLLS))
     # the asset checks: lag under the threshold, no dead letters
     defs = build_warp_defs(settings)

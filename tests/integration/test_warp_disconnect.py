@@ -26,6 +26,7 @@ from pymongo.errors import AutoReconnect
 
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.connectors.mongo import ChangeStream, mongo_session
+from cartridge_dagster.connectors.mongoeco_store import StoreScan
 from cartridge_dagster.errors import ConnectionFailed, TransientError, classify
 from cartridge_dagster.warp import metrics
 from cartridge_dagster.warp.runner import WarpRunner
@@ -50,7 +51,8 @@ SECRET = "s3cret-pw"
 
 
 class Faults:
-    """``AutoReconnect`` from the connector's change stream and the engine's query cursor.
+    """``AutoReconnect`` from the connector's change stream, the engine's query cursor and its
+    stored-document pages (the snapshot's reads).
 
     ``cursor_fail_at``: fail the query cursor before its n-th document (counted over all
     queries while armed). ``stream_every``/``stream_failures``: fail every n-th ``try_next``,
@@ -119,8 +121,24 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
 
         return docs()
 
+    original_page = StoreScan.page
+
+    def page(self: StoreScan, db: str, coll: str, after: Any, limit: int) -> list[Any]:
+        # the embedded engine's stored documents, read a page at a time: the page holding
+        # the n-th document fails as a whole (as a lost connection would)
+        rows = original_page(self, db, coll, after, limit)
+        start = f.cursor_docs
+        if any(start + i + 1 in f.cursor_fail_at for i in range(len(rows))):
+            hit = min(n for n in f.cursor_fail_at if n > start)
+            f.cursor_fail_at.discard(hit)
+            f.cursor_docs = hit - 1
+            raise f.error("cursor")
+        f.cursor_docs += len(rows)
+        return rows
+
     monkeypatch.setattr(ChangeStream, "try_next", try_next)
     monkeypatch.setattr(AsyncCursor, "__aiter__", aiter)
+    monkeypatch.setattr(StoreScan, "page", page)
     yield f
     f.disarm()
 

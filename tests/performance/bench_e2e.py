@@ -228,7 +228,9 @@ async def _snapshot_state(pg_url: str) -> tuple[bool, int]:
     return bool(plan) and all(v.get("done") for v in plan.values()), copied
 
 
-def warp(source_url: str, pg_url: str, work: Path, n_expected: int) -> WarpRun:
+def warp(
+    source_url: str, pg_url: str, work: Path, n_expected: int, env: dict[str, str] | None = None
+) -> WarpRun:
     """``cartridge warp run`` from launch until its checkpoint says the snapshot is done."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "cartridge.yaml"
@@ -330,10 +332,13 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
         "warp_first": [],
         "warp_rss": [],
         "embedded": [],
+        "embedded_nogc": [],
     }
     try:
         for r in range(rounds):
             order = ["ceiling", "sling", "warp", "embedded"]
+            if collections == 1 and n <= 100_000:
+                order.append("embedded_nogc")  # what the GC setting of warp's entry points buys
             if r % 2:
                 order.reverse()
             for tool in order:
@@ -349,6 +354,9 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
                         results["warp"].append(total / run.done)
                         results["warp_first"].append(run.first_read)
                         results["warp_rss"].append(run.peak_rss_mb)
+                    elif tool == "embedded_nogc":
+                        run = warp(src.engine_url, url, work, total, {"CARTRIDGE_GC_TUNING": "0"})
+                        results["embedded_nogc"].append(total / run.done)
                     elif collections == 1 or n * collections <= 200_000:
                         run = warp(src.engine_url, url, work, total)
                         results["embedded"].append(total / run.done)
@@ -380,7 +388,10 @@ def main() -> None:
             rows[n] = measure(pg_server, n, 1, 1 if n >= 1_000_000 else ROUNDS, tmp)
         many = measure(pg_server, MANY_SIZE, MANY, 1, tmp) if MANY else None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("BENCH_E2E_KEEP") == "1":
+            progress(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     report(rows, many)
 
 
@@ -404,6 +415,12 @@ def report(rows: dict[int, dict[str, Any]], many: dict[str, Any] | None) -> None
     line("warp ÷ Sling", lambda r: r["warp"] / r["sling"], ".2f", "≥ 1.0 at 10k, ≥ 1.2 at 50k")
     line("warp ÷ plain read ceiling", lambda r: r["warp"] / r["ceiling"], ".2f", "≥ 0.8")
     line("warp in process (mongoeco://), docs/s", "embedded", ",.0f")
+    line(
+        "… its GC setting's gain (with ÷ CARTRIDGE_GC_TUNING=0)",
+        lambda r: r["embedded"] / r["embedded_nogc"],
+        ".2f",
+        "> 1 to keep it",
+    )
     line("launch → first snapshot read (s)", "warp_first", ".3f", "≤ 0.3")
     line("warp peak resident memory (MB)", "warp_rss_max", ".0f")
     if 100_000 in rows and 1_000_000 in rows:

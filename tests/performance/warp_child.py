@@ -27,6 +27,7 @@ from cartridge_dagster.assets.warp import build_warp_defs
 from cartridge_dagster.config import load_settings
 from cartridge_dagster.observability import configure_logging
 from cartridge_dagster.resources.warp import WarpResource
+from cartridge_dagster.runtime import young_gc_threshold
 from cartridge_dagster.warp.runner import WarpRunner
 
 IDLE = 0.3
@@ -36,7 +37,8 @@ def plain(cfg: Path) -> dict[str, float]:
     settings = load_settings(cfg)
     runner = WarpRunner(settings, settings.get_schema("bench"), stop_when_idle=IDLE)
     t = time.perf_counter()
-    summary = asyncio.run(runner.run())
+    with young_gc_threshold():  # what `cartridge warp run` sets around warp
+        summary = asyncio.run(runner.run())
     whole = time.perf_counter() - t
     return {
         "whole": whole,

@@ -3,8 +3,9 @@
 PyMongo (``raw_database``, ``ChangeStream(raw_documents=True)``) hands warp
 ``RawBSONDocument``s: snapshot documents and change events' ``fullDocument`` stay BSON bytes
 and convert to JSON in C. The embedded engine builds dicts; :func:`read_raw` re-encodes what it
-returns into real ``RawBSONDocument``s at the two places warp reads, so the end-to-end suite
-runs warp's raw path (C conversion, Python fallback, dead letters of raw documents) here.
+returns into real ``RawBSONDocument``s at the places warp reads (the stored-document scan, an
+``_id``-order query, change events), so the end-to-end suite runs warp's raw path (C
+conversion, Python fallback, dead letters of raw documents) here.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class _RawDatabase:
 def read_raw(monkeypatch: pytest.MonkeyPatch) -> None:
     """Warp in this process reads snapshots and change events as raw BSON."""
     real_open_event = mongo_mod.open_event
+    real_decode_stored = source_mod.decode_stored_text
+
+    def decode_stored_text(text: str) -> Any:
+        return as_raw(real_decode_stored(text))
 
     def raw_database(conn: Any, name: str) -> Any:
         return _RawDatabase(conn.database(name))
@@ -83,4 +88,5 @@ def read_raw(monkeypatch: pytest.MonkeyPatch) -> None:
         return opened
 
     monkeypatch.setattr(source_mod, "raw_database", raw_database)
+    monkeypatch.setattr(source_mod, "decode_stored_text", decode_stored_text)
     monkeypatch.setattr(mongo_mod, "open_event", open_event)

@@ -120,3 +120,44 @@ def test_psycopg2_errors_split_into_transient_and_terminal(
     base: type[Exception], code: str | None, expected: type[Exception]
 ) -> None:
     assert classify(_pg_error(base, code)) is expected
+
+
+def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except BaseException as caught:
+        return caught
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        sqlite3.OperationalError("database is locked"),
+        ExceptionGroup(
+            "errors while closing AsyncMongoClient",
+            [sqlite3.OperationalError("database is locked")],
+        ),
+        _raised_from(
+            embedded.OperationFailure("change delivery failed"),
+            sqlite3.OperationalError("database is locked"),
+        ),
+        ExceptionGroup(
+            "nested",
+            [ExceptionGroup("inner", [sqlite3.OperationalError("database table is locked")])],
+        ),
+    ],
+    ids=["bare", "exception-group", "raised-from", "nested-groups"],
+)
+def test_a_busy_embedded_file_is_transient_however_wrapped(exc: BaseException) -> None:
+    assert classify(exc) is TransientError
+
+
+def test_a_group_with_a_terminal_member_is_terminal() -> None:
+    group = ExceptionGroup(
+        "mixed", [sqlite3.OperationalError("database is locked"), ValueError("x")]
+    )
+    assert classify(group) is TransientError  # the busy file decides: retrying may clear it
+    assert classify(ExceptionGroup("bad", [ValueError("x"), KeyError("y")])) is TerminalError

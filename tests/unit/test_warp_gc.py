@@ -1,10 +1,10 @@
-"""warp raises the cyclic GC's young threshold while it runs and restores it after."""
+"""warp's entry points raise the cyclic GC's young threshold while warp runs, then restore it."""
 
 from __future__ import annotations
 
 import gc
 
-from cartridge_dagster.warp.runner import GC_YOUNG_THRESHOLD, young_gc_threshold
+from cartridge_dagster.runtime import GC_YOUNG_THRESHOLD, young_gc_threshold
 
 
 def test_threshold_raised_while_running_and_restored_by_the_last_runner() -> None:

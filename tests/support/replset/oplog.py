@@ -29,7 +29,7 @@ from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.connectors.mongo import change_log_event
-from cartridge_dagster.connectors.mongoeco_log import ChangeLog
+from cartridge_dagster.connectors.mongoeco_log import ChangeLog, PositionGap
 from cartridge_dagster.errors import ResumeTokenLost
 
 __all__ = [
@@ -346,12 +346,16 @@ class Oplog:
                 after = int(self._meta("engine_seq") or 0)
                 try:
                     entries = self._log.read(after, limit)
-                except ResumeTokenLost:
-                    # the engine pruned changes the oplog never saw (the server was down while
-                    # others wrote): everything before now is beyond resumption
+                except ResumeTokenLost as exc:
+                    # a change the oplog cannot have: a write the engine logged without its
+                    # change (a gap), or changes it pruned before the oplog saw them (the server
+                    # was down while others wrote). A marker takes its place: no stream reads
+                    # past it (286), streams opened after it are whole.
+                    skip_to = exc.position if isinstance(exc, PositionGap) else self._log.newest()
                     self._db.execute("BEGIN")
-                    self._set_meta("engine_seq", self._log.newest())
-                    self._set_meta("floor", self.newest())
+                    self._append("gap", "", "", {"at": int(skip_to)})
+                    self._set_meta("engine_seq", skip_to)
+                    self._prune()
                     self._db.execute("COMMIT")
                     continue
                 if not entries:
@@ -436,11 +440,11 @@ class Oplog:
             if after < self.floor():
                 raise LookupError(f"position {after} is older than the oplog keeps")
             where, args = "pos > ?", [after]
-            if db is not None:
-                where += " AND db = ?"
+            if db is not None:  # (gap markers concern every stream)
+                where += " AND (db = ? OR op = 'gap')"
                 args.append(db)
                 if coll is not None:
-                    where += " AND (coll = ? OR op = 'dropDatabase')"
+                    where += " AND (coll = ? OR op = 'gap')"
                     args.append(coll)
             rows = self._db.execute(
                 f"SELECT pos, t, i, wall, op, db, coll, body, post, pre, images FROM oplog "

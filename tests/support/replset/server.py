@@ -395,7 +395,7 @@ class ReplicaSetServer:
             result = exc.document
         if _TRACE:
             print(
-                f"cmd {name} db={context.db_name} ok={result.get('ok')} "
+                f"cmd {time.time():.3f} {name} db={context.db_name} ok={result.get('ok')} "
                 f"{str(context.command_document)[:300]} -> {str(result.get('errmsg', ''))[:300]}",
                 file=sys.stderr,
                 flush=True,
@@ -891,6 +891,10 @@ class ReplicaSetServer:
             )
             if rows:
                 for row in rows:
+                    if row.op == "gap":  # changes this stream would read past, unseen
+                        raise _CommandError(
+                            self._lost(f"changes at position {row.pos} are not in the oplog")
+                        )
                     events = await self._events(stream, row)
                     stream.pos = row.pos
                     encoded = sum(len(bson.encode(e, codec_options=CODEC)) for e in events)
