@@ -796,14 +796,16 @@ class SchemaSource:
     ) -> AsyncIterator[Batch]:
         """Copy ``collection`` while streaming (not part of the initial snapshot's plan).
 
-        Until the copy is done it stays in ``_copies`` with the state after the last batch the
-        consumer took, so a stream re-opened after a lost connection finishes it first (the
-        stream's position is already past the event that started the copy)."""
+        Its progress goes into the checkpoint's snapshot plan with each batch (the stream's
+        position is already past the event that started the copy: a warp stopped or killed in
+        the middle finishes it from the plan before streaming again). Until it is done it also
+        stays in ``_copies`` with the state after the last batch the consumer took, so a stream
+        re-opened after a lost connection finishes it first."""
         self._copies[collection] = (dict(state), versioned)
         version = int(state["version"])
         async for snap in self.snapshot(collection, state, stop):
             entry = (snap.snapshot or {}).get(collection)
-            snap.snapshot = None  # a live copy, not the initial snapshot
+            snap.direct_copy = False  # streamed changes may be in the table already
             if versioned:
                 snap.version = version
             yield snap

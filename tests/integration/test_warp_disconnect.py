@@ -153,7 +153,8 @@ class SnapshotLog:
 
     def on_batch(self, schema: str, batch: Batch, result: BatchResult) -> None:
         if batch.kind == "snapshot":
-            rows = self.rows if batch.snapshot is not None else self.live
+            # the initial copy may COPY straight in; a live copy merges (streamed changes)
+            rows = self.rows if batch.direct_copy else self.live
             rows.update((c.collection, c.id) for c in batch.changes)
 
     def twice(self) -> list[tuple[str, str]]:

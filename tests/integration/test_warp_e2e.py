@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import math
 import sys
 from decimal import Decimal
@@ -271,6 +272,57 @@ def test_drop_and_rename(source: str, pg_url: str, mongo_db_name: str) -> None:
             await pg.close()
         assert live == {"gone": 0, "old": 0}
         assert ops == "drop"
+
+    run(go())
+
+
+def test_live_copy_finishes_after_a_stop(source: str, pg_url: str, mongo_db_name: str) -> None:
+    """A collection renamed into scope is copied while warp streams; warp stopped in the middle
+    of that copy (SIGTERM, or a crash after some of its batches committed) finishes it when it
+    starts again (the copy's progress is in the checkpoint's plan), instead of taking the
+    half-filled table for a known one."""
+    settings = warp_settings(
+        source,
+        pg_url,
+        mongo_db_name,
+        batching={"max_batch_size": 25, "snapshot_chunk_size": 25, "queue_max_batches": 1},
+        warp={"idle_checkpoint_seconds": 0.2},
+    )
+
+    class StopInCopy:
+        def __init__(self) -> None:
+            self.runner: WarpRunner | None = None
+            self.copied = 0
+
+        def on_batch(self, schema: str, batch: Any, result: Any) -> None:
+            if batch.kind == "snapshot" and "renamed" in result.applied:
+                self.copied += result.applied["renamed"]
+                if self.copied >= 50 and self.runner is not None:
+                    self.runner.stop.set()
+
+        def should_stop(self) -> bool:
+            return False
+
+    async def go() -> None:
+        async with mongo_session(source) as conn:
+            db = conn.database(mongo_db_name)
+            await db.keep.insert_many([{"_id": i} for i in range(5)])
+            await db.old.insert_many([{"_id": i, "x": i} for i in range(400)])
+        await run_warp(settings)
+        observer = StopInCopy()
+        runner, task = await background(settings, observer=observer)
+        observer.runner = runner
+        await until_streaming(runner, task)
+        async with mongo_session(source) as conn:
+            await conn.database(mongo_db_name).old.rename("renamed")
+        await asyncio.wait_for(task, 60)
+        assert 50 <= observer.copied < 400, observer.copied
+        cp = await checkpoint_row(pg_url)
+        assert cp is not None and json.loads(cp["snapshot"])["renamed"]["done"] is False
+        await run_warp(settings, idle=1.5)
+        await assert_oracle(settings, ["keep", "renamed"])
+        cp = await checkpoint_row(pg_url)
+        assert cp is not None and json.loads(cp["snapshot"])["renamed"]["done"] is True
 
     run(go())
 
