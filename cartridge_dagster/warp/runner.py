@@ -549,11 +549,20 @@ class WarpRunner:
             except ResumeTokenLost as exc:
                 metrics.HISTORY_LOST.labels(self.schema.name).inc()
                 if policy == "fail":
+                    pg = self.source_side == "postgresql"
                     raise ResumeTokenLost(
-                        f"schema {self.schema.name!r}: the change stream cannot resume from the "
-                        f"stored position ({exc}); nothing was applied past the checkpoint",
-                        hint="set warp.history_lost_policy: resnapshot to copy the collections "
-                        "again (rows deleted meanwhile are tombstoned), or raise the oplog size",
+                        f"schema {self.schema.name!r}: the "
+                        + ("replication slot" if pg else "change stream")
+                        + f" cannot resume from the stored position ({exc}); nothing was "
+                        "applied past the checkpoint",
+                        hint="set warp.history_lost_policy: resnapshot to copy the "
+                        + ("tables" if pg else "collections")
+                        + " again (rows deleted meanwhile are tombstoned), or "
+                        + (
+                            "raise max_slot_wal_keep_size on the source"
+                            if pg
+                            else "raise the oplog size"
+                        ),
                     ) from exc
                 log.warning("warp.history_lost.resnapshot", error=str(exc)[:300])
                 self.summary.resnapshots += 1
