@@ -370,6 +370,7 @@ class ReplicaSetServer:
                 db_name=str(stashed.get("$db", context.db_name)),
             )
         name = str(context.command_name)
+        started = time.time()
         try:
             failed = await self._fail_point(name, context)
             if failed is not None:
@@ -395,7 +396,8 @@ class ReplicaSetServer:
             result = exc.document
         if _TRACE:
             print(
-                f"cmd {time.time():.3f} {name} db={context.db_name} ok={result.get('ok')} "
+                f"cmd {started:.3f} {time.time() - started:.3f}s {name} db={context.db_name} "
+                f"ok={result.get('ok')} "
                 f"{str(context.command_document)[:300]} -> {str(result.get('errmsg', ''))[:300]}",
                 file=sys.stderr,
                 flush=True,
