@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from cartridge_dagster.config import CartridgeSettings, load_settings
 from cartridge_dagster.errors import CartridgeError, ConfigError, TransientError
 from cartridge_dagster.observability import configure_logging
 
 __all__ = [
+    "UNBOUNDED_WIDTH",
     "ConfigOption",
     "console",
     "console_err",
@@ -25,8 +26,31 @@ __all__ = [
 
 T = TypeVar("T")
 
-console = Console(highlight=False)
-console_err = Console(stderr=True, highlight=False)
+#: The width of output that goes to a file or a pipe: lines are never cut or wrapped there.
+UNBOUNDED_WIDTH = 10_000
+
+
+class _Console(Console):
+    """A rich console as wide as the terminal, and unbounded when the output is not one.
+
+    Rich falls back to 80 columns when it finds no terminal, so a piped ``warp status`` or scan
+    table lost its right-hand columns (``produ…``) and one-line errors broke in two. ``COLUMNS``
+    still sets the width when given."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and "COLUMNS" not in self._environ and not self.is_terminal:
+            return ConsoleDimensions(UNBOUNDED_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = _Console(highlight=False)
+console_err = _Console(stderr=True, highlight=False)
 
 ConfigOption = Annotated[
     Path | None,

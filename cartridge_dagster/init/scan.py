@@ -26,6 +26,7 @@ examples and, for text and enum columns, the enum values. Stored in the same sha
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import sqlite3
@@ -70,6 +71,8 @@ REFERENCE_MIN_MATCH = 0.9
 REFERENCE_PROBE = 50
 FIND_BATCH = 2000
 ID_BATCH = 10000
+#: Sampled documents read by ``_id`` at the same time.
+LOOKUP_CONCURRENCY = 8
 #: The seed of the sample's ranks: changing it changes every sampled collection's sample.
 SAMPLE_SEED = b"cartridge-sample-1"
 
@@ -143,19 +146,23 @@ def _first(item: tuple[tuple[bytes, str, str], Any]) -> tuple[bytes, str, str]:
 async def _sampled(
     coll: Any, name: str, ranked: list[tuple[tuple[bytes, str, str], Any]]
 ) -> AsyncIterator[dict[str, Any]]:
-    """The documents of ``ranked`` (a round), in rank order (those deleted meanwhile skipped)."""
-    wanted = {rank[2] + "\x00" + rank[1]: i for i, (rank, _id) in enumerate(ranked)}
-    found: list[tuple[int, dict[str, Any]]] = []
-    for start in range(0, len(ranked), FIND_BATCH):
-        ids = [_id for _rank, _id in ranked[start : start + FIND_BATCH]]
-        async for doc in find_documents(coll, {"_id": {"$in": ids}}, name=name):
-            _id = doc.get("_id")
-            i = wanted.get(canonical_id(_id) + "\x00" + type(_id).__name__)
-            if i is not None:
-                found.append((i, doc))
-    found.sort(key=lambda item: item[0])
-    for _i, doc in found:
-        yield doc
+    """The documents of ``ranked`` (a round), in rank order (those deleted meanwhile skipped).
+
+    Each is read by its ``_id`` (``limit 1``: an index look-up on any MongoDB), a few at a time.
+    Not ``$in``: the embedded engine evaluates ``$in`` by scanning the whole collection once
+    per query (≈ 30 ms per ``_id`` at 15k documents) and refuses more than ≈ 500 values."""
+
+    async def one(_id: Any) -> dict[str, Any] | None:
+        found = None
+        async for doc in find_documents(coll, {"_id": _id}, name=name, limit=1):
+            found = dict(doc)  # limit 1: the loop ends after it, and closes the cursor
+        return found
+
+    for start in range(0, len(ranked), LOOKUP_CONCURRENCY):
+        chunk = ranked[start : start + LOOKUP_CONCURRENCY]
+        for doc in await asyncio.gather(*(one(_id) for _rank, _id in chunk)):
+            if doc is not None:
+                yield doc
 
 
 def _query_error(exc: BaseException, db: Any, collection: str, what: str) -> CartridgeError:

@@ -30,10 +30,16 @@ def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMap
 
 
 class _StderrLogger:
-    """Writes to whatever ``sys.stderr`` is *now* (test runners and Dagster swap it)."""
+    """Writes to whatever ``sys.stderr`` is *now* (test runners and Dagster swap it).
+
+    One ``write`` per event, newline included: ``print`` writes the message and its newline in
+    two calls, so with several processes on one terminal (``make demo``: warp, traffic, the
+    daemon) another process's line landed between them, mid-line."""
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

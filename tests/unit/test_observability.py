@@ -67,3 +67,34 @@ def test_metrics_and_health_endpoints() -> None:
         payload = json.loads(body)
         assert payload["components"]["warp/shop"]["reason"] == "sink unreachable"
         assert _get(base + "/nope")[0] == 404
+
+
+def test_processes_sharing_a_stream_never_run_lines_together() -> None:
+    """`make demo`: several processes log to one terminal; each event is one whole line."""
+    import os
+    import subprocess
+    import sys
+
+    child = (
+        "import sys\n"
+        "from cartridge_dagster.observability import configure_logging, get_logger\n"
+        "configure_logging('json', 'info')\n"
+        "log = get_logger('t')\n"
+        "for i in range(400):\n"
+        "    log.info('tick', proc=sys.argv[1], i=i, pad='x' * 60)\n"
+    )
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", child, str(n)], stderr=write_end, env=env)
+        for n in range(4)
+    ]
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        out = pipe.read().decode()
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    events = [json.loads(line) for line in out.splitlines()]  # a run-together line fails here
+    assert len(events) == 1600
+    assert {(e["proc"], e["i"]) for e in events} == {
+        (str(n), i) for n in range(4) for i in range(400)
+    }
