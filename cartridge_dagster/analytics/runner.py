@@ -99,6 +99,7 @@ async def analyze_schema_with(
         "top_values": schema.analytics.top_values,
         "histogram_buckets": schema.analytics.histogram_buckets,
         "max_depth": schema.sampling.max_depth,
+        "sample_rows": schema.analytics.profile_sample_rows,
     }
     for collection in collections:
         raw = await profile_relation(conn, raw_relation(schema, collection), run_id, **options)
