@@ -172,7 +172,7 @@ async def _bench(
         ] + [Relation("shop", "model", c, STAGING, f"stg_shop__{c}") for c in STAGING_COLUMNS]
         for rel in relations:
             t = rel.qualified
-            live = "" if rel.layer == "model" else f' WHERE NOT "_cartridge_deleted"'
+            live = "" if rel.layer == "model" else ' WHERE NOT "_cartridge_deleted"'
             n = int(await conn.fetchval(f"SELECT count(*) FROM {t}{live}"))
 
             async def scan(t: str = t, live: str = live) -> None:
