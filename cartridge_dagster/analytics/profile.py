@@ -116,6 +116,21 @@ class TableProfile:
     rows_profiled: int = 0
     columns: list[ColumnProfile] = field(default_factory=list)
 
+    def column_types(self) -> dict[str, str]:
+        """Each column's type, once: a model column's SQL type (it has one, whatever JSON types
+        its values take), a document path's JSON types other than null, joined by ``|``."""
+        seen: dict[str, list[str]] = {}
+        for col in self.columns:
+            kinds = seen.setdefault(col.path, [])
+            kind = col.data_type or col.json_type
+            if kind not in kinds:
+                kinds.append(kind)
+        out = {}
+        for path, kinds in seen.items():
+            shown = [k for k in kinds if k != "null"] or kinds
+            out[path] = "|".join(sorted(shown))
+        return out
+
     def max_null_ratio(self) -> tuple[str | None, float]:
         worst: tuple[str | None, float] = (None, 0.0)
         for col in self.columns:

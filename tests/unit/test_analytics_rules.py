@@ -210,3 +210,29 @@ def test_report_url_follows_served_reports(tmp_path: Any, monkeypatch: pytest.Mo
     assert report_url(page) == page.resolve().as_uri()
     monkeypatch.setenv(REPORTS_URL_ENV, "http://127.0.0.1:8765/")
     assert report_url(page) == "http://127.0.0.1:8765/shop.html"
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        # a staging column: one SQL type whatever JSON types its values took
+        ([("total", "number", "numeric"), ("total", "null", "numeric")], {"total": "numeric"}),
+        ([("name", "string", "text"), ("name", "null", "text")], {"name": "text"}),
+        # a document path: its JSON types, null left out when others exist
+        (
+            [("zip", "number", None), ("zip", "string", None), ("zip", "null", None)],
+            {"zip": "number|string"},
+        ),
+        ([("coupon", "null", None)], {"coupon": "null"}),
+    ],
+)
+def test_column_types_are_not_repeated(
+    columns: list[tuple[str, str, str | None]], expected: dict[str, str]
+) -> None:
+    from cartridge_dagster.analytics.profile import ColumnProfile, Relation, TableProfile
+
+    profile = TableProfile(
+        Relation("shop", "model", "orders", "shop_staging", "stg_shop__orders"), 1, 1, 0
+    )
+    profile.columns = [ColumnProfile(p, j, d, 0.0, 1, 1, 1.0) for p, j, d in columns]
+    assert profile.column_types() == expected
