@@ -382,6 +382,15 @@ class AnalyticsConfig(StrictModel):
     )
     top_values: int = Field(10, ge=1, le=100, description="Top values kept per text column.")
     histogram_buckets: int = Field(10, ge=2, le=100, description="Buckets per numeric histogram.")
+    profile_sample_rows: int = Field(
+        1000,
+        ge=100,
+        description=(
+            "Column statistics (distinct values, percentiles, top values, histograms, null "
+            "ratios of document paths) read a random sample of about this many live rows per "
+            "table; table-level numbers are exact."
+        ),
+    )
     refresh_min_interval_seconds: int = Field(
         60,
         ge=1,

@@ -89,16 +89,45 @@ def _svg(width: int, height: int, body: str, label: str) -> str:
     )
 
 
-def _y_grid(left: int, right: int, top: int, bottom: int, vmax: float, fmt: str = "n") -> str:
+def int_axis(value: float) -> tuple[float, float]:
+    """``(top, step)`` of a count axis: whole-number ticks, at most four intervals."""
+    top = max(1.0, math.ceil(value))
+    for step in (1, 2, 5):
+        exp = 1
+        while True:
+            candidate = step * exp
+            if math.ceil(top / candidate) <= 4:
+                break
+            exp *= 10
+        if step == 1:
+            best = candidate
+        best = min(best, candidate)
+    steps = max(1, math.ceil(top / best))
+    return float(best * steps), float(best)
+
+
+def _y_grid(
+    left: int,
+    right: int,
+    top: int,
+    bottom: int,
+    vmax: float,
+    fmt: str = "n",
+    step: float | None = None,
+) -> str:
+    """Horizontal grid lines and their labels; ``step``: the tick interval (four otherwise)."""
     parts = []
-    for i in range(5):
-        value = vmax * i / 4
-        y = bottom - (bottom - top) * i / 4
+    ticks = round(vmax / step) if step else 4
+    for i in range(ticks + 1):
+        value = vmax * i / ticks
+        y = bottom - (bottom - top) * i / ticks
         label = fmt_duration(value) if fmt == "d" else fmt_number(value)
+        if step and step >= 1:
+            label = f"{round(value):,}"
         parts.append(
             f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" '
             f'stroke="{PALETTE["grid"]}" stroke-width="1"/>'
-            f'<text x="{left - 6}" y="{y + 3.5:.1f}" text-anchor="end" '
+            f'<text x="{left - 6}" y="{y + 3.5:.1f}" text-anchor="end" class="tick" '
             f'fill="{PALETTE["axis"]}">{escape(label)}</text>'
         )
     return "".join(parts)
@@ -145,10 +174,10 @@ def bar_chart(
     if n == 0:
         return _empty(width, height, "no changes landed yet")
     totals = [sum(s[i] for s in series.values()) for i in range(n)]
-    vmax = _nice_max(max(totals) if totals else 1)
+    vmax, step = int_axis(max(totals) if totals else 1)  # counts: whole-number ticks
     slot = (right - left) / n
     bar_w = max(1.0, min(28.0, slot * 0.72))
-    parts = [_y_grid(left, right, top, bottom, vmax)]
+    parts = [_y_grid(left, right, top, bottom, vmax, step=step)]
     xs = []
     for i, label in enumerate(labels):
         x = left + slot * i + (slot - bar_w) / 2
@@ -179,17 +208,23 @@ def line_chart(
     height: int = 200,
     title: str = "",
     durations: bool = False,
+    counts: bool = False,
     colors: Sequence[str] = (PALETTE["line"], PALETTE["line2"]),
 ) -> str:
-    """Lines over labelled points (None breaks the line)."""
+    """Lines over labelled points (None breaks the line: no data is a gap, not a zero);
+    ``counts``: whole-number ticks."""
     left, right, top, bottom = 56, width - 12, 28, height - 28
     values = [v for s in series.values() for v in s if v is not None]
     if not labels or not values:
         return _empty(width, height, "no data yet")
-    vmax = _nice_max(max(values))
+    step: float | None = None
+    if counts:
+        vmax, step = int_axis(max(values))
+    else:
+        vmax = _nice_max(max(values))
     n = len(labels)
     xs = [left + (right - left) * (i / (n - 1) if n > 1 else 0.5) for i in range(n)]
-    parts = [_y_grid(left, right, top, bottom, vmax, "d" if durations else "n")]
+    parts = [_y_grid(left, right, top, bottom, vmax, "d" if durations else "n", step=step)]
     for (name, points), color in zip(series.items(), colors, strict=False):
         path: list[str] = []
         dots = []

@@ -47,7 +47,7 @@ Layer = Literal["raw", "model"]
 CDC_OPS = ("insert", "update", "replace", "delete")
 
 #: Above this many live rows, column profiles read a random sample of about this many rows.
-MAX_PROFILE_ROWS = 50_000
+SAMPLE_ROWS = 1_000
 
 #: An ISO-8601 date or timestamp, as documents.py writes them and PostgreSQL prints them.
 ISO_TIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
@@ -115,6 +115,21 @@ class TableProfile:
     row_count_change: float | None = None
     rows_profiled: int = 0
     columns: list[ColumnProfile] = field(default_factory=list)
+
+    def column_types(self) -> dict[str, str]:
+        """Each column's type, once: a model column's SQL type (it has one, whatever JSON types
+        its values take), a document path's JSON types other than null, joined by ``|``."""
+        seen: dict[str, list[str]] = {}
+        for col in self.columns:
+            kinds = seen.setdefault(col.path, [])
+            kind = col.data_type or col.json_type
+            if kind not in kinds:
+                kinds.append(kind)
+        out = {}
+        for path, kinds in seen.items():
+            shown = [k for k in kinds if k != "null"] or kinds
+            out[path] = "|".join(sorted(shown))
+        return out
 
     def max_null_ratio(self) -> tuple[str | None, float]:
         worst: tuple[str | None, float] = (None, 0.0)
@@ -287,7 +302,12 @@ def bucket_seconds(first: dt.datetime | None, last: dt.datetime | None) -> int:
     return _BUCKETS[-1]
 
 
-async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str) -> str:
+async def _activity(
+    conn: asyncpg.Connection,
+    rel: Relation,
+    run_id: str,
+    span: tuple[dt.datetime | None, dt.datetime | None],
+) -> str:
     """Changes per time bucket; from the history table when the collection keeps one.
 
     Returns where the activity came from: ``history`` (every change) or ``latest`` (the last
@@ -302,8 +322,12 @@ async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str) -> str
     op = quote_ident("_cartridge_op")
     synced = quote_ident("_cartridge_synced_at")
     source_ts = quote_ident("_cartridge_source_ts")
-    span = await conn.fetchrow(f"SELECT min({synced}) AS lo, max({synced}) AS hi FROM {source}")
-    width = bucket_seconds(span["lo"] if span else None, span["hi"] if span else None)
+    if origin == "history":  # else the table's own span, from its stats
+        found = await conn.fetchrow(
+            f"SELECT min({synced}) AS lo, max({synced}) AS hi FROM {source}"
+        )
+        span = (found["lo"], found["hi"]) if found else (None, None)
+    width = bucket_seconds(*span)
     lag = f"extract(epoch FROM ({synced} - {source_ts}))::float8"
     cdc = f"{op} = ANY($6::text[]) AND {source_ts} IS NOT NULL"
     await conn.execute(
@@ -337,45 +361,176 @@ async def _activity(conn: asyncpg.Connection, rel: Relation, run_id: str) -> str
 # --------------------------------------------------------------------------- column level
 
 
-_LEAVES = "_cartridge_leaves"
-
-
-def _leaves_sql(base: str, max_depth: int) -> str:
-    """``CREATE TEMP TABLE`` of every (row, path, type, value) under ``base``'s ``doc``.
-
-    ``base`` is a SELECT of ``rid text, doc jsonb``. Objects are walked by key
-    (``a.b``), arrays by element (``a[]``); only containers are expanded (scalars end the
-    recursion early). ``$1`` is the ISO time pattern.
+def _walk_sql(max_depth: int) -> str:
+    """``walk``: ``(rid, path, value)`` of every value under ``sampled``'s ``doc``, walked
+    recursively (``sampled``: ``rid text, doc jsonb``). Objects are walked by key (``a.b``),
+    arrays by element (``a[]``); only containers are expanded. Both kinds of children come from
+    one ``ROWS FROM`` (only one of its functions has rows for a given value), which costs about
+    half of a ``UNION ALL`` of the two.
     """
     return f"""
-    CREATE TEMP TABLE {quote_ident(_LEAVES)} ON COMMIT DROP AS
-    WITH RECURSIVE base AS ({base}),
-    walk(rid, path, value, depth) AS (
-      SELECT rid, NULL::text, doc, 0 FROM base
+    walk(rid, path, value, jtype, depth) AS (
+      SELECT b.rid, k.key, k.value, jsonb_typeof(k.value), 1
+      FROM sampled b
+      CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(b.doc) = 'object' THEN b.doc END) k
       UNION ALL
-      SELECT w.rid, c.path, c.value, w.depth + 1
-      FROM walk w CROSS JOIN LATERAL (
-        SELECT CASE WHEN w.path IS NULL THEN k.key ELSE w.path || '.' || k.key END, k.value
-        FROM jsonb_each(CASE WHEN jsonb_typeof(w.value) = 'object'
-                             THEN w.value ELSE '{{}}'::jsonb END) k
-        UNION ALL
-        SELECT w.path || '[]', e.value
-        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(w.value) = 'array'
-                                       AND w.path IS NOT NULL
-                                       THEN w.value ELSE '[]'::jsonb END) e
-      ) c(path, value)
-      WHERE w.depth < {int(max_depth)} AND jsonb_typeof(w.value) IN ('object', 'array')
+      SELECT w.rid,
+        CASE WHEN f.key IS NULL THEN w.path || '[]' ELSE w.path || '.' || f.key END,
+        coalesce(f.value, f.elem), jsonb_typeof(coalesce(f.value, f.elem)), w.depth + 1
+      FROM walk w CROSS JOIN LATERAL ROWS FROM (
+        jsonb_each(CASE WHEN w.jtype = 'object' THEN w.value END),
+        jsonb_array_elements(CASE WHEN w.jtype = 'array' THEN w.value END)
+      ) f(key, value, elem)
+      WHERE w.depth < {int(max_depth)} AND w.jtype IN ('object', 'array')
+    )"""
+
+
+def _unpivot_sql(names: list[str]) -> str:
+    """``walk``: ``(rid, path, value)`` of every column of ``sampled`` (``rid`` and ``names``),
+    one row per row and column, each value as ``to_jsonb`` gives it (SQL NULL: JSON null)."""
+    values = ", ".join(
+        f"({_lit(n)}, coalesce(to_jsonb(b.{quote_ident(n)}), 'null'::jsonb))" for n in names
     )
-    SELECT rid, path, jtype, txt,
-      CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
-      CASE WHEN jtype = 'string' AND txt ~ $1 THEN {try_timestamptz_fn()}(txt) END AS ts,
-      CASE WHEN jtype = 'string' THEN length(txt)
-           WHEN jtype = 'array' THEN jsonb_array_length(value) END AS len
-    FROM (SELECT rid, path, jsonb_typeof(value) AS jtype, value,
-                 CASE WHEN jsonb_typeof(value) IN ('string', 'number', 'boolean')
-                      THEN value #>> '{{}}' END AS txt
-          FROM walk WHERE path IS NOT NULL) w
-    """
+    return f"""
+    walk(rid, path, value, jtype) AS (
+      SELECT b.rid, c.path, c.value, jsonb_typeof(c.value) FROM sampled b
+      CROSS JOIN LATERAL (VALUES {values}) c(path, value)
+    )"""
+
+
+def leaves_cte(base: str, walk: str, recursive: bool) -> str:
+    """``WITH`` clause of ``sampled`` (``base``: the rows profiled), ``n`` (their number) and
+    ``leaves``: (rid, path, jtype, txt, num, ts, len). ``$1`` is the ISO time pattern."""
+    return f"""
+    WITH {"RECURSIVE " if recursive else ""}sampled AS MATERIALIZED ({base}),
+    n AS (SELECT count(*) AS rows FROM sampled),
+    {walk},
+    leaves AS MATERIALIZED (
+      SELECT rid, path, jtype, txt,
+        CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
+        CASE WHEN jtype = 'string' AND txt ~ $1 THEN {try_timestamptz_fn()}(txt) END AS ts,
+        CASE WHEN jtype = 'string' THEN length(txt)
+             WHEN jtype = 'array' THEN jsonb_array_length(value) END AS len
+      FROM (SELECT rid, path, jtype, value,
+                   CASE WHEN jtype IN ('string', 'number', 'boolean')
+                        THEN value #>> '{{}}' END AS txt
+            FROM walk OFFSET 0) w  -- OFFSET 0: each value's text is taken once
+    )"""
+
+
+#: The statistics of every (path, JSON type) of ``leaves``, and the INSERT writing them.
+#: Parameters: $1 ISO pattern, $2 run id, $3 relation schema, $4 relation name, $5 schema,
+#: $6 layer, $7 collection, $8 rows live (the population the sample stands
+#: for), $9 data types by path (jsonb), $10 sensitive paths, $11 top values, $12 buckets.
+_STATS_SQL = """
+    , present AS (
+      -- a row holds one value per path outside arrays: count, don't sort
+      SELECT path,
+        CASE WHEN strpos(path, '[]') > 0
+             THEN count(DISTINCT rid) FILTER (WHERE jtype <> 'null')
+             ELSE count(*) FILTER (WHERE jtype <> 'null') END AS rows_present,
+        count(*) AS value_total
+      FROM leaves GROUP BY path
+    ), stats AS (
+      SELECT path, jtype,
+        CASE WHEN strpos(path, '[]') > 0 THEN count(DISTINCT rid) ELSE count(*) END
+          AS rows_with_type,
+        count(*) AS value_count,
+        min(num) AS min_num, max(num) AS max_num,
+        avg(num)::float8 AS mean_num, stddev_samp(num)::float8 AS stddev_num,
+        percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]::float8[])
+          WITHIN GROUP (ORDER BY num::float8) AS pct,
+        count(ts) AS time_values, min(ts) AS min_time, max(ts) AS max_time,
+        percentile_disc(ARRAY[0.25, 0.5, 0.75]::float8[]) WITHIN GROUP (ORDER BY ts) AS tq,
+        to_timestamp(avg(extract(epoch FROM ts))) AS mean_time,
+        min(len) AS min_length, max(len) AS max_length, avg(len)::float8 AS avg_length,
+        count(*) FILTER (WHERE jtype = 'boolean' AND txt = 'true') AS true_count
+      FROM leaves GROUP BY path, jtype
+    ), counted_values AS (
+      SELECT path, jtype, txt, count(*) AS n,
+        row_number() OVER (PARTITION BY path, jtype ORDER BY count(*) DESC, txt) AS rn
+      FROM leaves WHERE txt IS NOT NULL GROUP BY path, jtype, txt
+    ), distinct_values AS (
+      -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
+      -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
+      SELECT path, jtype, count(*) AS d, count(*) FILTER (WHERE n = 1) AS f1, sum(n) AS nv,
+        jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n) ORDER BY n DESC, txt)
+          FILTER (WHERE rn <= $11) AS top
+      FROM counted_values GROUP BY path, jtype
+    ), xs AS (
+      SELECT path, jtype, coalesce(num::float8, extract(epoch FROM ts)::float8) AS x
+      FROM leaves WHERE num IS NOT NULL OR ts IS NOT NULL
+    ), ranges AS (
+      SELECT path, jtype, min(x) AS lo, max(x) AS hi,
+             CASE WHEN max(x) > min(x) THEN $12::int ELSE 1 END AS n
+      FROM xs GROUP BY path, jtype
+    ), bucketed AS (
+      SELECT xs.path, xs.jtype,
+        CASE WHEN r.n = 1 THEN 1 ELSE least(width_bucket(xs.x, r.lo, r.hi, r.n), r.n) END AS b,
+        count(*) AS cnt
+      FROM xs JOIN ranges r USING (path, jtype) GROUP BY 1, 2, 3
+    ), histograms AS (
+      SELECT r.path, r.jtype,
+        jsonb_agg(jsonb_build_object(
+          'lo', r.lo + (g.b - 1) * (r.hi - r.lo) / r.n,
+          'hi', CASE WHEN r.n = 1 THEN r.hi ELSE r.lo + g.b * (r.hi - r.lo) / r.n END,
+          'count', coalesce(bk.cnt, 0)) ORDER BY g.b) AS histogram
+      FROM ranges r CROSS JOIN LATERAL generate_series(1, r.n) AS g(b)
+      LEFT JOIN bucketed bk ON bk.path = r.path AND bk.jtype = r.jtype AND bk.b = g.b
+      GROUP BY r.path, r.jtype
+    ), profiled AS (
+      SELECT s.*, p.rows_present, p.value_total, d.d, d.f1, d.nv, d.top, h.histogram,
+        {sensitive} AS sensitive,
+        -- the population of values the sample stands for
+        s.value_count::float8 * greatest($8::bigint, n.rows) / greatest(n.rows, 1)
+          AS population, n.rows AS rows_profiled
+      FROM stats s JOIN present p USING (path) CROSS JOIN n
+      LEFT JOIN distinct_values d USING (path, jtype)
+      LEFT JOIN histograms h USING (path, jtype)
+    ), inserted AS (
+    INSERT INTO {column_profiles} (
+      run_id, relation_schema, relation_name, schema_name, layer, collection,
+      column_path, json_type, data_type, rows_live, rows_present, rows_with_type,
+      value_count, null_ratio, type_share, distinct_estimate,
+      min_num, max_num, mean_num, stddev_num, p05, p25, p50, p75, p95,
+      time_values, min_time, max_time, p50_time, p25_time, p75_time, mean_time,
+      min_length, max_length, avg_length, true_count, sensitive, top_values, histogram)
+    SELECT $2, $3, $4, $5, $6, $7,
+      path, jtype, ($9::jsonb) ->> path, rows_profiled, rows_present, rows_with_type,
+      value_count,
+      CASE WHEN rows_profiled > 0 THEN 1 - rows_present::float8 / rows_profiled ELSE 0 END,
+      value_count::float8 / NULLIF(value_total, 0),
+      CASE WHEN d IS NULL THEN 0
+           WHEN nv <= d OR population <= nv THEN d
+           ELSE least(greatest(round(nv * d / (nv - f1 + f1 * nv / population)), d),
+                      round(population))
+      END::bigint,
+      CASE WHEN sensitive THEN NULL ELSE min_num END,
+      CASE WHEN sensitive THEN NULL ELSE max_num END,
+      CASE WHEN sensitive THEN NULL ELSE mean_num END,
+      CASE WHEN sensitive THEN NULL ELSE stddev_num END,
+      CASE WHEN sensitive THEN NULL ELSE pct[1] END,
+      CASE WHEN sensitive THEN NULL ELSE pct[2] END,
+      CASE WHEN sensitive THEN NULL ELSE pct[3] END,
+      CASE WHEN sensitive THEN NULL ELSE pct[4] END,
+      CASE WHEN sensitive THEN NULL ELSE pct[5] END,
+      time_values,
+      CASE WHEN sensitive THEN NULL ELSE min_time END,
+      CASE WHEN sensitive THEN NULL ELSE max_time END,
+      CASE WHEN sensitive THEN NULL ELSE tq[2] END,
+      CASE WHEN sensitive THEN NULL ELSE tq[1] END,
+      CASE WHEN sensitive THEN NULL ELSE tq[3] END,
+      CASE WHEN sensitive THEN NULL ELSE mean_time END,
+      min_length, max_length, avg_length,
+      CASE WHEN sensitive THEN NULL ELSE true_count END,
+      sensitive,
+      CASE WHEN NOT sensitive AND (d < value_count OR value_count <= $11) THEN top END,
+      CASE WHEN sensitive THEN NULL ELSE histogram END
+    FROM profiled
+    RETURNING 1
+    )
+    SELECT (SELECT rows FROM n) AS rows_profiled, (SELECT count(*) FROM inserted) AS columns
+"""
 
 
 def _raw_base(rel: Relation, fraction: float) -> str:
@@ -387,21 +542,15 @@ def _raw_base(rel: Relation, fraction: float) -> str:
     )
 
 
-def _model_base(rel: Relation, columns: dict[str, str], fraction: float) -> str:
-    keep = [c for c in columns if not c.startswith("_cartridge_")]
-    doc = (
-        "jsonb_build_object(" + ", ".join(f"{_lit(c)}, t.{quote_ident(c)}" for c in keep) + ")"
-        if len(keep) <= 50
-        else "to_jsonb(t)"
-        + "".join(f" - {_lit(c)}" for c in columns if c.startswith("_cartridge_"))
-    )
+def _model_base(rel: Relation, names: list[str], columns: dict[str, str], fraction: float) -> str:
     where = ["true"]
     if "_cartridge_deleted" in columns:
         where.append(f"NOT coalesce(t.{quote_ident('_cartridge_deleted')}, false)")
     if fraction < 1:
         where.append(f"random() < {float(fraction)!r}")
+    picked = "".join(f", t.{quote_ident(n)}" for n in names)
     return (
-        f"SELECT (row_number() OVER ())::text AS rid, {doc} AS doc "
+        f"SELECT (row_number() OVER ())::text AS rid{picked} "
         f"FROM {rel.qualified} t WHERE {' AND '.join(where)}"
     )
 
@@ -410,153 +559,46 @@ def _lit(value: str) -> str:
     return quote_literal(value)
 
 
+def columns_sql(leaves: str, *, column_profiles: str) -> str:
+    """The one statement profiling every column of a ``leaves`` WITH clause."""
+    return leaves + _STATS_SQL.replace("{sensitive}", _sensitive_predicate("path", "$10")).replace(
+        "{column_profiles}", column_profiles
+    )
+
+
 async def _columns(
     conn: asyncpg.Connection,
     rel: Relation,
     run_id: str,
     *,
-    base: str,
-    max_depth: int,
+    leaves: str,
+    rows_live: int,
     data_types: dict[str, str],
     top_values: int,
     histogram_buckets: int,
 ) -> int:
-    """Fill ``column_profiles`` for ``rel``; returns the number of rows profiled."""
-    key = (run_id, rel.relation_schema, rel.relation_name)
-    cp = table("column_profiles")
-    sensitive = sorted(rel.sensitive_paths)
+    """Fill ``column_profiles`` for ``rel`` in one statement; returns the rows profiled."""
+    sql = columns_sql(leaves, column_profiles=table("column_profiles"))
     async with conn.transaction():
-        await conn.execute("SET LOCAL timezone = 'UTC'")
-        await conn.execute(_leaves_sql(base, max_depth), ISO_TIME_RE)
-        leaves = quote_ident(_LEAVES)
-        await conn.execute(f"ANALYZE {leaves}")
-        rows_profiled = int(await conn.fetchval(f"SELECT count(DISTINCT rid) FROM {leaves}") or 0)
-        await conn.execute(
-            f"""
-            INSERT INTO {cp} (
-              run_id, relation_schema, relation_name, schema_name, layer, collection,
-              column_path, json_type, data_type, rows_live, rows_present, rows_with_type,
-              value_count, null_ratio, type_share, distinct_estimate,
-              min_num, max_num, mean_num, stddev_num, p05, p25, p50, p75, p95,
-              time_values, min_time, max_time, p50_time, p25_time, p75_time, mean_time,
-              min_length, max_length, avg_length, true_count, sensitive)
-            SELECT $1, $2, $3, $4, $5, $6,
-              s.path, s.jtype, ($8::jsonb) ->> s.path, $7::bigint, s.rows_present,
-              s.rows_with_type, s.value_count,
-              CASE WHEN $7::bigint > 0 THEN 1 - s.rows_present::float8 / $7::bigint ELSE 0 END,
-              s.value_count::float8 / NULLIF(s.value_total, 0),
-              s.distinct_estimate,
-              s.min_num, s.max_num, s.mean_num, s.stddev_num,
-              s.pct[1], s.pct[2], s.pct[3], s.pct[4], s.pct[5],
-              s.time_values, s.min_time, s.max_time, s.tq[2], s.tq[1], s.tq[3], s.mean_time,
-              s.min_length, s.max_length, s.avg_length, s.true_count, s.sensitive
-            FROM (
-              SELECT l.path, l.jtype, p.rows_present, p.value_total,
-                CASE WHEN strpos(l.path, '[]') > 0
-                     THEN count(DISTINCT l.rid) FILTER (WHERE strpos(l.path, '[]') > 0)
-                     ELSE count(*) END AS rows_with_type,
-                count(*) AS value_count,
-                count(DISTINCT l.txt) AS distinct_estimate,
-                min(l.num) AS min_num, max(l.num) AS max_num,
-                avg(l.num)::float8 AS mean_num, stddev_samp(l.num)::float8 AS stddev_num,
-                percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]::float8[])
-                  WITHIN GROUP (ORDER BY l.num::float8) AS pct,
-                count(l.ts) AS time_values, min(l.ts) AS min_time, max(l.ts) AS max_time,
-                percentile_disc(ARRAY[0.25, 0.5, 0.75]::float8[])
-                  WITHIN GROUP (ORDER BY l.ts) AS tq,
-                to_timestamp(avg(extract(epoch FROM l.ts))) AS mean_time,
-                min(l.len) AS min_length, max(l.len) AS max_length,
-                avg(l.len)::float8 AS avg_length,
-                count(*) FILTER (WHERE l.jtype = 'boolean' AND l.txt = 'true') AS true_count,
-                {_sensitive_predicate("l.path", "$9")} AS sensitive
-              FROM {leaves} l
-              JOIN (SELECT path,
-                           -- a row holds one value per path outside arrays: count, don't sort
-                           CASE WHEN strpos(path, '[]') > 0
-                                THEN count(DISTINCT rid)
-                                     FILTER (WHERE jtype <> 'null' AND strpos(path, '[]') > 0)
-                                ELSE count(*) FILTER (WHERE jtype <> 'null') END AS rows_present,
-                           count(*) AS value_total
-                    FROM {leaves} GROUP BY path) p ON p.path = l.path
-              GROUP BY l.path, l.jtype, p.rows_present, p.value_total
-            ) s
-            """,
-            *key,
+        # the planner's guesses for the walk are huge: JIT would compile for seconds
+        await conn.execute("SET LOCAL timezone = 'UTC'; SET LOCAL jit = off")
+        row = await conn.fetchrow(
+            sql,
+            ISO_TIME_RE,
+            run_id,
+            rel.relation_schema,
+            rel.relation_name,
             rel.schema_name,
             rel.layer,
             rel.collection,
-            rows_profiled,
+            rows_live,
             _json(data_types),
-            sensitive,
-        )
-        # Sensitive paths keep counts and lengths only.
-        await conn.execute(
-            f"""UPDATE {cp} SET min_num = NULL, max_num = NULL, mean_num = NULL,
-                stddev_num = NULL, p05 = NULL, p25 = NULL, p50 = NULL, p75 = NULL, p95 = NULL,
-                min_time = NULL, max_time = NULL, p50_time = NULL, p25_time = NULL,
-                p75_time = NULL, mean_time = NULL, true_count = NULL
-            WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3 AND sensitive""",
-            *key,
-        )
-        await conn.execute(
-            f"""
-            UPDATE {cp} c SET top_values = t.top
-            FROM (
-              SELECT path, jtype,
-                jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n)
-                          ORDER BY n DESC, txt) AS top
-              FROM (
-                SELECT path, jtype, txt, count(*) AS n,
-                  row_number() OVER (PARTITION BY path, jtype ORDER BY count(*) DESC, txt) AS rn
-                FROM {leaves} WHERE txt IS NOT NULL GROUP BY path, jtype, txt
-              ) ranked
-              WHERE rn <= $4
-              GROUP BY path, jtype
-            ) t
-            WHERE c.run_id = $1 AND c.relation_schema = $2 AND c.relation_name = $3
-              AND c.column_path = t.path AND c.json_type = t.jtype AND NOT c.sensitive
-              AND (c.distinct_estimate < c.value_count OR c.value_count <= $4)
-            """,
-            *key,
+            sorted(rel.sensitive_paths),
             top_values,
-        )
-        await conn.execute(
-            f"""
-            WITH v AS (
-              SELECT path, jtype, coalesce(num::float8, extract(epoch FROM ts)::float8) AS x
-              FROM {leaves}
-            ), r AS (
-              SELECT path, jtype, min(x) AS lo, max(x) AS hi,
-                     CASE WHEN max(x) > min(x) THEN $4::int ELSE 1 END AS n
-              FROM v WHERE x IS NOT NULL GROUP BY path, jtype
-            ), counted AS (
-              SELECT v.path, v.jtype,
-                CASE WHEN r.n = 1 THEN 1 ELSE least(width_bucket(v.x, r.lo, r.hi, r.n), r.n) END
-                  AS b,
-                count(*) AS cnt
-              FROM v JOIN r USING (path, jtype) WHERE v.x IS NOT NULL
-              GROUP BY 1, 2, 3
-            ), buckets AS (
-              SELECT r.path, r.jtype,
-                jsonb_agg(jsonb_build_object(
-                  'lo', r.lo + (g.b - 1) * (r.hi - r.lo) / r.n,
-                  'hi', CASE WHEN r.n = 1 THEN r.hi ELSE r.lo + g.b * (r.hi - r.lo) / r.n END,
-                  'count', coalesce(counted.cnt, 0)) ORDER BY g.b) AS histogram
-              FROM r CROSS JOIN LATERAL generate_series(1, r.n) AS g(b)
-              LEFT JOIN counted ON counted.path = r.path AND counted.jtype = r.jtype
-                               AND counted.b = g.b
-              GROUP BY r.path, r.jtype
-            )
-            UPDATE {cp} c SET histogram = buckets.histogram
-            FROM buckets
-            WHERE c.run_id = $1 AND c.relation_schema = $2 AND c.relation_name = $3
-              AND c.column_path = buckets.path AND c.json_type = buckets.jtype
-              AND NOT c.sensitive
-            """,
-            *key,
             histogram_buckets,
         )
-    return rows_profiled
+    assert row is not None
+    return int(row["rows_profiled"])
 
 
 def _json(value: Any) -> str:
@@ -614,9 +656,12 @@ async def profile_relation(
     top_values: int = 10,
     histogram_buckets: int = 10,
     max_depth: int = 8,
-    max_profile_rows: int = MAX_PROFILE_ROWS,
+    sample_rows: int = SAMPLE_ROWS,
 ) -> TableProfile | None:
-    """Profile one table into the analytics tables; None when the table does not exist."""
+    """Profile one table into the analytics tables; None when the table does not exist.
+
+    Table-level numbers are exact (one pass over the table); column statistics come from one
+    statement over a random sample of at most ``sample_rows`` live rows."""
     if not await relation_exists(conn, rel.relation_schema, rel.relation_name):
         return None
     await _clear(conn, rel, run_id)
@@ -629,26 +674,29 @@ async def profile_relation(
                 f"{', '.join(sorted(missing))}"
             )
         row = await _table_stats_raw(conn, rel, run_id)
-        activity_source = await _activity(conn, rel, run_id)
+        activity_source = await _activity(
+            conn, rel, run_id, (row["first_synced_at"], row["last_synced_at"])
+        )
     else:
         row = await _table_stats_model(conn, rel, run_id, columns)
         activity_source = None
     rows_live = int(row["rows_live"])
-    fraction = 1.0 if rows_live <= max_profile_rows else max_profile_rows / rows_live
+    fraction = 1.0 if rows_live <= sample_rows else sample_rows / rows_live
     if rel.layer == "raw":
-        base = _raw_base(rel, fraction)
-        depth = max_depth
+        leaves = leaves_cte(_raw_base(rel, fraction), _walk_sql(max_depth), recursive=True)
         types: dict[str, str] = {}
     else:
-        base = _model_base(rel, columns, fraction)
-        depth = 1
+        names = [c for c in columns if not c.startswith("_cartridge_")]
+        leaves = leaves_cte(
+            _model_base(rel, names, columns, fraction), _unpivot_sql(names), recursive=False
+        )
         types = columns
     rows_profiled = await _columns(
         conn,
         rel,
         run_id,
-        base=base,
-        max_depth=depth,
+        leaves=leaves,
+        rows_live=rows_live,
         data_types=types,
         top_values=top_values,
         histogram_buckets=histogram_buckets,

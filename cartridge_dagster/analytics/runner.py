@@ -1,6 +1,10 @@
 """One analysis of a schema: profile raw tables and staging models, reconcile, check, report.
 
-Used by ``cartridge analyze`` and by the ``analytics/<S>/<C>`` assets alike.
+Used by ``cartridge analyze`` and by the ``analytics/<S>/<C>`` assets alike. Reconciliation
+reads the source the configuration names, chosen by its URL (as warp chooses): MongoDB
+(``mongodb://``, ``mongodb+srv://``, ``mongoeco://``) through
+:func:`~cartridge_dagster.analytics.reconcile.reconcile_collection`, PostgreSQL
+(``postgresql://``) through :func:`~cartridge_dagster.analytics.reconcile_pg.reconcile_pg_table`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
 
@@ -26,6 +31,7 @@ from cartridge_dagster.analytics.reconcile import (
     reconcile_collection,
     store_reconciliation,
 )
+from cartridge_dagster.analytics.reconcile_pg import reconcile_pg_table
 from cartridge_dagster.analytics.store import (
     ensure_analytics_schema,
     finish_run,
@@ -33,15 +39,69 @@ from cartridge_dagster.analytics.store import (
     start_run,
     table,
 )
-from cartridge_dagster.config import CartridgeSettings
+from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection, open_mongo
 from cartridge_dagster.connectors.postgres import pg_connection
-from cartridge_dagster.errors import ConnectionFailed
+from cartridge_dagster.errors import ConnectionFailed, redact_url
 from cartridge_dagster.observability import get_logger
+from cartridge_dagster.pg_documents import SESSION_SETTINGS
+from cartridge_dagster.warp.sources import source_kind
 
-__all__ = ["CollectionAnalysis", "SchemaAnalysis", "analyze_schema", "analyze_schema_with"]
+__all__ = [
+    "CollectionAnalysis",
+    "MongoReconciler",
+    "PgReconciler",
+    "Reconciler",
+    "SchemaAnalysis",
+    "analyze_schema",
+    "analyze_schema_with",
+    "source_or_reason",
+]
 
 log = get_logger(__name__)
+
+
+class Reconciler(Protocol):
+    """What reconciliation needs of a source: one collection (or table) compared at a time."""
+
+    #: ``"MongoDB"`` or ``"PostgreSQL"``: for messages only.
+    label: str
+
+    async def reconcile(
+        self, conn: asyncpg.Connection, schema: SchemaConfig, collection: str
+    ) -> Reconciliation: ...
+
+
+class MongoReconciler:
+    label = "MongoDB"
+
+    def __init__(self, mongo: MongoConnection) -> None:
+        self.mongo = mongo
+
+    async def reconcile(
+        self, conn: asyncpg.Connection, schema: SchemaConfig, collection: str
+    ) -> Reconciliation:
+        return await reconcile_collection(self.mongo, conn, schema, collection)
+
+
+class PgReconciler:
+    label = "PostgreSQL"
+
+    def __init__(self, source: asyncpg.Connection) -> None:
+        self.source = source
+
+    async def reconcile(
+        self, conn: asyncpg.Connection, schema: SchemaConfig, collection: str
+    ) -> Reconciliation:
+        return await reconcile_pg_table(self.source, conn, schema, collection)
+
+
+def _reconciler(source: Reconciler | MongoConnection | None) -> Reconciler | None:
+    if source is None or isinstance(source, MongoReconciler | PgReconciler):
+        return source
+    if isinstance(source, MongoConnection):
+        return MongoReconciler(source)
+    return source
 
 
 @dataclass
@@ -69,7 +129,7 @@ class SchemaAnalysis:
 
 async def analyze_schema_with(
     conn: asyncpg.Connection,
-    mongo: MongoConnection | None,
+    source: Reconciler | MongoConnection | None,
     settings: CartridgeSettings,
     schema_name: str,
     *,
@@ -78,12 +138,14 @@ async def analyze_schema_with(
     trigger: str = "manual",
     reconcile_error: str | None = None,
 ) -> SchemaAnalysis:
-    """Analyse ``schema_name`` with open connections (``mongo`` None: no reconciliation).
+    """Analyse ``schema_name`` with open connections (``source`` None: no reconciliation; a
+    MongoDB connection is reconciled as :class:`MongoReconciler`).
 
     ``reconcile_error`` says why the source could not be reached; the summaries are still
     computed and the reconciliation check fails with that reason.
     """
     schema = settings.get_schema(schema_name)
+    reconciler = _reconciler(source)
     run_id = run_id or new_run_id()
     timeout = settings.destination.command_timeout_seconds
     # every statement of the analysis is bounded (profiling a huge table must not hang a run)
@@ -99,6 +161,7 @@ async def analyze_schema_with(
         "top_values": schema.analytics.top_values,
         "histogram_buckets": schema.analytics.histogram_buckets,
         "max_depth": schema.sampling.max_depth,
+        "sample_rows": schema.analytics.profile_sample_rows,
     }
     for collection in collections:
         raw = await profile_relation(conn, raw_relation(schema, collection), run_id, **options)
@@ -109,10 +172,10 @@ async def analyze_schema_with(
                 profiled_models.append(profile)
         rec = None
         why = reconcile_error
-        if mongo is not None:
+        if reconciler is not None:
             try:
                 async with asyncio.timeout(timeout):
-                    rec = await reconcile_collection(mongo, conn, schema, collection)
+                    rec = await reconciler.reconcile(conn, schema, collection)
             except TimeoutError:
                 why = f"reconciliation of {collection} took longer than {timeout:.0f}s"
                 log.warning("analytics.reconcile_timeout", schema=schema.name, table=collection)
@@ -169,10 +232,27 @@ async def store_checks(
 @contextlib.asynccontextmanager
 async def source_or_reason(
     url: str | None, timeout: float
-) -> AsyncIterator[tuple[MongoConnection | None, str | None]]:
-    """``(connection, None)``, or ``(None, reason)`` when the source cannot be reached."""
+) -> AsyncIterator[tuple[Reconciler | None, str | None]]:
+    """``(reconciler, None)`` for the source at ``url`` (MongoDB or PostgreSQL, by its
+    scheme), or ``(None, reason)`` when it cannot be reached."""
     if url is None:
         yield None, None
+        return
+    if source_kind(url) == "postgresql":
+        try:
+            pg = await asyncpg.connect(url, timeout=timeout, server_settings=dict(SESSION_SETTINGS))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            why = (
+                f"cannot connect to the PostgreSQL source {redact_url(url)}: "
+                f"{redact_url(str(exc)) or type(exc).__name__}"
+            )
+            log.warning("analytics.source_unreachable", error=why)
+            yield None, why
+            return
+        try:
+            yield PgReconciler(pg), None
+        finally:
+            await pg.close()
         return
     conn = open_mongo(url, timeout_seconds=timeout)
     try:
@@ -183,7 +263,7 @@ async def source_or_reason(
         yield None, str(exc)
         return
     try:
-        yield conn, None
+        yield MongoReconciler(conn), None
     finally:
         await conn.close()
 
@@ -194,22 +274,24 @@ async def analyze_schema(
     *,
     pg_url: str | None = None,
     mongo_url: str | None = None,
+    source_url: str | None = None,
     reconcile: bool = True,
     collections: list[str] | None = None,
     run_id: str | None = None,
     trigger: str = "manual",
     report_dir: Path | None = None,
 ) -> SchemaAnalysis:
-    """Open connections from the settings (or the URLs given), analyse, and write the report."""
+    """Open connections from the settings (or the URLs given: ``source_url``, or
+    ``mongo_url`` as it was called before PostgreSQL sources), analyse, and write the report."""
     pg_url = pg_url or settings.destination_url()
-    source_url = (mongo_url or settings.source.url()) if reconcile else None
+    source_url = (source_url or mongo_url or settings.source.url()) if reconcile else None
     async with (
         pg_connection(pg_url, timeout=settings.destination.connect_timeout_seconds) as conn,
-        source_or_reason(source_url, settings.source.connect_timeout_seconds) as (mongo, why),
+        source_or_reason(source_url, settings.source.connect_timeout_seconds) as (source, why),
     ):
         result = await analyze_schema_with(
             conn,
-            mongo,
+            source,
             settings,
             schema_name,
             collections=collections,

@@ -115,8 +115,9 @@ def _column_schema(profile: TableProfile) -> dg.TableSchema:
     for col in profile.columns:
         by_path.setdefault(col.path, []).append(col)
     columns = []
+    types_of = profile.column_types()
     for path, cols in by_path.items():
-        types = "|".join(c.data_type or c.json_type for c in cols)
+        types = types_of[path]
         null = max(c.null_ratio for c in cols)
         distinct = max((c.distinct_estimate or 0) for c in cols)
         columns.append(

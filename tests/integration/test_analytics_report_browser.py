@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import asyncpg
@@ -92,6 +93,20 @@ def test_report_renders_in_chromium(
             assert "150 / 150" in orders.inner_text()  # source / target live documents
             box = orders.locator("svg.chart").first.bounding_box()
             assert box is not None and box["width"] > 400 and box["height"] > 100
+            # the charts drew marks: bars of streamed changes, lag lines, null-ratio bars
+            volume, lag = orders.locator("svg.chart").nth(0), orders.locator("svg.chart").nth(1)
+            assert volume.locator("rect[rx='1.5']").count() >= 1
+            assert lag.locator("polyline").count() >= 1
+            # the snapshot is a number beside the chart, not a bar dwarfing the stream
+            legend = volume.locator("text").all_inner_texts()
+            assert "snapshot" not in legend and "inserts" in legend
+            assert "150" in orders.locator(".stat", has_text="snapshot rows").inner_text()
+            # count axes have whole-number ticks
+            ticks = volume.locator("text.tick").all_inner_texts()
+            assert len(ticks) >= 2 and all(re.fullmatch(r"[0-9,]+", t) for t in ticks), ticks
+            # a column's declared type is shown once
+            declared = page.locator("code.declared").all_inner_texts()
+            assert declared and all("|" not in d for d in declared), declared
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "analytics-report.png"), full_page=True)
             page.goto((report.parent / "index.html").as_uri())

@@ -3,6 +3,8 @@ changed or added behind warp's back in the warehouse are reported by ``_id`` and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import pytest
 
@@ -85,5 +87,85 @@ def test_catalog_of_a_postgresql_source(pg_source_url: str) -> None:
         assert catalog.collections["a"].avg_document_bytes > 100
         assert catalog.to_json()["out_of_scope"] == ["Skipped"]
         assert catalog.total_documents == 250
+
+    run(go())
+
+
+def test_analysis_of_a_postgresql_source_reconciles_against_it(
+    pg_source_url: str, pg_url: str, tmp_path: Path
+) -> None:
+    """``analyze_schema`` (what ``cartridge analyze`` and the analytics assets run) picks the
+    PostgreSQL source from the configuration: never MongoDB."""
+    from cartridge_dagster.analytics.runner import analyze_schema
+
+    execute(
+        pg_source_url,
+        "CREATE SCHEMA app",
+        "CREATE TABLE app.items (id int PRIMARY KEY, name text, price numeric(10,2))",
+        "INSERT INTO app.items SELECT g, 'item ' || g, g * 1.25 FROM generate_series(1, 40) g",
+    )
+    settings = pg_settings(pg_source_url, pg_url, state_dir=str(tmp_path / "state"))
+    schema = settings.schemas[0]
+
+    async def go() -> None:
+        await WarpRunner(schema=schema, settings=settings, stop_when_idle=0.8).run()
+        clean = await analyze_schema(settings, "shop", collections=["items"])
+        rec = clean.collections["items"].reconciliation
+        assert rec is not None
+        assert (rec.source_count, rec.target_count, rec.sampled) == (40, 40, 40)
+        assert rec.mismatches == []
+        assert {c.name: c.passed for c in clean.collections["items"].checks}["reconciliation"]
+        # a row changed at the source behind warp's back, one removed from the warehouse
+        execute(pg_source_url, "UPDATE app.items SET price = 0 WHERE id = 5")
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("DELETE FROM raw_shop.items WHERE _id = '7'")
+        finally:
+            await conn.close()
+        found = await analyze_schema(settings, "shop", collections=["items"])
+        rec = found.collections["items"].reconciliation
+        assert rec is not None
+        assert (rec.source_count, rec.target_count) == (40, 39)
+        assert {(m.id, m.kind) for m in rec.mismatches} == {
+            ("5", "hash_mismatch"),
+            ("7", "missing_in_target"),
+        }
+        checks = {c.name: c for c in found.collections["items"].checks}
+        assert not checks["reconciliation"].passed
+
+    run(go())
+
+
+def test_analysis_of_an_unreachable_postgresql_source_fails_reconciliation_only(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from cartridge_dagster.analytics.runner import analyze_schema
+
+    dead = "postgresql://nobody:secret@127.0.0.1:1/nowhere"
+    settings = pg_settings(dead, pg_url, state_dir=str(tmp_path / "state"))
+
+    async def go() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("CREATE SCHEMA raw_shop")
+            await conn.execute(
+                "CREATE TABLE raw_shop.items (_id text PRIMARY KEY, document jsonb, "
+                "_cartridge_deleted boolean NOT NULL DEFAULT false, _cartridge_version bigint, "
+                "_cartridge_op text, _cartridge_source_ts timestamptz, "
+                "_cartridge_synced_at timestamptz DEFAULT now())"
+            )
+            await conn.execute(
+                "INSERT INTO raw_shop.items (_id, document) VALUES ('1', '{\"id\": 1}')"
+            )
+        finally:
+            await conn.close()
+        result = await analyze_schema(settings, "shop", collections=["items"])
+        analysis = result.collections["items"]
+        assert analysis.raw is not None and analysis.raw.rows_live == 1
+        assert analysis.reconciliation is None
+        check = {c.name: c for c in analysis.checks}["reconciliation"]
+        assert not check.passed
+        assert "PostgreSQL source" in check.description
+        assert "secret" not in check.description
 
     run(go())

@@ -31,7 +31,12 @@ from cartridge_dagster.analytics.reconcile import (
     _source_id_candidates,
     counts_consistent,
 )
-from cartridge_dagster.analytics.report import CollectionReport, SchemaReport, render_schema
+from cartridge_dagster.analytics.report import (
+    CollectionReport,
+    SchemaReport,
+    render_index,
+    render_schema,
+)
 from cartridge_dagster.config import settings_from_mapping
 from cartridge_dagster.sensors.automation import job_names, selections
 
@@ -210,3 +215,95 @@ def test_report_url_follows_served_reports(tmp_path: Any, monkeypatch: pytest.Mo
     assert report_url(page) == page.resolve().as_uri()
     monkeypatch.setenv(REPORTS_URL_ENV, "http://127.0.0.1:8765/")
     assert report_url(page) == "http://127.0.0.1:8765/shop.html"
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        # a staging column: one SQL type whatever JSON types its values took
+        ([("total", "number", "numeric"), ("total", "null", "numeric")], {"total": "numeric"}),
+        ([("name", "string", "text"), ("name", "null", "text")], {"name": "text"}),
+        # a document path: its JSON types, null left out when others exist
+        (
+            [("zip", "number", None), ("zip", "string", None), ("zip", "null", None)],
+            {"zip": "number|string"},
+        ),
+        ([("coupon", "null", None)], {"coupon": "null"}),
+    ],
+)
+def test_column_types_are_not_repeated(
+    columns: list[tuple[str, str, str | None]], expected: dict[str, str]
+) -> None:
+    from cartridge_dagster.analytics.profile import ColumnProfile, Relation, TableProfile
+
+    profile = TableProfile(
+        Relation("shop", "model", "orders", "shop_staging", "stg_shop__orders"), 1, 1, 0
+    )
+    profile.columns = [ColumnProfile(p, j, d, 0.0, 1, 1, 1.0) for p, j, d in columns]
+    assert profile.column_types() == expected
+
+
+HOSTILE = "<script>alert('x\")</script>"
+
+
+def test_report_templates_escape_every_name_and_value() -> None:
+    """Collection, paths, top values, ids and check text come from the warehouse: the templates
+    print them as text, in element content and in attributes alike."""
+    schema = _settings().get_schema("shop")
+    report = SchemaReport(schema, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    col = {
+        "column_path": HOSTILE,
+        "json_type": "string",
+        "data_type": "text",
+        "null_ratio": 0.25,
+        "distinct_estimate": 2,
+        "value_count": 3,
+        "sensitive": False,
+        "min_num": None,
+        "time_values": 0,
+        "true_count": None,
+        "top_values": [{"value": HOSTILE, "count": 2}],
+        "histogram": None,
+        "max_length": 5,
+        "min_length": 1,
+        "avg_length": 2.0,
+    }
+    c = CollectionReport(HOSTILE)
+    c.raw = {
+        "relation_schema": "raw_shop",
+        "relation_name": HOSTILE,
+        "rows_live": 3,
+        "rows_deleted": 0,
+        "row_count_change": None,
+        "freshness_seconds": 1.0,
+        "lag_p50_seconds": None,
+        "lag_p95_seconds": None,
+        "activity_source": "latest",
+        "profiled_at": now,
+    }
+    c.columns = [col]
+    c.models = [
+        {
+            "relation_schema": "shop_staging",
+            "relation_name": HOSTILE,
+            "rows_live": 3,
+            "columns_profiled": 1,
+            "row_count_change": None,
+        }
+    ]
+    c.model_columns = {HOSTILE: [col]}
+    c.mismatches = [
+        {"_id": HOSTILE, "kind": "hash_mismatch", "source_hash": "a", "target_hash": "b"}
+    ]
+    c.checks = [
+        {"check_name": HOSTILE, "passed": False, "severity": "ERROR", "description": HOSTILE}
+    ]
+    report.collections[HOSTILE] = c
+    page = render_schema(report)
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;alert(&#39;x&#34;)&lt;/script&gt;") >= 8
+    # an attribute cannot be closed by a quote in a name
+    assert 'id="&lt;script&gt;alert(&#39;x&#34;)&lt;/script&gt;"' in page
+    index = render_index([report])
+    assert "<script" not in index
