@@ -64,6 +64,8 @@ __all__ = [
 ENV_PREFIX = "CARTRIDGE_"
 SEED_ENV_PREFIX = "CARTRIDGE_WARP_"
 LOCAL_POSTGRES = "local"
+#: ``local/<database>``: a database of the local server (PostgreSQL sources).
+LOCAL_SOURCE = re.compile(r"^local/([A-Za-z_][A-Za-z0-9_]{0,62})$")
 
 SchemaName = Annotated[
     str,
@@ -138,8 +140,9 @@ class SourceConfig(StrictModel):
     connection_string: SecretStr = Field(
         description=(
             "`mongodb://…`, `mongodb+srv://…`, `mongoeco://PATH` (embedded engine, a SQLite file; "
-            "`mongoeco://:memory:` in memory) or `postgresql://…`. Credentials must be "
-            "URL-encoded, or given as `username`/`password`."
+            "`mongoeco://:memory:` in memory), `postgresql://…`, or `local/DATABASE` for a "
+            "database of the server started by `cartridge services up` (PostgreSQL sources). "
+            "Credentials must be URL-encoded, or given as `username`/`password`."
         ),
         examples=["mongodb://user:p%40ss@db1:27017,db2:27017/?replicaSet=rs0"],
     )
@@ -151,27 +154,49 @@ class SourceConfig(StrictModel):
     @classmethod
     def _check_scheme(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         kind = info.data.get("type", "mongodb")
+        raw = value.get_secret_value()
+        if kind == "postgresql" and LOCAL_SOURCE.match(raw):
+            return value
         schemes = (
             ("mongodb", "mongodb+srv", "mongoeco")
             if kind == "mongodb"
             else ("postgresql", "postgres")
         )
-        _check_url(value.get_secret_value(), schemes)
+        _check_url(raw, schemes)
         return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        _inject_credentials(self.connection_string.get_secret_value(), self.username, self.password)
+        if self.local_database is None:
+            _inject_credentials(
+                self.connection_string.get_secret_value(), self.username, self.password
+            )
         return self
 
-    def url(self) -> str:
-        """The connection string with credentials injected. Secret: never log it."""
+    @property
+    def local_database(self) -> str | None:
+        """The database named by ``local/DATABASE`` (None for a URL)."""
+        found = LOCAL_SOURCE.match(self.connection_string.get_secret_value())
+        return found.group(1) if found else None
+
+    def url(self, state_dir: Path | None = None) -> str:
+        """The connection string with credentials injected; ``local/DATABASE`` resolves through
+        the local service's state file. Secret: never log it."""
+        local = self.local_database
+        if local is not None:
+            from cartridge_dagster.services.postgres import LocalPostgres
+
+            server = LocalPostgres(Path(state_dir or ".cartridge") / "postgres").require_url()
+            return urlunsplit(urlsplit(server)._replace(path="/" + local))
         return _inject_credentials(
             self.connection_string.get_secret_value(), self.username, self.password
         )
 
-    def display_url(self) -> str:
-        return redact_url(self.url())
+    def display_url(self, state_dir: Path | None = None) -> str:
+        local = self.local_database
+        if local is not None:
+            return f"local/{local} (cartridge services)"
+        return redact_url(self.url(state_dir))
 
 
 class DestinationConfig(StrictModel):
@@ -442,6 +467,12 @@ class SchemaConfig(StrictModel):
         default_factory=list, description="Collections to include (empty: all)."
     )
     exclude: list[str] = Field(default_factory=list, description="Collections to leave out.")
+    source: SourceConfig | None = Field(
+        None,
+        description="This schema's own source, when it is not the global `source` (a "
+        "PostgreSQL database beside a MongoDB one, say); `source_database` names a database "
+        "(MongoDB) or a schema (PostgreSQL) of it.",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     deletes: Literal["soft", "hard"] = "soft"
@@ -625,6 +656,15 @@ class CartridgeSettings(BaseSettings):
     def destination_url(self) -> str:
         """The warehouse connection string (secret)."""
         return self.destination.url(self.state_path)
+
+    def source_for(self, schema: str | SchemaConfig) -> SourceConfig:
+        """The source ``schema`` reads: its own ``source``, else the global one."""
+        cfg = self.get_schema(schema) if isinstance(schema, str) else schema
+        return cfg.source or self.source
+
+    def source_url(self, schema: str | SchemaConfig) -> str:
+        """The connection string of the source ``schema`` reads (secret)."""
+        return self.source_for(schema).url(self.state_path)
 
 
 # --------------------------------------------------------------------------- loading

@@ -358,6 +358,7 @@ _PG_TO_BSON = {
     "json": "object",
     "jsonb": "object",
     "bytea": "binary",
+    "ARRAY": "array",
 }
 _PG_SQL_TYPE = {
     "smallint": "integer",
@@ -369,10 +370,13 @@ _PG_SQL_TYPE = {
     "boolean": "boolean",
     "uuid": "uuid",
     "date": "date",
-    "timestamp without time zone": "timestamptz",
+    # warp lands a timestamp without a zone as it is (`2024-01-01T12:00:00`): staged as the
+    # same type, never shifted by a session's time zone
+    "timestamp without time zone": "timestamp without time zone",
     "timestamp with time zone": "timestamptz",
     "json": "jsonb",
     "jsonb": "jsonb",
+    "ARRAY": "jsonb",  # landed as JSON arrays
 }
 
 _PG_COLUMNS = """
@@ -380,7 +384,7 @@ SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, c.ordinal_positi
 FROM information_schema.columns c
 JOIN information_schema.tables t
   ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE'
+WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE' AND c.is_generated = 'NEVER'
 ORDER BY c.table_name, c.ordinal_position
 """
 _PG_KEYS = """
@@ -605,14 +609,15 @@ async def scan_schema(
 ) -> ScanResult:
     """Scan one configured schema from the configured source (MongoDB or PostgreSQL)."""
     schema = settings.get_schema(schema_name)
-    if settings.source.type == "postgresql":
+    source = settings.source_for(schema)
+    if source.type == "postgresql":
         from cartridge_dagster.connectors.postgres import pg_connection
 
-        async with pg_connection(settings.source.url()) as conn:
+        async with pg_connection(settings.source_url(schema)) as conn:
             return await scan_postgres(conn, schema, full_scan=full_scan, progress=progress)
     from cartridge_dagster.connectors.mongo import mongo_session
 
     async with mongo_session(
-        settings.source.url(), timeout_seconds=settings.source.connect_timeout_seconds
+        settings.source_url(schema), timeout_seconds=source.connect_timeout_seconds
     ) as conn:
         return await scan_mongo(conn, schema, full_scan=full_scan, progress=progress)
