@@ -6,53 +6,20 @@ staged values compared to the source's."""
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-import yaml
 
 from cartridge_dagster.init.dbtcli import dbt_env, run_dbt
 from tests.conftest import run
 from tests.support.cli import cartridge
-from tests.support.init_env import copy_dbt_project
+from tests.support.demo_env import write_demo_config
 from tests.support.pgsource import UTC
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SCALE = "0.1"  # 50 customers, 200 invoices, up to 150 payments
-
-
-def write_demo_config(tmp_path: Path, pg_source_url: str, pg_url: str) -> Path:
-    """The demo's two schemas, as in examples/demo.yaml, on throwaway databases."""
-    data: dict[str, Any] = {
-        "source": {"connection_string": f"mongoeco://{tmp_path / 'shop.sqlite'}"},
-        "destination": {"connection_string": pg_url},
-        "state_dir": str(tmp_path / "state"),
-        "dbt": {"project_dir": str(copy_dbt_project(tmp_path / "dbt_project"))},
-        "defaults": {"batching": {"max_batch_size": 500, "max_batch_seconds": 0.2}},
-        "schemas": [
-            {"name": "shop", "source_database": "shop", "target_schema": "raw_shop"},
-            {
-                "name": "billing",
-                "source_database": "billing",
-                "target_schema": "raw_billing",
-                "source": {"type": "postgresql", "connection_string": pg_source_url},
-                "tables": {"customers": {"sensitive_fields": ["email"]}},
-                "warp": {
-                    "metrics_port": 0,
-                    "idle_checkpoint_seconds": 0.5,
-                    "materialization_interval_seconds": 0,
-                    "slot_name": f"cartridge_t_{uuid.uuid4().hex[:12]}",
-                },
-            },
-        ],
-    }
-    path = tmp_path / "cartridge.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 async def _source_state(url: str) -> tuple[dict[str, int], str]:
