@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+import yaml
 
+from cartridge_dagster.config import settings_from_mapping
 from cartridge_dagster.init.dbtcli import dbt_env, run_dbt
+from cartridge_dagster.init.scan import scan_postgres
+from cartridge_dagster.services.postgres import LocalPostgres
 from tests.conftest import run
 from tests.support.cli import cartridge
 from tests.support.demo_env import write_demo_config
-from tests.support.pgsource import UTC
+from tests.support.pgsource import UTC, execute
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,6 +40,14 @@ async def _source_state(url: str) -> tuple[dict[str, int], str]:
                 )
             )
         return counts, "/".join(texts)
+    finally:
+        await conn.close()
+
+
+async def _distinct(url: str, table: str, column: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(f"SELECT count(DISTINCT {column}) FROM billing.{table}"))
     finally:
         await conn.close()
 
@@ -88,7 +101,13 @@ def test_billing_seed_scan_generate_warp_dbt(
     assert set(invoices["fields"]["status"]["enum"]) <= {"draft", "open", "paid", "void"}
     assert "paid" in invoices["fields"]["status"]["enum"]
     assert invoices["fields"]["amount"]["distinct"] > 1
-    assert invoices["references"]["customer_id"]["collection"] == "customers"
+    assert invoices["references"]["customer_id"] == {
+        "collection": "customers",
+        "field": "id",
+        "match_ratio": 1.0,
+        # up to 50 of its distinct sampled values looked up in customers.id
+        "checked": min(50, run(_distinct(pg_source_url, "invoices", "customer_id"))),
+    }
     assert colls["payments"]["references"]["invoice_id"]["collection"] == "invoices"
     assert "example" not in json.dumps(customers["fields"]["email"])  # sensitive: no examples
 
@@ -141,3 +160,109 @@ def test_billing_seed_scan_generate_warp_dbt(
             await src.close()
 
     run(compare())
+
+
+def test_pg_scan_finds_references_in_sampled_values(pg_source_url: str) -> None:
+    """A column without a foreign key is a reference when ≥ 90 % of its sampled values are
+    keys of another table; one whose values are not is none; a declared key is checked too."""
+    execute(
+        pg_source_url,
+        "CREATE SCHEMA app",
+        "CREATE TABLE app.customers (id int PRIMARY KEY, name text)",
+        "INSERT INTO app.customers SELECT g, 'c' || g FROM generate_series(1, 100) g",
+        # 95 of 100 values are customers' ids (5 dangle), no constraint says so
+        "CREATE TABLE app.orders (id int PRIMARY KEY, customer_id int, rid int)",
+        "INSERT INTO app.orders SELECT g, CASE WHEN g <= 95 THEN g ELSE 1000 + g END, "
+        "5000 + g FROM generate_series(1, 100) g",
+        "CREATE TABLE app.payments (id int PRIMARY KEY, order_id int REFERENCES app.orders)",
+        "INSERT INTO app.payments SELECT g, g FROM generate_series(1, 30) g",
+    )
+    settings = settings_from_mapping(
+        {
+            "source": {"type": "postgresql", "connection_string": pg_source_url},
+            "destination": {"connection_string": "postgresql://x@127.0.0.1:1/x"},
+            "schemas": [{"name": "app", "source_database": "app"}],
+        }
+    )
+
+    async def scan() -> dict[str, Any]:
+        conn = await asyncpg.connect(pg_source_url)
+        try:
+            return (await scan_postgres(conn, settings.schemas[0])).collections
+        finally:
+            await conn.close()
+
+    colls = run(scan())
+    # the first 50 distinct sampled values in text order ('1', '10', '1096', …, '11', '1100',
+    # '12', …) hold the 5 dangling ones: 45 of 50 found
+    orders = colls["orders"]["references"]
+    assert set(orders) == {"customer_id"}, orders  # rid matches nothing
+    assert orders["customer_id"]["collection"] == "customers"
+    assert orders["customer_id"]["field"] == "id"
+    assert orders["customer_id"]["checked"] == 50
+    assert orders["customer_id"]["match_ratio"] == 0.9
+    assert colls["payments"]["references"]["order_id"] == {
+        "collection": "orders",
+        "field": "id",
+        "match_ratio": 1.0,
+        "checked": 30,
+    }
+    assert colls["customers"]["references"] == {}
+
+
+def test_local_billing_source_on_the_local_server(tmp_path: Path) -> None:
+    """`local/billing` is database `billing` of the server `cartridge services up` started:
+    the demo seed creates it, and warp streams it (the server has wal_level=logical)."""
+    state = tmp_path / "state"
+    up = cartridge("services", "up", "--state-dir", str(state), "--ephemeral", "--quiet")
+    assert up.returncode == 0, up.stderr
+    try:
+        data = {
+            "source": {"connection_string": f"mongoeco://{tmp_path / 'shop.sqlite'}"},
+            "destination": {"connection_string": "local"},
+            "state_dir": str(state),
+            "schemas": [
+                {
+                    "name": "billing",
+                    "source_database": "billing",
+                    "source": {"type": "postgresql", "connection_string": "local/billing"},
+                    "warp": {"metrics_port": 0, "idle_checkpoint_seconds": 0.5},
+                }
+            ],
+        }
+        config = tmp_path / "cartridge.yaml"
+        config.write_text(yaml.safe_dump(data))
+        valid = cartridge("validate", "--config", str(config), "--check-connections")
+        assert valid.returncode != 0, valid.stdout  # the database does not exist yet
+        assert "does not exist" in valid.stdout + valid.stderr
+        seeded = cartridge("demo", "seed", "--config", str(config), "--scale", "0.02")
+        assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+        assert "into 'billing'" in seeded.stdout
+        valid = cartridge("validate", "--config", str(config), "--check-connections")
+        assert valid.returncode == 0, valid.stdout + valid.stderr
+        assert "source of billing: local/billing (cartridge services)" in valid.stdout
+        warp = cartridge(
+            "warp", "run", "--config", str(config), "--mode", "single", "--schema", "billing",
+            "--stop-when-idle", "1",
+        )  # fmt: skip
+        assert warp.returncode == 0, warp.stdout + warp.stderr
+        server = LocalPostgres(state / "postgres").require_url()
+        source_url = server.rsplit("/", 1)[0] + "/billing"
+        source_rows = run(_source_state(source_url))[0]
+
+        async def landed() -> dict[str, int]:
+            conn = await asyncpg.connect(server)
+            try:
+                return {
+                    t: int(await conn.fetchval(f"SELECT count(*) FROM raw_billing.{t}"))
+                    for t in source_rows
+                }
+            finally:
+                await conn.close()
+
+        assert run(landed()) == source_rows
+    finally:
+        cartridge(
+            "warp", "drop-slot", "--config", str(tmp_path / "cartridge.yaml"), "-s", "billing"
+        )
+        LocalPostgres(state / "postgres").destroy()
