@@ -561,6 +561,80 @@ class ObservabilityConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
 
 
+def _indexed(data: Mapping[str, Any]) -> dict[int, dict[str, Any]] | None:
+    """An environment source's ``schemas`` when it is ``{"<index>": {...}}``."""
+    schemas = data.get("schemas")
+    if not isinstance(schemas, Mapping) or not schemas:
+        return None
+    if not all(isinstance(k, str) and k.isdigit() for k in schemas):
+        return None
+    return {int(k): dict(v) for k, v in schemas.items() if isinstance(v, Mapping)}
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class _WithoutIndexed(PydanticBaseSettingsSource):
+    """An environment source without its indexed ``schemas`` (applied to the file's list)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self.inner()
+        if _indexed(data) is not None:
+            data = {k: v for k, v in data.items() if k != "schemas"}
+        return data
+
+
+class _IndexedSchemas(PydanticBaseSettingsSource):
+    """The file's settings with ``CARTRIDGE_SCHEMAS__<i>__…`` merged into its i-th schema."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        envs: tuple[PydanticBaseSettingsSource, ...],
+        init: PydanticBaseSettingsSource,
+    ):
+        super().__init__(settings_cls)
+        self.envs = envs
+        self.init = init
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.init.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self.init()
+        schemas = data.get("schemas")
+        if not isinstance(schemas, list):
+            return data
+        schemas = list(schemas)
+        for env in reversed(self.envs):  # the first source wins: merge it last
+            for index, fields in sorted((_indexed(env()) or {}).items()):
+                if index >= len(schemas):
+                    raise ConfigError(
+                        f"environment variable {ENV_PREFIX}SCHEMAS__{index}__… names schema "
+                        f"{index}, but the configuration has {len(schemas)} (counted from 0)"
+                    )
+                own = schemas[index]
+                if isinstance(own, BaseModel):
+                    own = own.model_dump(exclude_unset=True)
+                if isinstance(own, Mapping):
+                    schemas[index] = _deep_merge(own, fields)
+        return {**data, "schemas": schemas}
+
+
 class CartridgeSettings(BaseSettings):
     """The whole Cartridge configuration."""
 
@@ -640,7 +714,14 @@ class CartridgeSettings(BaseSettings):
         seed_env = EnvSettingsSource(
             settings_cls, env_prefix=SEED_ENV_PREFIX, env_nested_delimiter="__"
         )
-        return (env_settings, seed_env, init_settings)
+        # `CARTRIDGE_SCHEMAS__<i>__…` sets a field of the i-th schema of the file (a schema's
+        # own source connection string, in a cluster) instead of replacing the list
+        indexed = _IndexedSchemas(settings_cls, (env_settings, seed_env), init_settings)
+        return (
+            _WithoutIndexed(settings_cls, env_settings),
+            _WithoutIndexed(settings_cls, seed_env),
+            indexed,
+        )
 
     def get_schema(self, name: str) -> SchemaConfig:
         for schema in self.schemas:
