@@ -64,6 +64,8 @@ __all__ = [
 ENV_PREFIX = "CARTRIDGE_"
 SEED_ENV_PREFIX = "CARTRIDGE_WARP_"
 LOCAL_POSTGRES = "local"
+#: ``local/<database>``: a database of the local server (PostgreSQL sources).
+LOCAL_SOURCE = re.compile(r"^local/([A-Za-z_][A-Za-z0-9_]{0,62})$")
 
 SchemaName = Annotated[
     str,
@@ -138,8 +140,9 @@ class SourceConfig(StrictModel):
     connection_string: SecretStr = Field(
         description=(
             "`mongodb://…`, `mongodb+srv://…`, `mongoeco://PATH` (embedded engine, a SQLite file; "
-            "`mongoeco://:memory:` in memory) or `postgresql://…`. Credentials must be "
-            "URL-encoded, or given as `username`/`password`."
+            "`mongoeco://:memory:` in memory), `postgresql://…`, or `local/DATABASE` for a "
+            "database of the server started by `cartridge services up` (PostgreSQL sources). "
+            "Credentials must be URL-encoded, or given as `username`/`password`."
         ),
         examples=["mongodb://user:p%40ss@db1:27017,db2:27017/?replicaSet=rs0"],
     )
@@ -151,27 +154,49 @@ class SourceConfig(StrictModel):
     @classmethod
     def _check_scheme(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         kind = info.data.get("type", "mongodb")
+        raw = value.get_secret_value()
+        if kind == "postgresql" and LOCAL_SOURCE.match(raw):
+            return value
         schemes = (
             ("mongodb", "mongodb+srv", "mongoeco")
             if kind == "mongodb"
             else ("postgresql", "postgres")
         )
-        _check_url(value.get_secret_value(), schemes)
+        _check_url(raw, schemes)
         return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        _inject_credentials(self.connection_string.get_secret_value(), self.username, self.password)
+        if self.local_database is None:
+            _inject_credentials(
+                self.connection_string.get_secret_value(), self.username, self.password
+            )
         return self
 
-    def url(self) -> str:
-        """The connection string with credentials injected. Secret: never log it."""
+    @property
+    def local_database(self) -> str | None:
+        """The database named by ``local/DATABASE`` (None for a URL)."""
+        found = LOCAL_SOURCE.match(self.connection_string.get_secret_value())
+        return found.group(1) if found else None
+
+    def url(self, state_dir: Path | None = None) -> str:
+        """The connection string with credentials injected; ``local/DATABASE`` resolves through
+        the local service's state file. Secret: never log it."""
+        local = self.local_database
+        if local is not None:
+            from cartridge_dagster.services.postgres import LocalPostgres
+
+            server = LocalPostgres(Path(state_dir or ".cartridge") / "postgres").require_url()
+            return urlunsplit(urlsplit(server)._replace(path="/" + local))
         return _inject_credentials(
             self.connection_string.get_secret_value(), self.username, self.password
         )
 
-    def display_url(self) -> str:
-        return redact_url(self.url())
+    def display_url(self, state_dir: Path | None = None) -> str:
+        local = self.local_database
+        if local is not None:
+            return f"local/{local} (cartridge services)"
+        return redact_url(self.url(state_dir))
 
 
 class DestinationConfig(StrictModel):
@@ -451,6 +476,12 @@ class SchemaConfig(StrictModel):
         default_factory=list, description="Collections to include (empty: all)."
     )
     exclude: list[str] = Field(default_factory=list, description="Collections to leave out.")
+    source: SourceConfig | None = Field(
+        None,
+        description="This schema's own source, when it is not the global `source` (a "
+        "PostgreSQL database beside a MongoDB one, say); `source_database` names a database "
+        "(MongoDB) or a schema (PostgreSQL) of it.",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     deletes: Literal["soft", "hard"] = "soft"
@@ -539,6 +570,80 @@ class ObservabilityConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
 
 
+def _indexed(data: Mapping[str, Any]) -> dict[int, dict[str, Any]] | None:
+    """An environment source's ``schemas`` when it is ``{"<index>": {...}}``."""
+    schemas = data.get("schemas")
+    if not isinstance(schemas, Mapping) or not schemas:
+        return None
+    if not all(isinstance(k, str) and k.isdigit() for k in schemas):
+        return None
+    return {int(k): dict(v) for k, v in schemas.items() if isinstance(v, Mapping)}
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class _WithoutIndexed(PydanticBaseSettingsSource):
+    """An environment source without its indexed ``schemas`` (applied to the file's list)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self.inner()
+        if _indexed(data) is not None:
+            data = {k: v for k, v in data.items() if k != "schemas"}
+        return data
+
+
+class _IndexedSchemas(PydanticBaseSettingsSource):
+    """The file's settings with ``CARTRIDGE_SCHEMAS__<i>__…`` merged into its i-th schema."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        envs: tuple[PydanticBaseSettingsSource, ...],
+        init: PydanticBaseSettingsSource,
+    ):
+        super().__init__(settings_cls)
+        self.envs = envs
+        self.init = init
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.init.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self.init()
+        schemas = data.get("schemas")
+        if not isinstance(schemas, list):
+            return data
+        schemas = list(schemas)
+        for env in reversed(self.envs):  # the first source wins: merge it last
+            for index, fields in sorted((_indexed(env()) or {}).items()):
+                if index >= len(schemas):
+                    raise ConfigError(
+                        f"environment variable {ENV_PREFIX}SCHEMAS__{index}__… names schema "
+                        f"{index}, but the configuration has {len(schemas)} (counted from 0)"
+                    )
+                own = schemas[index]
+                if isinstance(own, BaseModel):
+                    own = own.model_dump(exclude_unset=True)
+                if isinstance(own, Mapping):
+                    schemas[index] = _deep_merge(own, fields)
+        return {**data, "schemas": schemas}
+
+
 class CartridgeSettings(BaseSettings):
     """The whole Cartridge configuration."""
 
@@ -618,7 +723,14 @@ class CartridgeSettings(BaseSettings):
         seed_env = EnvSettingsSource(
             settings_cls, env_prefix=SEED_ENV_PREFIX, env_nested_delimiter="__"
         )
-        return (env_settings, seed_env, init_settings)
+        # `CARTRIDGE_SCHEMAS__<i>__…` sets a field of the i-th schema of the file (a schema's
+        # own source connection string, in a cluster) instead of replacing the list
+        indexed = _IndexedSchemas(settings_cls, (env_settings, seed_env), init_settings)
+        return (
+            _WithoutIndexed(settings_cls, env_settings),
+            _WithoutIndexed(settings_cls, seed_env),
+            indexed,
+        )
 
     def get_schema(self, name: str) -> SchemaConfig:
         for schema in self.schemas:
@@ -634,6 +746,15 @@ class CartridgeSettings(BaseSettings):
     def destination_url(self) -> str:
         """The warehouse connection string (secret)."""
         return self.destination.url(self.state_path)
+
+    def source_for(self, schema: str | SchemaConfig) -> SourceConfig:
+        """The source ``schema`` reads: its own ``source``, else the global one."""
+        cfg = self.get_schema(schema) if isinstance(schema, str) else schema
+        return cfg.source or self.source
+
+    def source_url(self, schema: str | SchemaConfig) -> str:
+        """The connection string of the source ``schema`` reads (secret)."""
+        return self.source_for(schema).url(self.state_path)
 
 
 # --------------------------------------------------------------------------- loading

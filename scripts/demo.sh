@@ -55,11 +55,13 @@ dev_pid=$!
 # (the refresh job), so every asset of the chain shows a materialization; sensors do the rest.
 for _ in $(seq 1 180); do
   if curl -sf -o /dev/null "http://127.0.0.1:$PORT/server_info"; then
-    if $BIN/dagster job launch -w workspace.yaml -j refresh_shop >/dev/null 2>&1; then
-      echo "==> launched refresh_shop (catalog → schema → dbt models)"
-    else
-      echo "warning: could not launch refresh_shop; launch it from the UI" >&2
-    fi
+    for job in refresh_shop refresh_billing; do
+      if $BIN/dagster job launch -w workspace.yaml -j "$job" >/dev/null 2>&1; then
+        echo "==> launched $job (catalog → schema → dbt models)"
+      else
+        echo "warning: could not launch $job; launch it from the UI" >&2
+      fi
+    done
     break
   fi
   sleep 2

@@ -256,7 +256,9 @@ def analytics_assets_for(
         async def run() -> tuple[SchemaAnalysis, dict[str, Path]]:
             async with (
                 pg_connection(postgres.url()) as conn,
-                source_or_reason(mongo.url(), cfg.source.connect_timeout_seconds) as (src, why),
+                source_or_reason(
+                    mongo.url(schema.name), cfg.source_for(schema.name).connect_timeout_seconds
+                ) as (src, why),
             ):
                 result = await analyze_schema_with(
                     conn,

@@ -410,7 +410,7 @@ def _checks(
 
                 if slot_check is None:  # one look at the slot for all tables
                     slot_check = asyncio.run(
-                        check_slot(settings.source.url(), cfg, expected=status.exists)
+                        check_slot(settings.source_url(cfg), cfg, expected=status.exists)
                     )
                 yield dg.AssetCheckResult(
                     asset_key=key.asset_key,
@@ -463,7 +463,9 @@ def build_warp_defs(settings: CartridgeSettings) -> dg.Definitions:
         job = _warp_job(schema)
         jobs.append(job)
         sensors.append(build_warp_supervisor(schema, job))
-        check = _checks(schema, [s.key for s in specs], slot=settings.source.type == "postgresql")
+        check = _checks(
+            schema, [s.key for s in specs], slot=settings.source_for(schema).type == "postgresql"
+        )
         if check is not None:
             checks.append(check)
     return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, asset_checks=checks)

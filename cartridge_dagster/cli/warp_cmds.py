@@ -207,7 +207,7 @@ def drop_slot(
     if not schema:
         raise ConfigError("pass --schema: the schema whose slot to drop")
     cfg = settings.get_schema(schema)
-    url = settings.source.url()
+    url = settings.source_url(cfg)
     if source_kind(url) != "postgresql":
         raise ConfigError(f"schema {schema!r} reads a MongoDB source: it has no replication slot")
     for line in run_async(drop(url, cfg)):

@@ -44,7 +44,7 @@ from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection
 from cartridge_dagster.documents import canonical_id
 from cartridge_dagster.errors import CartridgeError, TransientError, classify
-from cartridge_dagster.identifiers import assign_names, qualified
+from cartridge_dagster.identifiers import assign_names, qualified, quote_ident
 from cartridge_dagster.init.inference import (
     ARRAY_MARK,
     RESERVED_COLUMNS,
@@ -365,6 +365,7 @@ _PG_TO_BSON = {
     "json": "object",
     "jsonb": "object",
     "bytea": "binary",
+    "ARRAY": "array",
 }
 _PG_SQL_TYPE = {
     "smallint": "integer",
@@ -376,10 +377,13 @@ _PG_SQL_TYPE = {
     "boolean": "boolean",
     "uuid": "uuid",
     "date": "date",
-    "timestamp without time zone": "timestamptz",
+    # warp lands a timestamp without a zone as it is (`2024-01-01T12:00:00`): staged as the
+    # same type, never shifted by a session's time zone
+    "timestamp without time zone": "timestamp without time zone",
     "timestamp with time zone": "timestamptz",
     "json": "jsonb",
     "jsonb": "jsonb",
+    "ARRAY": "jsonb",  # landed as JSON arrays
 }
 
 _PG_COLUMNS = """
@@ -387,7 +391,7 @@ SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, c.ordinal_positi
 FROM information_schema.columns c
 JOIN information_schema.tables t
   ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE'
+WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE' AND c.is_generated = 'NEVER'
 ORDER BY c.table_name, c.ordinal_position
 """
 _PG_KEYS = """
@@ -427,8 +431,10 @@ async def _sample_postgres(
     *,
     full_scan: bool,
     progress: ScanProgress | None,
+    profilers: dict[str, Profiler],
 ) -> int:
-    """Profile each table's rows as landed and fold the statistics into its fields."""
+    """Profile each table's rows as landed and fold the statistics into its fields (the
+    profilers land in ``profilers``, by table)."""
     from cartridge_dagster.connectors.pg_catalog import TypeResolver, read_tables
     from cartridge_dagster.pg_documents import snapshot_expressions
 
@@ -467,12 +473,89 @@ async def _sample_postgres(
                 log.warning("init.scan.pg_sample_failed", table=table, error=str(exc)[:200])
                 continue
             profiler.add_many(orjson.loads(r[0]) for r in rows)
+            profilers[table] = profiler
             sampled = finalize(table, profiler, total_documents=estimate, method=method, rounds=1)
             seen += profiler.documents
             if progress is not None:
                 progress(table, profiler.documents, profiler.documents)
             _fold_sample(result, sampled, profiler.documents, method)
     return seen
+
+
+#: Column types a reference can have (its values compared as text with the target's key).
+_PG_KEY_TYPES = frozenset(
+    {"smallint", "integer", "bigint", "text", "character varying", "character", "uuid"}
+)
+
+
+async def _pg_references(
+    conn: Any,
+    schema: SchemaConfig,
+    results: dict[str, dict[str, Any]],
+    profilers: Mapping[str, Profiler],
+) -> None:
+    """References checked on the sampled values, as for MongoDB: a declared foreign key gets
+    the share of up to 50 of its sampled values found in the target's key (``match_ratio``,
+    ``checked``); a column without one whose name ends in ``id`` is a reference to table X when
+    ≥ 90 % of them are keys of X (a single-column key of a compatible type)."""
+    keys = {
+        t: r["primary_key"][0]
+        for t, r in results.items()
+        if len(r["primary_key"]) == 1 and r["fields"].get(join_path(r["primary_key"]))
+    }
+    for table in sorted(results):
+        result, profiler = results[table], profilers.get(table)
+        if profiler is None:
+            continue
+        refs = dict(result["references"])
+        for path, entry in sorted(result["fields"].items()):
+            name = entry["path"][0]
+            kind = entry.get("pg_type")
+            if kind not in _PG_KEY_TYPES or result["primary_key"] == [name]:
+                continue
+            declared = refs.get(path)
+            if declared is None and not name.lower().endswith("id"):
+                continue
+            node = (profiler.root.children or {}).get(field_name(name))
+            distinct = (node.distinct if node is not None else None) or ()
+            values = sorted({str(v) for v in distinct if isinstance(v, int | str)})
+            values = values[:REFERENCE_PROBE]
+            if not values:
+                continue
+            if declared is not None:
+                targets = [declared["collection"]] if declared["collection"] in keys else []
+            else:
+                targets = [
+                    t
+                    for t in sorted(keys)
+                    if (t != table or keys[t] != name)
+                    and (results[t]["fields"][join_path([keys[t]])].get("pg_type") in _PG_KEY_TYPES)
+                ]
+            best: tuple[float, str] | None = None
+            for target in targets:
+                column = keys[target]
+                if declared is not None and declared.get("field") != column:
+                    continue
+                found = int(
+                    await conn.fetchval(
+                        f"SELECT count(*) FROM {qualified(schema.source_database, target)} "
+                        f"WHERE {quote_ident(column)}::text = ANY($1::text[])",
+                        values,
+                    )
+                )
+                ratio = found / len(values)
+                if (declared is not None or ratio >= REFERENCE_MIN_MATCH) and (
+                    best is None or ratio > best[0]
+                ):
+                    best = (ratio, target)
+            if best is not None:
+                refs[path] = {
+                    "collection": best[1],
+                    "field": keys[best[1]],
+                    "match_ratio": round(best[0], 4),
+                    "checked": len(values),
+                }
+        result["references"] = dict(sorted(refs.items()))
 
 
 def _fold_sample(
@@ -588,11 +671,13 @@ async def scan_postgres(
             "incremental_key": None,
             "references": dict(sorted(fks.get(table, {}).items())),
         }
-    seen = (
-        await _sample_postgres(conn, schema, results, full_scan=full_scan, progress=progress)
-        if sample and results
-        else 0
-    )
+    seen = 0
+    profilers: dict[str, Profiler] = {}
+    if sample and results:
+        seen = await _sample_postgres(
+            conn, schema, results, full_scan=full_scan, progress=progress, profilers=profilers
+        )
+        await _pg_references(conn, schema, results, profilers)
     return ScanResult(
         schema=schema.name,
         database=source,
@@ -600,6 +685,7 @@ async def scan_postgres(
         collections=results,
         seconds=time.perf_counter() - started,
         documents_seen=seen,
+        profiles=profilers,
     )
 
 
@@ -612,14 +698,15 @@ async def scan_schema(
 ) -> ScanResult:
     """Scan one configured schema from the configured source (MongoDB or PostgreSQL)."""
     schema = settings.get_schema(schema_name)
-    if settings.source.type == "postgresql":
+    source = settings.source_for(schema)
+    if source.type == "postgresql":
         from cartridge_dagster.connectors.postgres import pg_connection
 
-        async with pg_connection(settings.source.url()) as conn:
+        async with pg_connection(settings.source_url(schema)) as conn:
             return await scan_postgres(conn, schema, full_scan=full_scan, progress=progress)
     from cartridge_dagster.connectors.mongo import mongo_session
 
     async with mongo_session(
-        settings.source.url(), timeout_seconds=settings.source.connect_timeout_seconds
+        settings.source_url(schema), timeout_seconds=source.connect_timeout_seconds
     ) as conn:
         return await scan_mongo(conn, schema, full_scan=full_scan, progress=progress)

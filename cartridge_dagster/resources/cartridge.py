@@ -39,21 +39,27 @@ class CartridgeResource(dg.ConfigurableResource):  # type: ignore[misc]
 
 
 class MongoResource(dg.ConfigurableResource):  # type: ignore[misc]
-    """The MongoDB source. ``connection_string`` overrides the config (use ``dg.EnvVar``)."""
+    """The MongoDB source. ``connection_string`` overrides the config's global ``source`` (use
+    ``dg.EnvVar``); a schema with a ``source`` of its own reads that one."""
 
     config_path: str
     connection_string: str | None = None
 
-    def url(self) -> str:
-        if self.connection_string:
+    def url(self, schema: str | None = None) -> str:
+        settings = load_settings(self.config_path)
+        own = schema is not None and settings.get_schema(schema).source is not None
+        if self.connection_string and not own:
             return self.connection_string
-        return load_settings(self.config_path).source.url()
+        if schema is None:
+            return settings.source.url(settings.state_path)
+        return settings.source_url(schema)
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[MongoConnection]:
+    async def connection(self, schema: str | None = None) -> AsyncIterator[MongoConnection]:
         settings = load_settings(self.config_path)
+        source = settings.source if schema is None else settings.source_for(schema)
         async with mongo_session(
-            self.url(), timeout_seconds=settings.source.connect_timeout_seconds
+            self.url(schema), timeout_seconds=source.connect_timeout_seconds
         ) as conn:
             yield conn
 

@@ -365,9 +365,12 @@ async def validate_schema(settings: CartridgeSettings, schema: SchemaConfig) -> 
     """Check that warp can run ``schema``: source reachable, stream position readable,
     collections in scope, warehouse reachable. Returns lines to print; raises on failure."""
     lines: list[str] = []
-    url = settings.source.url()
+    url = settings.source_url(schema)
     source = await open_source(
-        url, schema, timeout_seconds=settings.source.connect_timeout_seconds, read_only=True
+        url,
+        schema,
+        timeout_seconds=settings.source_for(schema).connect_timeout_seconds,
+        read_only=True,
     )
     try:
         await source.check()

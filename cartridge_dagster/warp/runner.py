@@ -242,7 +242,7 @@ class WarpRunner:
         self.settings = settings
         self.schema = schema
         self.pg_url = pg_url or settings.destination_url()
-        self.source_url = source_url or settings.source.url()
+        self.source_url = source_url or settings.source_url(schema)
         #: The retry side and metric label of the source (``mongodb``, ``postgresql``).
         self.source_side = source_kind(self.source_url)
         self.stop = stop or asyncio.Event()
@@ -302,7 +302,7 @@ class WarpRunner:
     async def _open_source(self) -> Source:
         """Connect to the source, retrying what is transient (an unreachable server, the
         embedded engine's file busy with another process's write)."""
-        timeout = self.settings.source.connect_timeout_seconds
+        timeout = self.settings.source_for(self.schema).connect_timeout_seconds
         try:
             async for attempt in self._retrying(self.source_side, _source_transient):
                 with attempt:

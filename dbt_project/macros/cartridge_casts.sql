@@ -35,7 +35,7 @@ true
   else false end)
 {%- elif t == 'boolean' -%}
 (jsonb_typeof({{ v }}) = 'boolean')
-{%- elif t in ('timestamptz', 'timestamp') -%}
+{%- elif t in ('timestamptz', 'timestamp', 'timestamp without time zone') -%}
 (jsonb_typeof({{ v }}) = 'string' and {{ txt }} ~ {{ ts }} and left({{ txt }}, 4) <> '0000')
 {%- elif t == 'date' -%}
 (jsonb_typeof({{ v }}) = 'string' and {{ txt }} ~ {{ dt }} and left({{ txt }}, 4) <> '0000')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,33 @@ def seeded_demo_config(
     }
     config.write_text(yaml.safe_dump(data))
     return config
+
+
+def write_demo_config(tmp_path: Path, pg_source_url: str, pg_url: str) -> Path:
+    """The demo's two schemas, as in examples/demo.yaml, on throwaway databases."""
+    data: dict[str, Any] = {
+        "source": {"connection_string": f"mongoeco://{tmp_path / 'shop.sqlite'}"},
+        "destination": {"connection_string": pg_url},
+        "state_dir": str(tmp_path / "state"),
+        "dbt": {"project_dir": str(copy_dbt_project(tmp_path / "dbt_project"))},
+        "defaults": {"batching": {"max_batch_size": 500, "max_batch_seconds": 0.2}},
+        "schemas": [
+            {"name": "shop", "source_database": "shop", "target_schema": "raw_shop"},
+            {
+                "name": "billing",
+                "source_database": "billing",
+                "target_schema": "raw_billing",
+                "source": {"type": "postgresql", "connection_string": pg_source_url},
+                "tables": {"customers": {"sensitive_fields": ["email"]}},
+                "warp": {
+                    "metrics_port": 0,
+                    "idle_checkpoint_seconds": 0.5,
+                    "materialization_interval_seconds": 0,
+                    "slot_name": f"cartridge_t_{uuid.uuid4().hex[:12]}",
+                },
+            },
+        ],
+    }
+    path = tmp_path / "cartridge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

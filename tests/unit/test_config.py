@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
+import yaml
 
 from cartridge_dagster.config import load_settings, settings_from_mapping
 from cartridge_dagster.errors import ConfigError
@@ -204,3 +205,54 @@ def test_schema_selection() -> None:
     assert not schema.selects("system.views")
     with pytest.raises(ConfigError, match="no schema named 'x'"):
         settings.get_schema("x")
+
+
+def test_a_schema_with_a_source_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {
+        "source": {"connection_string": "mongodb://db1:27017/"},
+        "destination": {"connection_string": "postgresql://loader@localhost:5432/wh"},
+        "schemas": [
+            {"name": "shop", "source_database": "shop"},
+            {
+                "name": "billing",
+                "source_database": "billing",
+                "source": {"type": "postgresql", "connection_string": "postgresql://u@pg:5432/b"},
+            },
+        ],
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    settings = load_settings(path)
+    assert settings.source_for("shop") is settings.source
+    assert settings.source_for("billing").type == "postgresql"
+    assert settings.source_url("shop") == "mongodb://db1:27017/"
+    assert settings.source_url("billing") == "postgresql://u@pg:5432/b"
+    # in a cluster the schema's connection string comes from the environment, by index
+    monkeypatch.setenv("CARTRIDGE_SCHEMAS__1__SOURCE__CONNECTION_STRING", "postgresql://s@h/b2")
+    monkeypatch.setenv("CARTRIDGE_SCHEMAS__0__TARGET_SCHEMA", "raw_s")
+    settings = load_settings(path)
+    assert settings.source_url("billing") == "postgresql://s@h/b2"
+    assert settings.get_schema("billing").source_database == "billing"  # the rest of the file
+    assert settings.get_schema("shop").raw_schema == "raw_s"
+    assert [s.name for s in settings.schemas] == ["shop", "billing"]
+    monkeypatch.setenv("CARTRIDGE_SCHEMAS__5__TARGET_SCHEMA", "x")
+    with pytest.raises(
+        ConfigError, match="SCHEMAS__5__… names schema 5, but the configuration has 2"
+    ):
+        load_settings(path)
+    monkeypatch.delenv("CARTRIDGE_SCHEMAS__5__TARGET_SCHEMA")
+    # a MongoDB URL where the schema says postgresql, and local/ names for MongoDB, are refused
+    data["schemas"][1]["source"]["connection_string"] = "mongodb://x/"  # type: ignore[index]
+    monkeypatch.delenv("CARTRIDGE_SCHEMAS__1__SOURCE__CONNECTION_STRING")
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"schemas\[1\]\.source\.connection_string: must start"):
+        load_settings(path)
+    data["schemas"][1]["source"] = {"connection_string": "local/billing"}  # type: ignore[index]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="must start with one of mongodb://"):
+        load_settings(path)
+    data["schemas"][1]["source"] = {"type": "postgresql", "connection_string": "local/billing"}  # type: ignore[index]
+    path.write_text(yaml.safe_dump(data))
+    local = load_settings(path).get_schema("billing").source
+    assert local is not None and local.local_database == "billing"
+    assert local.display_url() == "local/billing (cartridge services)"

@@ -360,6 +360,9 @@ def test_the_configmap_config_plus_the_secret_env_is_the_whole_config(
     if name == "multi":
         assert "CARTRIDGE_SOURCE__PASSWORD" in header
         monkeypatch.setenv("CARTRIDGE_SOURCE__PASSWORD", "from-the-secret")
+    if name == "demo":  # the billing schema's own source comes from the Secret too, by index
+        assert "CARTRIDGE_SCHEMAS__1__SOURCE__CONNECTION_STRING" in header
+        monkeypatch.setenv("CARTRIDGE_SCHEMAS__1__SOURCE__CONNECTION_STRING", "local/billing")
     loaded = load_settings(file)
     assert loaded.source.connection_string.get_secret_value() == src
     assert loaded.destination.connection_string.get_secret_value() == dst

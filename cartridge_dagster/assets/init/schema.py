@@ -53,8 +53,8 @@ def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
         settings = cartridge.settings()
 
         async def scan() -> ScanOutcome:
-            if settings.source.type == "mongodb":
-                async with mongo.connection() as conn:
+            if settings.source_for(schema.name).type == "mongodb":
+                async with mongo.connection(schema.name) as conn:
                     return await scan_and_record(settings, schema.name, connection=conn)
             return await scan_and_record(settings, schema.name)
 
