@@ -266,3 +266,32 @@ def test_local_billing_source_on_the_local_server(tmp_path: Path) -> None:
             "warp", "drop-slot", "--config", str(tmp_path / "cartridge.yaml"), "-s", "billing"
         )
         LocalPostgres(state / "postgres").destroy()
+
+
+def test_billing_traffic_changes_what_it_says(
+    tmp_path: Path, pg_source_url: str, pg_url: str
+) -> None:
+    config = write_demo_config(tmp_path, pg_source_url, pg_url)
+    seeded = cartridge(
+        "demo", "seed", "--config", str(config), "--scale", "0.05", "--schema", "billing"
+    )
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    before = run(_source_state(pg_source_url))[0]
+    traffic = cartridge(
+        "demo", "traffic", "--config", str(config), "--schema", "billing", "--max-ops", "40",
+        "--postgres-rate", "0",
+    )  # fmt: skip
+    assert traffic.returncode == 0, traffic.stdout + traffic.stderr
+    line = traffic.stdout.strip().splitlines()[-1]
+    assert line.startswith("traffic: "), traffic.stdout
+    counts = {
+        k: int(v) for k, v in (p.split("=") for p in line.removeprefix("traffic: ").split(", "))
+    }
+    assert sum(counts.values()) == 40
+    after = run(_source_state(pg_source_url))[0]
+    assert after["customers"] == before["customers"]
+    assert after["invoices"] - before["invoices"] == (
+        counts.get("insert_invoice", 0) - counts.get("delete_invoice", 0)
+    )
+    assert after["payments"] - before["payments"] == counts.get("pay_invoice", 0)
+    assert counts.get("insert_invoice", 0) > 0 and counts.get("update_customer", 0) > 0
