@@ -27,11 +27,20 @@ mkdir -p "$DAGSTER_HOME"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 pids=()
+dev_pid=""
+# Ctrl-C / SIGTERM: first the runs in progress are canceled through Dagster (they end CANCELED,
+# warp's checkpoint committed; a run worker only killed would end FAILED and be shown again at
+# the next start), then every process group started here is stopped, and the demo exits 0.
 cleanup() {
+  trap - EXIT INT TERM
+  if [ -n "$dev_pid" ] && kill -0 "$dev_pid" 2>/dev/null; then
+    $BIN/python scripts/cancel_runs.py "$DAGSTER_WEBSERVER_URL" 60 || true
+  fi
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 echo "==> live traffic on the demo source (cartridge demo traffic)"
 setsid $BIN/cartridge demo traffic --rate "${CARTRIDGE_DEMO_RATE:-2}" > .cartridge/demo-traffic.log 2>&1 &
@@ -66,4 +75,4 @@ for _ in $(seq 1 180); do
   fi
   sleep 2
 done
-wait "$dev_pid"
+wait "$dev_pid" || true

@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from cartridge_dagster.assets.init import build_init_defs
+from cartridge_dagster.assets.init import build_init_defs, reload
 from cartridge_dagster.assets.keys import dbt_models_key
 from cartridge_dagster.init import store
 from cartridge_dagster.init.service import generate_schema, scan_and_record, validate_project
@@ -129,6 +129,13 @@ def webserver(tmp_path: Path, mongo_url: str, pg_url: str) -> Iterator[tuple[Ini
         log.close()
 
 
+def test_an_unreachable_webserver_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("DAGSTER_WEBSERVER_URL", f"http://127.0.0.1:{port}")
+    outcome = reload.reload_code_location("cartridge")
+    assert outcome.startswith("skipped: webserver not reachable"), outcome
+
+
 def test_generated_models_appear_after_reload(
     webserver: tuple[InitEnv, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +147,9 @@ def test_generated_models_appear_after_reload(
 
     # the dbt_models asset generates the rest, parses and reloads the running location
     monkeypatch.setenv("DAGSTER_WEBSERVER_URL", f"http://127.0.0.1:{port}")
+    # the mutation is given up on after 0.5 s (a reload takes seconds): the location's entry is
+    # polled until the reload has loaded it, as when a loaded machine takes minutes
+    monkeypatch.setattr(reload, "MUTATION_WAIT_SECONDS", 0.5)
     settings = env.settings()
     models = next(
         a
