@@ -284,7 +284,8 @@ async def analyze_schema(
     """Open connections from the settings (or the URLs given: ``source_url``, or
     ``mongo_url`` as it was called before PostgreSQL sources), analyse, and write the report."""
     pg_url = pg_url or settings.destination_url()
-    source_url = (source_url or mongo_url or settings.source.url()) if reconcile else None
+    source_url = source_url or mongo_url or settings.source_url(schema_name)
+    source_url = source_url if reconcile else None
     async with (
         pg_connection(pg_url, timeout=settings.destination.connect_timeout_seconds) as conn,
         source_or_reason(source_url, settings.source.connect_timeout_seconds) as (source, why),
