@@ -25,8 +25,7 @@ from cartridge_dagster.analytics.runner import (
     analyze_schema_with,
     source_or_reason,
 )
-from cartridge_dagster.assets.init.dbt import staging_key
-from cartridge_dagster.assets.keys import analytics_key, raw_key
+from cartridge_dagster.assets.keys import analytics_key, group_name, raw_key, staging_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.postgres import pg_connection
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
@@ -214,7 +213,7 @@ def analytics_assets_for(
         dg.AssetSpec(
             key=keys[c],
             deps=[raw_key(schema.name, c), *staging_keys(settings, schema.name, c)],
-            group_name=schema.name,
+            group_name=group_name(schema.name),
             kinds={"postgres"},
             description=(
                 f"Profile of `{c}` (raw table and staging models) in `cartridge_analytics`, "

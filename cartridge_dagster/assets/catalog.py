@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from cartridge_dagster.assets.keys import catalog_key
+from cartridge_dagster.assets.keys import catalog_key, group_name
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.init.catalog import SourceCatalog, read_catalog, read_pg_catalog
 from cartridge_dagster.resources import CartridgeResource, MongoResource
@@ -29,7 +29,7 @@ def _catalog_asset(schema: SchemaConfig, kind: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=catalog_key(schema.name),
-        group_name=schema.name,
+        group_name=group_name(schema.name),
         kinds={"postgres" if postgres else "mongodb"},
         description=(
             f"{things} of {where} `{schema.source_database}` in scope for schema "

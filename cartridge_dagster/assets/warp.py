@@ -29,7 +29,7 @@ from typing import Any
 
 import dagster as dg
 
-from cartridge_dagster.assets.keys import raw_key, schema_key
+from cartridge_dagster.assets.keys import group_name, raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.deploy.k8s import warp_run_tags as deploy_warp_run_tags
 from cartridge_dagster.errors import CartridgeError, redact_url
@@ -37,6 +37,7 @@ from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.observability import MetricsServer, get_logger
 from cartridge_dagster.resources.warp import WarpResource
 from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
+from cartridge_dagster.scope import BuildScope, building, current_scope
 from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
 from cartridge_dagster.state import known_collections
 from cartridge_dagster.warp.sink import Batch, BatchResult
@@ -76,8 +77,11 @@ class DagsterObserver:
         cancel_poll_seconds: float = 1.0,
         open_letters: Callable[[], "WarehouseCounts"] | None = None,
         source_lag: Callable[[], dict[str, float]] | None = None,
+        scope: BuildScope | None = None,
     ) -> None:
         self.context = context
+        #: The build's scope (key prefix): materializations name the keys the graph declares.
+        self.scope = scope or current_scope()
         #: Open dead letters and value-policy counts per collection, read when emitting.
         self.open_letters = open_letters
         #: The source's own lag (PostgreSQL: the replication slot's), read when emitting.
@@ -146,11 +150,9 @@ class DagsterObserver:
                 )
                 if changed:  # {policy: {field path: count}}: what landed differently
                     metadata["value_policies"] = dg.MetadataValue.json(changed)
-            self.context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=raw_key(self.schema.name, table), metadata=metadata
-                )
-            )
+            with building(self.scope):
+                key = raw_key(self.schema.name, table)
+            self.context.log_event(dg.AssetMaterialization(asset_key=key, metadata=metadata))
 
     @staticmethod
     def _emitted(future: Future[None]) -> None:
@@ -297,6 +299,7 @@ class DeadLetterCounts:
 
 def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
     name = warp_job_name(schema.name)
+    scope = current_scope()
 
     @dg.op(name=f"{name}_run", description=f"Run warp for schema `{schema.name}` until stopped.")
     def run_warp(context: dg.OpExecutionContext, config: WarpRunConfig, warp: WarpResource) -> None:
@@ -308,6 +311,7 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             cfg,
             interval=cfg.warp.materialization_interval_seconds,
             open_letters=counts,
+            scope=scope,
         )
         runner = warp.runner(
             schema.name,
@@ -365,7 +369,7 @@ def _raw_specs(settings: CartridgeSettings, schema: SchemaConfig) -> list[dg.Ass
         dg.AssetSpec(
             raw_key(schema.name, collection),
             deps=[schema_key(schema.name)],
-            group_name=schema.name,
+            group_name=group_name(schema.name),
             kinds={"postgres"},
             description=(
                 f"Raw landing table `{schema.raw_schema}.{raw_table_name(collection)}` for "

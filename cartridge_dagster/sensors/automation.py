@@ -34,7 +34,7 @@ from typing import Any
 
 import dagster as dg
 
-from cartridge_dagster.assets.keys import dbt_models_key, raw_key, schema_key
+from cartridge_dagster.assets.keys import dbt_models_key, key_selection, raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.state import known_collections
 
@@ -70,16 +70,16 @@ def job_names(schema: str) -> dict[str, str]:
 
 def selections(schema: str) -> dict[str, str]:
     """Selection strings per intent (``S`` is ``[a-z0-9_]``: safe inside quotes)."""
-    analytics = f'key:"analytics/{schema}/*"'
-    raw = f'key:"raw/{schema}/*"'
+    analytics = key_selection("analytics", schema, "*")
+    raw = key_selection("raw", schema, "*")
     control = " or ".join(
-        f'key:"cartridge/{schema}/{name}"' for name in ("catalog", "schema", "dbt_models")
+        key_selection("cartridge", schema, name) for name in ("catalog", "schema", "dbt_models")
     )
     return {
         "profile": analytics,
         # the summaries and what they read one layer up: the staging models (not raw: warp's)
         "update": f"((1+{analytics}) and not {raw})",
-        "rebuild_models": f'key:"cartridge/{schema}/dbt_models"',
+        "rebuild_models": key_selection("cartridge", schema, "dbt_models"),
         "refresh": control,
     }
 

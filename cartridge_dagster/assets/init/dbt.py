@@ -18,12 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
 
-from cartridge_dagster.assets.keys import dbt_models_key, raw_key
+from cartridge_dagster.assets.keys import dbt_models_key, raw_key, staging_key
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.init.dbtcli import profiles_dir, settings_dbt_env
 from cartridge_dagster.resources import CartridgeResource, PostgresResource
+from cartridge_dagster.scope import BuildScope, building, current_scope
 
 __all__ = [
     "CartridgeDbtTranslator",
@@ -31,11 +38,6 @@ __all__ = [
     "cartridge_dbt_project",
     "staging_key",
 ]
-
-
-def staging_key(schema: str, model: str) -> dg.AssetKey:
-    """Asset key of a generated dbt model: ``staging/<schema>/<model>``."""
-    return dg.AssetKey(["staging", schema, model])
 
 
 def _cartridge_meta(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,21 +53,35 @@ def _cartridge_meta(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class CartridgeDbtTranslator(DagsterDbtTranslator):
-    """dbt sources → ``raw/S/C``; generated models → ``staging/S/<model>`` grouped by schema."""
+    """dbt sources → ``raw/S/C``; generated models → ``staging/S/<model>`` grouped by schema.
+
+    Keeps the build scope it was made in (key prefix, group template): dagster-dbt asks it for
+    keys again while a run streams dbt's events, outside the build."""
+
+    def __init__(
+        self,
+        settings: DagsterDbtTranslatorSettings | None = None,
+        *,
+        scope: BuildScope | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.scope = scope or current_scope()
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
-        meta = _cartridge_meta(dbt_resource_props)
-        kind = dbt_resource_props.get("resource_type")
-        if kind == "source" and meta.get("schema") and meta.get("collection"):
-            return raw_key(str(meta["schema"]), str(meta["collection"]))
-        if kind == "model" and meta.get("schema"):
-            return staging_key(str(meta["schema"]), str(dbt_resource_props["name"]))
-        return super().get_asset_key(dbt_resource_props)
+        with building(self.scope):
+            meta = _cartridge_meta(dbt_resource_props)
+            kind = dbt_resource_props.get("resource_type")
+            if kind == "source" and meta.get("schema") and meta.get("collection"):
+                return raw_key(str(meta["schema"]), str(meta["collection"]))
+            if kind == "model" and meta.get("schema"):
+                return staging_key(str(meta["schema"]), str(dbt_resource_props["name"]))
+            default = super().get_asset_key(dbt_resource_props)
+            return dg.AssetKey([*self.scope.key_prefix, *default.path])
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         meta = _cartridge_meta(dbt_resource_props)
         if meta.get("schema"):
-            return str(meta["schema"])
+            return self.scope.group_for(str(meta["schema"]))
         return "dbt"
 
     def get_asset_spec(
@@ -75,7 +91,8 @@ class CartridgeDbtTranslator(DagsterDbtTranslator):
         props = self.get_resource_props(manifest, unique_id)
         meta = _cartridge_meta(props)
         if props.get("resource_type") == "model" and meta.get("schema"):
-            generated = dbt_models_key(str(meta["schema"]))
+            with building(self.scope):
+                generated = dbt_models_key(str(meta["schema"]))
             if all(dep.asset_key != generated for dep in spec.deps):
                 spec = spec.replace_attributes(deps=[*spec.deps, dg.AssetDep(generated)])
         return spec
@@ -90,14 +107,17 @@ def cartridge_dbt_project(project_dir: str) -> DbtProject:
     return project
 
 
-def _has_models(manifest_path: Path) -> bool:
+def _has_models(manifest_path: Path, excluded_tags: frozenset[str] = frozenset()) -> bool:
     import json
 
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return any(n.get("resource_type") == "model" for n in manifest.get("nodes", {}).values())
+    return any(
+        n.get("resource_type") == "model" and not excluded_tags & set(n.get("tags") or ())
+        for n in manifest.get("nodes", {}).values()
+    )
 
 
 def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
@@ -106,13 +126,16 @@ def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
     if not (project_path / "dbt_project.yml").exists():
         return []
     project = cartridge_dbt_project(str(project_path))
-    if not project.manifest_path.exists() or not _has_models(project.manifest_path):
+    # the generated models of schemas a component leaves out (tagged ``cartridge_<S>``)
+    excluded = frozenset(f"cartridge_{s}" for s in current_scope().excluded_schemas)
+    if not project.manifest_path.exists() or not _has_models(project.manifest_path, excluded):
         return []
     translator = CartridgeDbtTranslator()
 
     @dbt_assets(
         manifest=project.manifest_path,
         project=project,
+        exclude=" ".join(f"tag:{t}" for t in sorted(excluded)) or None,
         dagster_dbt_translator=translator,
         name="cartridge_dbt_models",
         op_tags={"cartridge/kind": "dbt"},

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from cartridge_dagster.assets.init.reload import reload_code_location
-from cartridge_dagster.assets.keys import catalog_key, dbt_models_key, schema_key
+from cartridge_dagster.assets.keys import catalog_key, dbt_models_key, group_name, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.init import store
 from cartridge_dagster.init.service import ScanOutcome, generate_schema, scan_and_record
@@ -36,7 +36,7 @@ def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
     @dg.asset(
         key=schema_key(schema.name),
         deps=[catalog_key(schema.name)],
-        group_name=schema.name,
+        group_name=group_name(schema.name),
         kinds={"python"},
         description=(
             f"Inferred, versioned schema of source `{schema.source_database}`: per field path "
@@ -91,7 +91,7 @@ def _dbt_models_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
     @dg.asset(
         key=dbt_models_key(schema.name),
         deps=[schema_key(schema.name)],
-        group_name=schema.name,
+        group_name=group_name(schema.name),
         kinds={"dbt"},
         description=(
             f"Generated dbt sources, staging and child models and tests for `{schema.name}` "
