@@ -132,6 +132,13 @@ class CartridgeComponentScaffolder(Scaffolder[CartridgeScaffoldParams]):
             config_path = params.config_path
             if not (root / config_path).is_file():
                 raise ConfigError(f"--config-path: {root / config_path} is not a file")
+            configured = [s.name for s in load_settings(root / config_path).schemas]
+            unknown = [s for s in params.schemas or () if s not in configured]
+            if unknown:
+                raise ConfigError(
+                    f"--schemas: {', '.join(unknown)} not in {config_path} "
+                    f"(configured: {', '.join(configured)})"
+                )
         else:
             starter = request.target_path / "cartridge.yaml"
             if not starter.exists():
