@@ -42,6 +42,8 @@ def _run(cmd: list[str], cwd: Path, *, ok: bool = True) -> subprocess.CompletedP
         # the project's package, as `uv sync` / `pip install -e .` would make it importable
         # (`dg utils refresh-defs-state` imports it in its own process)
         "PYTHONPATH": str(cwd),
+        # an activated environment: dagster-dbt finds `dbt` on PATH
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("CARTRIDGE_CONFIG", None)
     env.pop("DAGSTER_IS_DEV_CLI", None)  # `dagster dev` would refresh state on every load
@@ -160,13 +162,15 @@ def test_collections_are_component_state(stateful_project: Path) -> None:
     _run([str(BIN / "cartridge"), "generate", "--config", config, "--schema", "shop"], project)
     # ... but loading reads the component's state, which has not been refreshed
     stale = _assets(_defs(project))
-    assert not [k for k in stale if k.startswith("acme/raw/")]
+    assert not [k for k in stale if k.startswith("acme/analytics/")]
+    # the dbt sources name the raw tables (as dependencies), but warp's raw assets are absent
+    assert not [a for a in stale.values() if "Raw landing table" in (a["description"] or "")]
 
     _dg(project, "utils", "refresh-defs-state")
     _dg(project, "check", "defs")
     assets = _assets(_defs(project))
     for c in ("customers", "orders", "products"):
-        assert f"acme/raw/shop/{c}" in assets
+        assert "Raw landing table" in assets[f"acme/raw/shop/{c}"]["description"]
         assert f"acme/analytics/shop/{c}" in assets
     assert "acme/raw/shop/events" not in assets  # excluded by the config
     assert not [k for k in assets if "billing" in k]  # not a selected schema
@@ -282,3 +286,38 @@ def test_runs_report_the_translated_keys(tmp_path: Path, pg_url: str) -> None:
         "source_meta": {"cartridge": {"schema": "shop", "collection": "orders"}},
     }
     assert translator.get_asset_key(source_props) == dg.AssetKey(["acme", "raw", "shop", "orders"])
+
+
+def test_inline_configuration(tmp_path: Path, pg_url: str) -> None:
+    """`config:` instead of a file: validated at load with the field named, written once for
+    the resources (owner-readable only), and refused together with `config_path`."""
+    from cartridge_dagster.errors import ConfigError
+
+    inline = {
+        "source": {"connection_string": "mongodb://localhost:27017/?replicaSet=rs0"},
+        "destination": {"connection_string": pg_url},
+        "state_dir": str(tmp_path / "state"),
+        "schemas": [{"name": "shop", "source_database": "shop", "include": ["orders"]}],
+    }
+    defs = dg.build_defs_for_component(
+        CartridgeComponent(config=inline, key_prefix=["inline"], collections_from="scan")
+    )
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "inline/raw/shop/orders" in keys
+    assert "inline/analytics/shop/orders" in keys
+    (written,) = (tmp_path / "state" / "component").glob("config-*.yaml")
+    assert yaml.safe_load(written.read_text()) == inline
+    assert written.stat().st_mode & 0o077 == 0
+    assert defs.resources["cartridge"].config_path == str(written)
+
+    bad = {**inline, "schemas": [{"name": "shop", "source_database": "shop", "tables": 3}]}
+    with pytest.raises(ConfigError, match=r"defs.yaml: config: schemas\[0\]\.tables"):
+        dg.build_defs_for_component(CartridgeComponent(config=bad, collections_from="scan"))
+    with pytest.raises(ConfigError, match="set config_path or config, not both"):
+        dg.build_defs_for_component(
+            CartridgeComponent(config=inline, config_path="x.yaml", collections_from="scan")
+        )
+    with pytest.raises(ConfigError, match=r"'nope' not in the configuration \(configured: shop\)"):
+        dg.build_defs_for_component(
+            CartridgeComponent(config=inline, schemas=["nope"], collections_from="scan")
+        )
