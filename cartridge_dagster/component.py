@@ -36,9 +36,9 @@ from dagster.components import (
     ResolvedDefsStateConfig,
     Scaffolder,
     ScaffoldRequest,
+    scaffold_component,
     scaffold_with,
 )
-from dagster.components.component_scaffolding import scaffold_component
 from pydantic import BaseModel, Field
 
 from cartridge_dagster.config import (
@@ -50,7 +50,7 @@ from cartridge_dagster.config import (
 from cartridge_dagster.errors import ConfigError
 from cartridge_dagster.observability import get_logger
 from cartridge_dagster.scope import BuildScope, building
-from cartridge_dagster.state import scanned_collections, write_text_atomic
+from cartridge_dagster.state import scanned_collections
 
 __all__ = ["CartridgeComponent", "CartridgeComponentScaffolder", "build_cartridge_defs"]
 
@@ -86,8 +86,16 @@ def _inline_config_file(data: Mapping[str, Any], settings: CartridgeSettings) ->
     text = yaml.safe_dump(dict(data), sort_keys=True, allow_unicode=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = settings.state_path / "component" / f"config-{digest}.yaml"
-    write_text_atomic(path, "# written by cartridge_dagster.CartridgeComponent\n" + text)
-    path.chmod(0o600)
+    content = "# written by cartridge_dagster.CartridgeComponent\n" + text
+    if path.exists() and path.read_text(encoding="utf-8") == content:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when a stale temporary file had another mode
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(content)
+    tmp.replace(path)
     return path
 
 

@@ -46,7 +46,6 @@ def _run(cmd: list[str], cwd: Path, *, ok: bool = True) -> subprocess.CompletedP
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("CARTRIDGE_CONFIG", None)
-    env.pop("DAGSTER_IS_DEV_CLI", None)  # `dagster dev` would refresh state on every load
     proc = subprocess.run(
         cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
     )
@@ -100,6 +99,9 @@ def test_example_project_loads_with_translated_keys(tmp_path: Path) -> None:
     }
     assert set(assets) == expected
     assert {a["group_name"] for a in assets.values()} == {"acme_shop"}
+    # defs.yaml's post_processing reaches every asset, the analytics multi-asset's too
+    for asset in assets.values():
+        assert {"key": "team", "value": "acme"} in asset["tags"], asset["asset_key"]
     # lineage is translated with the keys: no dependency points outside acme/
     assert assets["acme/raw/shop/orders"]["dependency_keys"] == ["acme/cartridge/shop/schema"]
     assert assets["acme/analytics/shop/orders"]["dependency_keys"] == ["acme/raw/shop/orders"]
@@ -149,9 +151,22 @@ def stateful_project(tmp_path: Path, pg_url: str) -> Path:
     return project
 
 
+def _defs_yaml(project: Path) -> Path:
+    return project / "cartridge_example" / "defs" / "cartridge" / "defs.yaml"
+
+
 def test_collections_are_component_state(stateful_project: Path) -> None:
     project = stateful_project
     config = str(project / "cartridge.yaml")
+    # every `dg` command counts as development and would refresh the state on each load:
+    # turned off here, loads read only the recorded state (as a deployed code location does)
+    defs_yaml = _defs_yaml(project)
+    component = yaml.safe_load(defs_yaml.read_text())
+    component["attributes"]["defs_state"] = {
+        "management_type": "LOCAL_FILESYSTEM",
+        "refresh_if_dev": False,
+    }
+    defs_yaml.write_text(yaml.safe_dump(component))
     _dg(project, "utils", "refresh-defs-state")
     before = _assets(_defs(project))
     assert not [k for k in before if k.startswith("acme/raw/")]  # nothing scanned yet
@@ -184,6 +199,23 @@ def test_collections_are_component_state(stateful_project: Path) -> None:
         in (assets["acme/analytics/shop/orders"]["dependency_keys"])
     )
     assert all(k.startswith("acme/") for k in assets)
+    (state_file,) = (project / "cartridge_example" / "defs" / ".local_defs_state").glob("*/state")
+    assert json.loads(state_file.read_text())["schemas"] == {
+        "shop": ["customers", "orders", "products"]
+    }
+
+    # by default (`refresh_if_dev`), `dg` and `dagster dev` refresh on every load: an outdated
+    # record is replaced by what the scan found
+    state_file.write_text(json.dumps({"format": 1, "schemas": {"shop": ["customers"]}}))
+    del component["attributes"]["defs_state"]
+    defs_yaml.write_text(yaml.safe_dump(component))
+    fresh = _assets(_defs(project))
+    assert "acme/analytics/shop/orders" in fresh
+    assert json.loads(state_file.read_text())["schemas"]["shop"] == [
+        "customers",
+        "orders",
+        "products",
+    ]
 
 
 def test_scaffold_writes_a_working_defs_yaml(tmp_path: Path) -> None:
