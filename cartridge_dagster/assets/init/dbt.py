@@ -5,6 +5,9 @@
 - generated models get ``staging/<S>/<model>``, are grouped per schema, and also depend on
   ``cartridge/<S>/dbt_models`` (the generation step that wrote them).
 - hand-written models keep dagster-dbt's defaults (group ``dbt``).
+- generated models carry their schema's automation condition
+  (:func:`cartridge_dagster.sensors.automation.staging_condition`); every dbt run is in the
+  ``cartridge_dbt`` pool (one dbt project: one build at a time, whoever launched it).
 
 The manifest comes from a cached :class:`DbtProject` that runs ``dbt parse`` under
 ``dagster dev`` (``prepare_if_dev``); the ``dbt_models`` asset parses after writing files, so a
@@ -24,6 +27,7 @@ from cartridge_dagster.assets.keys import dbt_models_key, raw_key
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.init.dbtcli import profiles_dir, settings_dbt_env
 from cartridge_dagster.resources import CartridgeResource, PostgresResource
+from cartridge_dagster.sensors.automation import DBT_POOL, staging_condition
 
 __all__ = [
     "CartridgeDbtTranslator",
@@ -51,7 +55,14 @@ def _cartridge_meta(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class CartridgeDbtTranslator(DagsterDbtTranslator):
-    """dbt sources → ``raw/S/C``; generated models → ``staging/S/<model>`` grouped by schema."""
+    """dbt sources → ``raw/S/C``; generated models → ``staging/S/<model>`` grouped by schema,
+    automated by their schema's condition when ``settings`` are given."""
+
+    def __init__(self, settings: CartridgeSettings | None = None) -> None:
+        super().__init__()
+        self._conditions = (
+            {s.name: staging_condition(s) for s in settings.schemas} if settings else {}
+        )
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         meta = _cartridge_meta(dbt_resource_props)
@@ -75,9 +86,13 @@ class CartridgeDbtTranslator(DagsterDbtTranslator):
         props = self.get_resource_props(manifest, unique_id)
         meta = _cartridge_meta(props)
         if props.get("resource_type") == "model" and meta.get("schema"):
-            generated = dbt_models_key(str(meta["schema"]))
+            schema = str(meta["schema"])
+            generated = dbt_models_key(schema)
             if all(dep.asset_key != generated for dep in spec.deps):
                 spec = spec.replace_attributes(deps=[*spec.deps, dg.AssetDep(generated)])
+            condition = self._conditions.get(schema)
+            if condition is not None:
+                spec = spec.replace_attributes(automation_condition=condition)
         return spec
 
 
@@ -108,7 +123,7 @@ def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
     project = cartridge_dbt_project(str(project_path))
     if not project.manifest_path.exists() or not _has_models(project.manifest_path):
         return []
-    translator = CartridgeDbtTranslator()
+    translator = CartridgeDbtTranslator(settings)
 
     @dbt_assets(
         manifest=project.manifest_path,
@@ -116,6 +131,7 @@ def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
         dagster_dbt_translator=translator,
         name="cartridge_dbt_models",
         op_tags={"cartridge/kind": "dbt"},
+        pool=DBT_POOL,
     )
     def cartridge_dbt_models(
         context: dg.AssetExecutionContext,
