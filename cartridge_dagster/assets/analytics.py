@@ -215,7 +215,7 @@ def analytics_assets_for(
     if not collections:
         return None
     keys = {c: analytics_key(schema.name, c) for c in collections}
-    condition = analytics_condition(schema)
+    condition = analytics_condition(schema, [raw_key(schema.name, c) for c in collections])
     specs = [
         dg.AssetSpec(
             key=keys[c],

@@ -52,7 +52,7 @@ from typing import Any
 
 import dagster as dg
 
-from cartridge_dagster.assets.keys import dbt_models_key, schema_key
+from cartridge_dagster.assets.keys import dbt_models_key, raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.state import known_collections
 
@@ -105,14 +105,14 @@ def job_names(schema: str) -> dict[str, str]:
 def selections(schema: str) -> dict[str, str]:
     """Selection strings per intent (``S`` is ``[a-z0-9_]``: safe inside quotes)."""
     analytics = f'key:"analytics/{schema}/*"'
-    raw = f'key:"raw/{schema}/*"'
     control = " or ".join(
         f'key:"cartridge/{schema}/{name}"' for name in ("catalog", "schema", "dbt_models")
     )
     return {
         "profile": analytics,
-        # the summaries and what they read one layer up: the staging models (not raw: warp's)
-        "update": f"((1+{analytics}) and not {raw})",
+        # the summaries and what they read one layer up: the staging models (not raw: warp's).
+        # No `not` in selections: Dagster resolves it with a beta parameter and warns on load.
+        "update": f'key:"staging/{schema}/*" or {analytics}',
         "rebuild_models": f'key:"cartridge/{schema}/dbt_models"',
         "refresh": control,
     }
@@ -159,8 +159,9 @@ def _idle() -> dg.AutomationCondition:
     )
 
 
-def _raw(schema: str) -> dg.AssetSelection:
-    return dg.AssetSelection.key_prefixes(["raw", schema])
+def _raw(keys: list[dg.AssetKey]) -> dg.AssetSelection:
+    # by key: key prefixes leave out external assets such as warp's raw tables
+    return dg.AssetSelection.assets(*keys)
 
 
 def generation_condition(schema: SchemaConfig) -> dg.AutomationCondition:
@@ -196,13 +197,16 @@ def staging_condition(schema: SchemaConfig) -> dg.AutomationCondition:
     ).with_label(f"rebuild {schema.name}'s staging models on new data")
 
 
-def analytics_condition(schema: SchemaConfig) -> dg.AutomationCondition:
+def analytics_condition(
+    schema: SchemaConfig, raw_keys: list[dg.AssetKey]
+) -> dg.AutomationCondition:
     """``analytics/<S>/<C>``: its raw table or staging models changed, the full-profile cron
-    tick passed, or it was never profiled; once its raw table has landed."""
+    tick passed, or it was never profiled; once its raw table (one of ``raw_keys``) has
+    landed."""
     profile: AnyCondition = AC.cron_tick_passed(schema.analytics.profile_cron, "UTC")
     return (
         (AC.any_deps_updated().since_last_handled() | profile.since_last_handled() | _never_built())
-        & ~AC.any_deps_missing().allow(_raw(schema.name))
+        & ~AC.any_deps_missing().allow(_raw(raw_keys))
         & _idle()
         & _gate(schema)
     ).with_label(f"profile {schema.name} on new data and on {schema.analytics.profile_cron!r}")
@@ -226,11 +230,16 @@ def automation_sensor(settings: CartridgeSettings) -> dg.AutomationConditionSens
     prefixes = [
         [layer, schema.name]
         for schema in settings.schemas
-        for layer in ("cartridge", "raw", "staging", "analytics")
+        for layer in ("cartridge", "staging", "analytics")
     ]
+    # warp's raw tables are external assets (not in key-prefix selections): their checks by key
+    raw = [
+        raw_key(s.name, c) for s in settings.schemas for c in known_collections(settings, s.name)
+    ]
+    target = dg.AssetSelection.key_prefixes(*prefixes) | dg.AssetSelection.checks_for_assets(*raw)
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR,
-        target=dg.AssetSelection.key_prefixes(*prefixes),
+        target=target,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         run_tags={"cartridge/trigger": "automation"},
