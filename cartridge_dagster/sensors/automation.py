@@ -110,9 +110,9 @@ def selections(schema: str) -> dict[str, str]:
     )
     return {
         "profile": analytics,
-        # the summaries and what they read one layer up: the staging models (not raw: warp's).
-        # No `not` in selections: Dagster resolves it with a beta parameter and warns on load.
-        "update": f'key:"staging/{schema}/*" or {analytics}',
+        # the summaries and what they read one layer up, the staging models (dbt; not raw:
+        # warp's). No `not` in selections: Dagster resolves it with a beta parameter and warns.
+        "update": f'{analytics} or ((1+{analytics}) and kind:"dbt")',
         "rebuild_models": f'key:"cartridge/{schema}/dbt_models"',
         "refresh": control,
     }

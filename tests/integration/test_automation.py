@@ -218,6 +218,8 @@ def test_every_check_has_a_way_to_run_and_writers_have_pools(env: InitEnv) -> No
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     for name in ("update_shop", "profile_shop", "rebuild_models_shop", "refresh_shop"):
         assert repo.has_job(name)  # kept for manual use
+    update = repo.get_job("update_shop").asset_layer.executable_asset_keys
+    assert update == _staging(defs) | {analytics_key("shop", c) for c in COLLECTIONS}
 
     # every asset that writes is in its pool; the automated ones have a condition
     pools = {

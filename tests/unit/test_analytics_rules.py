@@ -167,7 +167,7 @@ def test_selections_and_job_names() -> None:
     }
     sel = selections("shop")
     assert sel["profile"] == 'key:"analytics/shop/*"'
-    assert sel["update"] == 'key:"staging/shop/*" or key:"analytics/shop/*"'
+    assert sel["update"] == 'key:"analytics/shop/*" or ((1+key:"analytics/shop/*") and kind:"dbt")'
     assert all(" not " not in s for s in sel.values())  # `not` resolves with a beta parameter
 
 
