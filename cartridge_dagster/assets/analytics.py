@@ -274,7 +274,7 @@ def analytics_assets_for(
                     cfg,
                     schema.name,
                     collections=wanted,
-                    run_id=context.run_id,
+                    run_id=context.run.run_id,
                     trigger="dagster",
                     reconcile_error=why,
                 )
