@@ -13,7 +13,9 @@ Per configured schema S:
 - sensor ``warp_<S>_supervisor`` (see :mod:`cartridge_dagster.sensors.warp`).
 - asset checks per raw table: lag under ``warp.lag_threshold_seconds``; no pending dead letters;
   PostgreSQL sources: the replication slot exists, is valid and holds less unconfirmed WAL than
-  ``warp.slot_lag_threshold_bytes`` (``slot_lag_under_threshold``).
+  ``warp.slot_lag_threshold_bytes`` (``slot_lag_under_threshold``). They run by declarative
+  automation when rows land and on the full-profile cron
+  (:func:`cartridge_dagster.sensors.automation.raw_check_condition`).
 """
 
 import asyncio
@@ -38,6 +40,7 @@ from cartridge_dagster.observability import MetricsServer, get_logger
 from cartridge_dagster.resources.warp import WarpResource
 from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
 from cartridge_dagster.scope import BuildScope, building, current_scope
+from cartridge_dagster.sensors.automation import raw_check_condition
 from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
 from cartridge_dagster.state import known_collections
 from cartridge_dagster.warp.sink import Batch, BatchResult
@@ -394,7 +397,12 @@ def _checks(
     names = ["lag_under_threshold", "no_dead_letters"]
     if slot:  # a PostgreSQL source: its replication slot
         names.append("slot_lag_under_threshold")
-    specs = [dg.AssetCheckSpec(name, asset=key) for key in keys for name in names]
+    condition = raw_check_condition(schema)
+    specs = [
+        dg.AssetCheckSpec(name, asset=key, automation_condition=condition)
+        for key in keys
+        for name in names
+    ]
 
     @dg.multi_asset_check(specs=specs, name=f"warp_{schema.name}_checks", can_subset=True)
     def warp_checks(context: dg.AssetCheckExecutionContext, warp: WarpResource) -> Any:

@@ -5,6 +5,9 @@
 - generated models get ``staging/<S>/<model>``, are grouped per schema, and also depend on
   ``cartridge/<S>/dbt_models`` (the generation step that wrote them).
 - hand-written models keep dagster-dbt's defaults (group ``dbt``).
+- generated models carry their schema's automation condition
+  (:func:`cartridge_dagster.sensors.automation.staging_condition`); every dbt run is in the
+  ``cartridge_dbt`` pool (one dbt project: one build at a time, whoever launched it).
 
 The manifest comes from a cached :class:`DbtProject` that runs ``dbt parse`` under
 ``dagster dev`` (``prepare_if_dev``); the ``dbt_models`` asset parses after writing files, so a
@@ -20,7 +23,6 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import (
     DagsterDbtTranslator,
-    DagsterDbtTranslatorSettings,
     DbtCliResource,
     DbtProject,
     dbt_assets,
@@ -31,6 +33,7 @@ from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.init.dbtcli import profiles_dir, settings_dbt_env
 from cartridge_dagster.resources import CartridgeResource, PostgresResource
 from cartridge_dagster.scope import BuildScope, building, current_scope
+from cartridge_dagster.sensors.automation import DBT_POOL, staging_condition
 
 __all__ = [
     "CartridgeDbtTranslator",
@@ -53,19 +56,24 @@ def _cartridge_meta(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class CartridgeDbtTranslator(DagsterDbtTranslator):
-    """dbt sources → ``raw/S/C``; generated models → ``staging/S/<model>`` grouped by schema.
+    """dbt sources → ``raw/S/C``; generated models → ``staging/S/<model>`` grouped by schema,
+    automated by their schema's condition when ``settings`` are given.
 
     Keeps the build scope it was made in (key prefix, group template): dagster-dbt asks it for
     keys again while a run streams dbt's events, outside the build."""
 
     def __init__(
         self,
-        settings: DagsterDbtTranslatorSettings | None = None,
+        settings: CartridgeSettings | None = None,
         *,
         scope: BuildScope | None = None,
     ) -> None:
-        super().__init__(settings)
+        super().__init__()
         self.scope = scope or current_scope()
+        with building(self.scope):
+            self._conditions = (
+                {s.name: staging_condition(s) for s in settings.schemas} if settings else {}
+            )
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         with building(self.scope):
@@ -91,10 +99,14 @@ class CartridgeDbtTranslator(DagsterDbtTranslator):
         props = self.get_resource_props(manifest, unique_id)
         meta = _cartridge_meta(props)
         if props.get("resource_type") == "model" and meta.get("schema"):
+            schema = str(meta["schema"])
             with building(self.scope):
-                generated = dbt_models_key(str(meta["schema"]))
+                generated = dbt_models_key(schema)
             if all(dep.asset_key != generated for dep in spec.deps):
                 spec = spec.replace_attributes(deps=[*spec.deps, dg.AssetDep(generated)])
+            condition = self._conditions.get(schema)
+            if condition is not None:
+                spec = spec.replace_attributes(automation_condition=condition)
         return spec
 
 
@@ -130,7 +142,7 @@ def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
     excluded = frozenset(f"cartridge_{s}" for s in current_scope().excluded_schemas)
     if not project.manifest_path.exists() or not _has_models(project.manifest_path, excluded):
         return []
-    translator = CartridgeDbtTranslator()
+    translator = CartridgeDbtTranslator(settings)
 
     @dbt_assets(
         manifest=project.manifest_path,
@@ -139,6 +151,7 @@ def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
         dagster_dbt_translator=translator,
         name="cartridge_dbt_models",
         op_tags={"cartridge/kind": "dbt"},
+        pool=DBT_POOL,
     )
     def cartridge_dbt_models(
         context: dg.AssetExecutionContext,

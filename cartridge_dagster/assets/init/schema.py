@@ -12,6 +12,7 @@ from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.init import store
 from cartridge_dagster.init.service import ScanOutcome, generate_schema, scan_and_record
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
+from cartridge_dagster.sensors.automation import DBT_POOL, INIT_POOL, generation_condition
 from cartridge_dagster.state import schema_dir
 
 __all__ = ["build_schema_assets"]
@@ -43,6 +44,7 @@ def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
             "type histograms, presence, nulls, enums, references; a new version per change."
         ),
         tags={"cartridge/schema": schema.name},
+        pool=INIT_POOL,
     )
     def schema_asset(
         context: dg.AssetExecutionContext,
@@ -82,7 +84,11 @@ def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
             metadata["approval"] = dg.MetadataValue.text(
                 f"change pending: cartridge schema approve --schema {schema.name}"
             )
-        return dg.MaterializeResult(metadata=metadata)
+        # The data version is the latest accepted version: a re-scan without change, or a change
+        # waiting for approval, keeps it, so nothing downstream regenerates.
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(str(outcome.stored.version))
+        )
 
     return schema_asset
 
@@ -98,6 +104,9 @@ def _dbt_models_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
             f"(files under models/generated/{schema.name}/)."
         ),
         tags={"cartridge/schema": schema.name},
+        # it writes the dbt project's files and parses it: one dbt project, one pool
+        pool=DBT_POOL,
+        automation_condition=generation_condition(schema),
     )
     def dbt_models(
         context: dg.AssetExecutionContext,
