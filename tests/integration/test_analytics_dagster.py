@@ -3,7 +3,6 @@
 The automation conditions themselves are evaluated in test_automation.py."""
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +172,19 @@ def test_materialize_analytics_with_checks(
 
 
 def test_code_location_loads_with_demo_config() -> None:
-    """The real definitions module assembles with the analytics builder in BUILDERS."""
-    from cartridge_dagster import definitions
+    """The repo's code location (built from the Cartridge component) assembles from the demo
+    configuration: one automation sensor, a supervisor and the jobs per schema."""
+    from cartridge_dagster.definitions import build_definitions
 
-    assert build_analytics_defs in definitions.BUILDERS
-    assert os.path.isfile("examples/demo.yaml")
+    repo = build_definitions("examples/demo.yaml").get_repository_def()
+    assert sorted(s.name for s in repo.sensor_defs) == [
+        "cartridge_automation",
+        "warp_billing_supervisor",
+        "warp_shop_supervisor",
+    ]
+    jobs = {j.name for j in repo.get_all_jobs()}
+    for schema in ("shop", "billing"):
+        assert {f"warp_{schema}", f"refresh_{schema}", f"rebuild_models_{schema}"} <= jobs
 
 
 def test_checks_alone_and_one_collection(
