@@ -38,6 +38,7 @@ from bson import ObjectId
 from cartridge_dagster.analytics.store import table
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection, aggregate, bson_options
+from cartridge_dagster.connectors.mongoeco_documents import DocumentReader, storage_key
 from cartridge_dagster.documents import (
     UnlandableDocument,
     ValuePolicy,
@@ -165,6 +166,8 @@ class _Sides:
     by_key: bool = False
     #: the warehouse ids the by-id sample read (found in the source or not)
     drawn: tuple[str, ...] = ()
+    #: the embedded engine's file, read by key in batches (None: by ``find_one`` only)
+    reader: DocumentReader | None = None
 
     def __init__(
         self,
@@ -187,6 +190,9 @@ class _Sides:
         )
         self.unlandable = 0
         self.by_key = mongo.kind == "mongoeco"
+        self.reader = mongo.document_reader() if self.by_key else None
+        self.database = schema.source_database
+        self.collection = collection
 
     async def source_count(self) -> int:
         return int(await self.coll.count_documents({}))
@@ -222,6 +228,9 @@ class _Sides:
     async def source_by_ids(self, ids: Sequence[str]) -> dict[str, str | None]:
         found: dict[str, str | None] = {}
         if self.by_key:
+            if self.reader is not None:
+                found = await self._read_stored(ids)
+                ids = [i for i in ids if i not in found]
             gate = asyncio.Semaphore(_LOOKUPS_IN_FLIGHT)
 
             async def lookup(doc_id: str) -> None:
@@ -235,6 +244,7 @@ class _Sides:
 
             await asyncio.gather(*(lookup(i) for i in ids))
             return found
+        ids = list(ids)
         wanted = set(ids)
         for start in range(0, len(ids), _IN_BATCH):
             batch = ids[start : start + _IN_BATCH]
@@ -244,6 +254,27 @@ class _Sides:
                 cid = canonical_id(doc["_id"])
                 if cid in wanted:
                     found[cid] = self._hash(doc)
+        return found
+
+    async def _read_stored(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """The documents of ``ids`` read from the embedded engine's file in batches (those
+        found there; the caller looks up the rest by ``find_one``)."""
+        assert self.reader is not None
+        keys: dict[str, str] = {}
+        for doc_id in ids:
+            # an ObjectId is likelier than the string that looks like one
+            for candidate in reversed(_source_id_candidates(doc_id)):
+                key = storage_key(candidate)
+                if key is not None:
+                    keys.setdefault(key, doc_id)
+        docs = await asyncio.to_thread(self.reader.read, self.database, self.collection, keys)
+        found: dict[str, str | None] = {}
+        wanted = set(ids)
+        for doc in docs:
+            cid = canonical_id(doc["_id"])
+            # both an ObjectId and its hex string as ids: the ObjectId, as by find_one
+            if cid in wanted and (cid not in found or isinstance(doc["_id"], ObjectId)):
+                found[cid] = self._hash(doc)
         return found
 
     async def target_by_ids(self, ids: Sequence[str]) -> dict[str, tuple[bool, str | None]]:
