@@ -14,12 +14,14 @@ and only those that persist are reported; counts are re-read the same way. The r
 tolerance when both the count difference and the mismatch ratio are at most
 ``analytics.reconcile_tolerance``. Only sampled rows ever come into Python.
 
-Reading the source: a MongoDB server samples with ``$sample`` and reads ids in ``$in`` batches.
-The embedded engine (``mongoeco://``) answers ``find_one({"_id": …})`` from its key in about a
-millisecond, while its ``$sample`` and ``$in`` scan the collection (seconds for the demo's
-15,000 orders, and ``$in`` fails past about a thousand values): there the sample is drawn from
-the warehouse's rows (live and deleted) and each is read from the source by id; only when the
-counts differ is a ``$sample`` of the source added, to name the documents the warehouse lacks.
+Reading the source: a MongoDB server samples with ``$sample`` and reads ids in ``$in`` batches
+of 500. On the embedded engine (``mongoeco://``) ``$sample`` and ``$in`` scan the collection
+(seconds for the demo's 15,000 orders, and ``$in`` fails past about a thousand values) and
+``find_one({"_id": …})`` costs about a millisecond: there the sample is drawn from the
+warehouse's rows (live and deleted) and read from the engine's SQLite file by key, 500 per query
+(:mod:`~cartridge_dagster.connectors.mongoeco_documents`; ``find_one`` for ids of other types or
+a file it cannot read); only when the counts differ is a ``$sample`` of the source added, to
+name the documents the warehouse lacks. The warehouse side is read in batches of 500 too.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ MismatchKind = Literal["missing_in_target", "deleted_in_target", "hash_mismatch"
 
 _HEX24 = re.compile(r"^[0-9a-f]{24}$")
 
-#: Ids per ``$in`` query against a MongoDB server.
+#: Ids per query: ``$in`` on a MongoDB server, the embedded engine's file, PostgreSQL.
 _IN_BATCH = 500
 
 #: Lookups by id in flight at once on the embedded engine (a quarter faster than one by one).
@@ -278,16 +280,22 @@ class _Sides:
         return found
 
     async def target_by_ids(self, ids: Sequence[str]) -> dict[str, tuple[bool, str | None]]:
-        rows = await self.conn.fetch(
-            f"SELECT {quote_ident('_id')} AS id, {quote_ident('_cartridge_deleted')} AS deleted, "
-            f"{quote_ident('document')}::text AS doc FROM {self.table} "
-            f"WHERE {quote_ident('_id')} = ANY($1::text[])",
-            list(ids),
-        )
-        return {
-            str(r["id"]): (bool(r["deleted"]), canonical_hash(r["doc"]) if r["doc"] else None)
-            for r in rows
-        }
+        out: dict[str, tuple[bool, str | None]] = {}
+        ids = list(ids)
+        for start in range(0, len(ids), _IN_BATCH):
+            rows = await self.conn.fetch(
+                f"SELECT {quote_ident('_id')} AS id, "
+                f"{quote_ident('_cartridge_deleted')} AS deleted, "
+                f"{quote_ident('document')}::text AS doc FROM {self.table} "
+                f"WHERE {quote_ident('_id')} = ANY($1::text[])",
+                ids[start : start + _IN_BATCH],
+            )
+            for r in rows:
+                out[str(r["id"])] = (
+                    bool(r["deleted"]),
+                    canonical_hash(r["doc"]) if r["doc"] else None,
+                )
+        return out
 
     async def target_sample(self, size: int) -> list[str]:
         if self.by_key:
