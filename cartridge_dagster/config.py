@@ -419,11 +419,24 @@ class AnalyticsConfig(StrictModel):
     refresh_min_interval_seconds: int = Field(
         60,
         ge=1,
-        description="Automation: raw-table changes rebuild models and summaries at most this often",
+        description="Automation: raw-table changes rebuild models and summaries at most this often "
+        "(rounded up to a cron step of whole minutes; at most once per step)",
     )
     profile_cron: str = Field(
-        "0 * * * *", description="Automation: cron schedule of the full profile (UTC)."
+        "0 * * * *",
+        description="Automation: cron schedule of the full profile and checks (UTC).",
     )
+
+    @field_validator("profile_cron")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,?-]+", f) for f in fields):
+            raise ValueError(
+                f"{value!r} is not a cron schedule: five fields (minute hour day month weekday), "
+                "e.g. '0 * * * *'"
+            )
+        return value
 
 
 class Defaults(StrictModel):

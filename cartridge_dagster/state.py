@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from cartridge_dagster.config import CartridgeSettings
+from cartridge_dagster.scope import current_scope
 
 __all__ = [
     "catalog_file",
     "known_collections",
     "read_json",
+    "scanned_collections",
     "schema_dir",
     "write_json_atomic",
     "write_text_atomic",
@@ -62,12 +64,11 @@ def write_json_atomic(path: Path, data: Any) -> bool:
     )
 
 
-def known_collections(settings: CartridgeSettings, schema: str) -> list[str]:
-    """Collections of ``schema`` known without touching the source.
+def scanned_collections(settings: CartridgeSettings, schema: str) -> list[str]:
+    """Collections of ``schema`` as the last scan recorded them, without touching the source.
 
     From the config's ``include`` list when set; else from the latest inferred schema
-    (``schemas/<schema>/latest.json``, key ``collections``) and the last catalog. Used to build
-    per-collection assets at code-location load time (a reload picks up new collections).
+    (``schemas/<schema>/latest.json``, key ``collections``) and the last catalog.
     """
     cfg = settings.get_schema(schema)
     if cfg.include:
@@ -80,3 +81,18 @@ def known_collections(settings: CartridgeSettings, schema: str) -> list[str]:
     if isinstance(catalog, dict) and isinstance(catalog.get("collections"), dict):
         names.update(str(c) for c in catalog["collections"])
     return sorted(c for c in names if cfg.selects(c))
+
+
+def known_collections(settings: CartridgeSettings, schema: str) -> list[str]:
+    """Collections of ``schema`` known without touching the source.
+
+    While the Cartridge component builds from its state (``dg utils refresh-defs-state``), the
+    collections that state holds; otherwise what the last scan recorded
+    (:func:`scanned_collections`). Used to build per-collection assets at code-location load
+    time (a reload picks up new collections).
+    """
+    state = current_scope().collections
+    if state is not None and schema in state:
+        cfg = settings.get_schema(schema)
+        return sorted(c for c in state[schema] if cfg.selects(c))
+    return scanned_collections(settings, schema)

@@ -28,15 +28,31 @@ cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 pids=()
 dev_pid=""
-# Ctrl-C / SIGTERM: first the runs in progress are canceled through Dagster (they end CANCELED,
-# warp's checkpoint committed; a run worker only killed would end FAILED and be shown again at
-# the next start), then every process group started here is stopped, and the demo exits 0.
+alive() {
+  local pid
+  for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done
+  return 1
+}
+# Ctrl-C / SIGTERM: the daemon is stopped first (its sensors would launch new runs while the
+# others stop), then the runs in progress are canceled through Dagster (they end CANCELED, warp's
+# checkpoint committed; a run worker only killed would end FAILED and be shown again at the next
+# start), then every process group started here is stopped (killed after 30 s), and the demo
+# exits 0. Further signals are ignored meanwhile: make passes its own SIGTERM on, and a second
+# Ctrl-C would otherwise leave the process groups running.
 cleanup() {
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap '' INT TERM
   if [ -n "$dev_pid" ] && kill -0 "$dev_pid" 2>/dev/null; then
+    daemon=$(pgrep -P "$dev_pid" -f 'dagster._daemon' || true)
+    if [ -n "$daemon" ]; then
+      kill -TERM $daemon 2>/dev/null || true
+      for _ in $(seq 1 30); do kill -0 $daemon 2>/dev/null || break; sleep 1; done
+    fi
     $BIN/python scripts/cancel_runs.py "$DAGSTER_WEBSERVER_URL" 60 || true
   fi
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 30); do alive || break; sleep 1; done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -53,10 +69,13 @@ pids+=($!)
 export CARTRIDGE_REPORTS_URL="http://127.0.0.1:$REPORTS_PORT"
 
 echo "==> Dagster UI on http://127.0.0.1:$PORT"
+# `dg dev` (dagster-dg-cli) where installed: `dagster dev` is superseded and says so at each start.
+DEV=("$BIN/dagster" dev)
+if [ -x "$BIN/dg" ]; then DEV=("$BIN/dg" dev); fi
 # Reset SIGINT/SIGTERM dispositions so Ctrl-C reaches dagster dev even from non-interactive shells.
 setsid $BIN/python -c 'import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL); signal.signal(signal.SIGTERM, signal.SIG_DFL)
-os.execv(sys.argv[1], sys.argv[1:])' "$BIN/dagster" dev -h 127.0.0.1 -p "$PORT" -w workspace.yaml &
+os.execv(sys.argv[1], sys.argv[1:])' "${DEV[@]}" -h 127.0.0.1 -p "$PORT" -w workspace.yaml &
 pids+=($!)
 dev_pid=$!
 

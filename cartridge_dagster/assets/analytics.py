@@ -25,11 +25,15 @@ from cartridge_dagster.analytics.runner import (
     analyze_schema_with,
     source_or_reason,
 )
-from cartridge_dagster.assets.init.dbt import staging_key
-from cartridge_dagster.assets.keys import analytics_key, raw_key
+from cartridge_dagster.assets.keys import analytics_key, group_name, raw_key, staging_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.postgres import pg_connection
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
+from cartridge_dagster.sensors.automation import (
+    ANALYTICS_POOL,
+    analytics_condition,
+    build_automation_defs,
+)
 from cartridge_dagster.state import known_collections
 
 __all__ = [
@@ -210,11 +214,12 @@ def analytics_assets_for(
     if not collections:
         return None
     keys = {c: analytics_key(schema.name, c) for c in collections}
+    condition = analytics_condition(schema, [raw_key(schema.name, c) for c in collections])
     specs = [
         dg.AssetSpec(
             key=keys[c],
             deps=[raw_key(schema.name, c), *staging_keys(settings, schema.name, c)],
-            group_name=schema.name,
+            group_name=group_name(schema.name),
             kinds={"postgres"},
             description=(
                 f"Profile of `{c}` (raw table and staging models) in `cartridge_analytics`, "
@@ -222,6 +227,7 @@ def analytics_assets_for(
             ),
             tags={"cartridge/schema": schema.name, "cartridge/layer": "analytics"},
             skippable=True,
+            automation_condition=condition,
         )
         for c in collections
     ]
@@ -237,6 +243,7 @@ def analytics_assets_for(
         check_specs=check_specs,
         can_subset=True,
         op_tags={"cartridge/schema": schema.name},
+        pool=ANALYTICS_POOL,
     )
     def analytics(
         context: dg.AssetExecutionContext,
@@ -266,7 +273,7 @@ def analytics_assets_for(
                     cfg,
                     schema.name,
                     collections=wanted,
-                    run_id=context.run_id,
+                    run_id=context.run.run_id,
                     trigger="dagster",
                     reconcile_error=why,
                 )
@@ -299,9 +306,7 @@ def build_analytics_asset_defs(settings: CartridgeSettings) -> dg.Definitions:
 
 
 def build_analytics_defs(settings: CartridgeSettings) -> dg.Definitions:
-    """Analytics assets and checks, plus the automation (jobs, sensors, schedules)."""
-    from cartridge_dagster.sensors.automation import build_automation_defs
-
+    """Analytics assets and checks, plus the automation sensor and the jobs."""
     return dg.Definitions.merge(
         build_analytics_asset_defs(settings), build_automation_defs(settings)
     )

@@ -6,10 +6,11 @@ from typing import Any
 
 import dagster as dg
 
-from cartridge_dagster.assets.keys import catalog_key
+from cartridge_dagster.assets.keys import catalog_key, group_name
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.init.catalog import SourceCatalog, read_catalog, read_pg_catalog
 from cartridge_dagster.resources import CartridgeResource, MongoResource
+from cartridge_dagster.sensors.automation import INIT_POOL
 from cartridge_dagster.state import catalog_file, write_json_atomic
 
 __all__ = ["build_catalog_defs"]
@@ -29,13 +30,14 @@ def _catalog_asset(schema: SchemaConfig, kind: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=catalog_key(schema.name),
-        group_name=schema.name,
+        group_name=group_name(schema.name),
         kinds={"postgres" if postgres else "mongodb"},
         description=(
             f"{things} of {where} `{schema.source_database}` in scope for schema "
             f"`{schema.name}`, with {rows}."
         ),
         tags={"cartridge/schema": schema.name},
+        pool=INIT_POOL,
     )
     def catalog(
         context: dg.AssetExecutionContext, cartridge: CartridgeResource, mongo: MongoResource

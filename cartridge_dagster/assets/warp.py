@@ -6,19 +6,23 @@ Per configured schema S:
   landed by warp, not materialized by Dagster directly; they depend on ``cartridge/<S>/schema``.
 - job ``warp_<S>``: one op running the warp core as one long-lived run. It logs throttled
   ``AssetMaterialization``s for ``raw/<S>/<C>`` (events applied, lag, dead letters) so dbt
-  assets downstream can be automated on them, and stops cleanly when the run is canceled (the
-  checkpoint is written in the same transaction as the data, so it is always consistent).
+  assets downstream can be automated on them, and stops cleanly when the run is canceled or its
+  worker receives SIGINT/SIGTERM (the checkpoint is written in the same transaction as the data,
+  so it is always consistent); either way the run ends CANCELED, with no failure or traceback.
   Run tags: ``cartridge/warp_schema`` (the instance allows one run per value) and
   ``dagster-k8s/config`` with the schema's ``k8s_resources`` (one pod per schema).
 - sensor ``warp_<S>_supervisor`` (see :mod:`cartridge_dagster.sensors.warp`).
 - asset checks per raw table: lag under ``warp.lag_threshold_seconds``; no pending dead letters;
   PostgreSQL sources: the replication slot exists, is valid and holds less unconfirmed WAL than
-  ``warp.slot_lag_threshold_bytes`` (``slot_lag_under_threshold``).
+  ``warp.slot_lag_threshold_bytes`` (``slot_lag_under_threshold``). They run by declarative
+  automation when rows land and on the full-profile cron
+  (:func:`cartridge_dagster.sensors.automation.raw_check_condition`).
 """
 
 import asyncio
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -29,7 +33,7 @@ from typing import Any
 
 import dagster as dg
 
-from cartridge_dagster.assets.keys import raw_key, schema_key
+from cartridge_dagster.assets.keys import group_name, raw_key, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.deploy.k8s import warp_run_tags as deploy_warp_run_tags
 from cartridge_dagster.errors import CartridgeError, redact_url
@@ -37,8 +41,11 @@ from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.observability import MetricsServer, get_logger
 from cartridge_dagster.resources.warp import WarpResource
 from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
+from cartridge_dagster.scope import BuildScope, building, current_scope
+from cartridge_dagster.sensors.automation import raw_check_condition
 from cartridge_dagster.sensors.warp import build_warp_supervisor, warp_job_name
 from cartridge_dagster.state import known_collections
+from cartridge_dagster.warp.runner import RunSummary, WarpRunner
 from cartridge_dagster.warp.sink import Batch, BatchResult
 
 __all__ = ["DagsterObserver", "WarpRunConfig", "build_warp_defs", "warp_run_tags"]
@@ -76,8 +83,11 @@ class DagsterObserver:
         cancel_poll_seconds: float = 1.0,
         open_letters: Callable[[], "WarehouseCounts"] | None = None,
         source_lag: Callable[[], dict[str, float]] | None = None,
+        scope: BuildScope | None = None,
     ) -> None:
         self.context = context
+        #: The build's scope (key prefix): materializations name the keys the graph declares.
+        self.scope = scope or current_scope()
         #: Open dead letters and value-policy counts per collection, read when emitting.
         self.open_letters = open_letters
         #: The source's own lag (PostgreSQL: the replication slot's), read when emitting.
@@ -95,6 +105,8 @@ class DagsterObserver:
         self.materializations = 0
         self._stop = False
         self._stop_logged = False
+        #: The signal that stopped the run worker (``"SIGTERM"``), None if none did.
+        self.signal: str | None = None
         self._closed = threading.Event()
         self._poller: threading.Thread | None = None
         self._emitter: ThreadPoolExecutor | None = None
@@ -146,11 +158,9 @@ class DagsterObserver:
                 )
                 if changed:  # {policy: {field path: count}}: what landed differently
                     metadata["value_policies"] = dg.MetadataValue.json(changed)
-            self.context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=raw_key(self.schema.name, table), metadata=metadata
-                )
-            )
+            with building(self.scope):
+                key = raw_key(self.schema.name, table)
+            self.context.log_event(dg.AssetMaterialization(asset_key=key, metadata=metadata))
 
     @staticmethod
     def _emitted(future: Future[None]) -> None:
@@ -206,8 +216,15 @@ class DagsterObserver:
             self._poller.start()
         if self._stop and not self._stop_logged:
             self._stop_logged = True
-            self.context.log.info("run cancellation requested: stopping warp cleanly")
+            why = f"{self.signal} received" if self.signal else "run cancellation requested"
+            self.context.log.info(f"{why}: stopping warp cleanly")
         return self._stop
+
+    def interrupted(self, signame: str) -> None:
+        """A stop signal reached the run worker: warp stops as on cancellation (the batch in
+        flight is committed with its checkpoint, nothing after it is read)."""
+        self.signal = self.signal or signame
+        self._stop = True
 
     def _poll_cancellation(self) -> None:
         while not self._stop and not self._closed.wait(self.cancel_poll):
@@ -229,6 +246,65 @@ class DagsterObserver:
             self._emitter.shutdown(wait=True)
         if self._poller is not None:
             self._poller.join(timeout=5)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _run_until_signaled(runner: WarpRunner, observer: DagsterObserver) -> RunSummary:
+    """``runner.run()`` with SIGINT/SIGTERM turned into warp's clean stop for its duration.
+
+    Dagster's run worker maps both signals to an exception raised wherever the op happens to be
+    (``DagsterExecutionInterruptedError``), which would fail the step mid-batch and the run
+    with it. While warp runs, the event loop takes the signals instead and asks the runner to
+    stop; Dagster's handlers are put back afterwards, so a second signal after that interrupts
+    as usual. Outside the main thread (an in-process test) signals cannot be taken: unchanged."""
+    loop = asyncio.get_running_loop()
+    taken: list[tuple[signal.Signals, Any]] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            previous = signal.getsignal(sig)
+            loop.add_signal_handler(sig, observer.interrupted, sig.name)
+            taken.append((sig, signal.SIG_DFL if previous is None else previous))
+    try:
+        return await runner.run()
+    finally:
+        for sig, previous in taken:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, previous)
+
+
+def _canceled_message(run: dg.DagsterRun) -> str:
+    return f"warp stopped cleanly on request (checkpoint committed); run {run.run_id} canceled"
+
+
+@dg.success_hook(name="warp_end_canceled")
+def _end_canceled(context: dg.HookContext) -> None:
+    """End a warp run that stopped because it was canceled (or signaled) as CANCELED.
+
+    The op returns normally once warp has stopped, and a returning op would make Dagster mark
+    the run SUCCESS. Here, after the step's success, a run in CANCELING is reported CANCELED
+    and the run's execution is ended by the interrupt Dagster itself uses for cancellation;
+    for a run already CANCELED Dagster records only that its resources were cleaned up, so the
+    run shows no failure and no traceback."""
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is None or run.status != dg.DagsterRunStatus.CANCELING:
+        return
+    context.instance.report_run_canceled(run, message=_canceled_message(run))
+    raise dg.DagsterExecutionInterruptedError(_canceled_message(run))
+
+
+def _report_canceling(context: dg.OpExecutionContext, signame: str) -> None:
+    """A run whose worker was signaled (make demo stopped, a pod evicted) is canceled, not
+    successful: it did not finish its work, it was stopped, and it stopped cleanly."""
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run.status not in (
+        dg.DagsterRunStatus.CANCELING,
+        dg.DagsterRunStatus.CANCELED,
+    ):
+        context.instance.report_run_canceling(
+            run, message=f"{signame} received by the run worker: warp stopped cleanly"
+        )
 
 
 def _redacted_failure(exc: Exception) -> dg.Failure:
@@ -297,6 +373,7 @@ class DeadLetterCounts:
 
 def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
     name = warp_job_name(schema.name)
+    scope = current_scope()
 
     @dg.op(name=f"{name}_run", description=f"Run warp for schema `{schema.name}` until stopped.")
     def run_warp(context: dg.OpExecutionContext, config: WarpRunConfig, warp: WarpResource) -> None:
@@ -308,6 +385,7 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             cfg,
             interval=cfg.warp.materialization_interval_seconds,
             open_letters=counts,
+            scope=scope,
         )
         runner = warp.runner(
             schema.name,
@@ -330,7 +408,7 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             if server is not None:
                 server.health.watch(f"warp/{schema.name}", runner.health.probe)
             with young_gc_threshold() if gc_tuning_enabled() else contextlib.nullcontext():
-                summary = asyncio.run(runner.run())
+                summary = asyncio.run(_run_until_signaled(runner, observer))
         except Exception as exc:  # noqa: BLE001 - re-raised as a Failure without secrets
             raise _redacted_failure(exc) from None
         finally:
@@ -347,11 +425,14 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             f"{sum(summary.dead_letters.values())} dead letters, checkpoint version "
             f"{cp.version if cp else '-'}"
         )
+        if observer.signal is not None:
+            _report_canceling(context, observer.signal)
 
     @dg.job(
         name=name,
         tags=warp_run_tags(schema),
         executor_def=dg.in_process_executor,
+        hooks={_end_canceled},
         description=f"Long-lived CDC run for schema `{schema.name}` (one per schema).",
     )
     def warp_job() -> None:
@@ -365,7 +446,7 @@ def _raw_specs(settings: CartridgeSettings, schema: SchemaConfig) -> list[dg.Ass
         dg.AssetSpec(
             raw_key(schema.name, collection),
             deps=[schema_key(schema.name)],
-            group_name=schema.name,
+            group_name=group_name(schema.name),
             kinds={"postgres"},
             description=(
                 f"Raw landing table `{schema.raw_schema}.{raw_table_name(collection)}` for "
@@ -390,7 +471,12 @@ def _checks(
     names = ["lag_under_threshold", "no_dead_letters"]
     if slot:  # a PostgreSQL source: its replication slot
         names.append("slot_lag_under_threshold")
-    specs = [dg.AssetCheckSpec(name, asset=key) for key in keys for name in names]
+    condition = raw_check_condition(schema)
+    specs = [
+        dg.AssetCheckSpec(name, asset=key, automation_condition=condition)
+        for key in keys
+        for name in names
+    ]
 
     @dg.multi_asset_check(specs=specs, name=f"warp_{schema.name}_checks", can_subset=True)
     def warp_checks(context: dg.AssetCheckExecutionContext, warp: WarpResource) -> Any:

@@ -252,8 +252,11 @@ def change_log_event(entry: LogEntry, database: str | None) -> dict[str, Any] | 
 class _LogCursor:
     """A change stream over the embedded engine's change log, from a position on."""
 
-    #: How often an idle cursor looks for new changes (another process's writes included).
+    #: How often a cursor looks for new changes (another process's writes included) right
+    #: after one arrived; each empty look doubles the wait up to ``IDLE_POLL_SECONDS``, so an
+    #: idle stream reads the log 5 times a second, not 40 (each look is a query in a thread).
     POLL_SECONDS = 0.025
+    IDLE_POLL_SECONDS = 0.2
     #: Changes read from the log at a time: a backlog stays in the source, not in memory.
     READ_AHEAD = 64
 
@@ -263,6 +266,7 @@ class _LogCursor:
         self.position = after
         self._max_await = max_await_ms / 1000
         self._buffer: collections.deque[LogEntry] = collections.deque()
+        self._poll = self.POLL_SECONDS
 
     async def try_next(self) -> dict[str, Any] | None:
         deadline = time.monotonic() + self._max_await
@@ -276,11 +280,13 @@ class _LogCursor:
             entries = await asyncio.to_thread(self._log.read, self.position, self.READ_AHEAD)
             if entries:
                 self._buffer.extend(entries)
+                self._poll = self.POLL_SECONDS
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            await asyncio.sleep(min(self.POLL_SECONDS, remaining))
+            await asyncio.sleep(min(self._poll, remaining))
+            self._poll = min(self._poll * 2, self.IDLE_POLL_SECONDS)
 
     def close(self) -> None:
         self._buffer.clear()

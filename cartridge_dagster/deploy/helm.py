@@ -12,8 +12,10 @@ What each part is for:
   ``includeConfigInLaunchedRuns`` its env (Secret, ConfigMap), volumes and resources are copied
   into every run pod it launches, so runs see the same config as the code server;
 - the warp runs add their own pod spec through the ``dagster-k8s/config`` run tag (see
-  :func:`cartridge_dagster.deploy.k8s.warp_run_k8s_config`), and the queued run coordinator
-  allows one run per value of ``cartridge/warp_schema``;
+  :func:`cartridge_dagster.deploy.k8s.warp_run_k8s_config`); the chart's ``concurrency`` block
+  (the instance's ``concurrency:``) allows one run per value of ``cartridge/warp_schema`` and one
+  run at a time in each of Cartridge's pools (dbt, analytics, init: ``pools.default_limit: 1``
+  with ``granularity: run``), so automation, jobs and manual launches never overlap;
 - run monitoring resumes a run whose pod died (the K8s launcher supports resume), and run retries
   re-launch a failed run.
 
@@ -35,11 +37,22 @@ from cartridge_dagster.deploy.k8s import (
     state_volumes,
 )
 
-__all__ = ["DAGSTER_PG_SCHEME", "chart_version", "helm_values", "tag_concurrency_limits"]
+__all__ = [
+    "DAGSTER_PG_SCHEME",
+    "POOL_DEFAULT_LIMIT",
+    "POOL_GRANULARITY",
+    "chart_version",
+    "helm_values",
+    "tag_concurrency_limits",
+]
 
 #: SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3, which breaks dagster-postgres'
 #: LISTEN/NOTIFY; the explicit driver keeps psycopg2.
 DAGSTER_PG_SCHEME = "postgresql+psycopg2"
+#: Every pool Cartridge's assets use (``cartridge_dbt``, ``cartridge_analytics``,
+#: ``cartridge_init``) admits one run at a time; a queued run waits until its pools are free.
+POOL_DEFAULT_LIMIT = 1
+POOL_GRANULARITY = "run"
 
 
 def chart_version() -> str:
@@ -58,10 +71,10 @@ def _resources(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dict
 
 
 def tag_concurrency_limits() -> list[dict[str, Any]]:
-    """Exactly one run per warp schema; one dbt run at a time (as in the local dagster.yaml)."""
+    """Exactly one run per warp schema (as in the local dagster.yaml); the dbt, analytics and
+    init assets are kept apart by their pools."""
     return [
         {"key": WARP_SCHEMA_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
-        {"key": "cartridge/kind", "value": "dbt", "limit": 1},
     ]
 
 
@@ -180,16 +193,11 @@ def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str
             "initContainerResources": _resources("50m", "64Mi", "100m", "128Mi"),
             "podSecurityContext": pod_sc,
             "securityContext": container_sc,
+            # The limits are in the top-level `concurrency` block (the chart refuses both).
             "runCoordinator": {
                 "enabled": True,
                 "type": "QueuedRunCoordinator",
-                "config": {
-                    "queuedRunCoordinator": {
-                        # Warp runs are long-lived: each holds a slot for as long as it streams.
-                        "maxConcurrentRuns": warp_runs + options.extra_concurrent_runs,
-                        "tagConcurrencyLimits": tag_concurrency_limits(),
-                    }
-                },
+                "config": {"queuedRunCoordinator": {}},
             },
             "runMonitoring": {
                 "enabled": True,
@@ -202,6 +210,16 @@ def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str
             "runRetries": {"enabled": True, "maxRetries": 3},
             "sensors": {"useThreads": True, "numWorkers": 4},
             "schedules": {"useThreads": True, "numWorkers": 2},
+        },
+        # The instance's `concurrency:` block: runs (the queue) and pools.
+        "concurrency": {
+            "enabled": True,
+            "runs": {
+                # Warp runs are long-lived: each holds a slot for as long as it streams.
+                "maxConcurrentRuns": warp_runs + options.extra_concurrent_runs,
+                "tagConcurrencyLimits": tag_concurrency_limits(),
+            },
+            "pools": {"defaultLimit": POOL_DEFAULT_LIMIT, "granularity": POOL_GRANULARITY},
         },
         "telemetry": {"enabled": False},
     }

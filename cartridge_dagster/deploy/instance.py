@@ -1,8 +1,10 @@
 """A production ``dagster.yaml`` for running Dagster on Kubernetes without the Helm chart.
 
 With the chart, the same settings come from the values (:mod:`cartridge_dagster.deploy.helm`)
-and the chart writes the instance ConfigMap itself. Both use the same concurrency limits, run
-monitoring and retries, and the ``postgresql+psycopg2`` scheme.
+and the chart writes the instance ConfigMap itself. Both use the same concurrency limits (the
+``concurrency:`` block: the run queue and the pools), run monitoring and retries, declarative
+automation, and the ``postgresql+psycopg2`` scheme. Classes are named by public modules only
+(``dagster.QueuedRunCoordinator``, ``dagster_k8s.launcher``, ``dagster_postgres.*``).
 
 This module never imports dagster.
 """
@@ -12,7 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from cartridge_dagster.config import CartridgeSettings
-from cartridge_dagster.deploy.helm import DAGSTER_PG_SCHEME, tag_concurrency_limits
+from cartridge_dagster.deploy.helm import (
+    DAGSTER_PG_SCHEME,
+    POOL_DEFAULT_LIMIT,
+    POOL_GRANULARITY,
+    tag_concurrency_limits,
+)
 from cartridge_dagster.deploy.k8s import (
     DeployOptions,
     container_security_context,
@@ -85,13 +92,13 @@ def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict
                 },
             },
         },
-        "run_coordinator": {
-            "module": "dagster",
-            "class": "QueuedRunCoordinator",
-            "config": {
+        "run_coordinator": {"module": "dagster", "class": "QueuedRunCoordinator"},
+        "concurrency": {
+            "runs": {
                 "max_concurrent_runs": len(settings.schemas) + options.extra_concurrent_runs,
                 "tag_concurrency_limits": tag_concurrency_limits(),
             },
+            "pools": {"default_limit": POOL_DEFAULT_LIMIT, "granularity": POOL_GRANULARITY},
         },
         "run_monitoring": {
             "enabled": True,
@@ -102,5 +109,6 @@ def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict
         "run_retries": {"enabled": True, "max_retries": 3},
         "sensors": {"use_threads": True, "num_workers": 4},
         "schedules": {"use_threads": True, "num_workers": 2},
+        "auto_materialize": {"enabled": True, "use_sensors": True},
         "telemetry": {"enabled": False},
     }

@@ -386,12 +386,18 @@ _PG_SQL_TYPE = {
     "ARRAY": "jsonb",  # landed as JSON arrays
 }
 
-_PG_COLUMNS = """
+#: The tables of a schema are its ordinary and partitioned tables; a partition is not a table
+#: of its own (its rows are the partitioned table's, read and published through it).
+_PG_TABLES = """
+SELECT r.oid, r.relname, r.relkind, r.reltuples FROM pg_catalog.pg_class r
+JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+WHERE n.nspname = $1 AND r.relkind IN ('r', 'p') AND NOT r.relispartition
+"""
+_PG_COLUMNS = f"""
 SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, c.ordinal_position
 FROM information_schema.columns c
-JOIN information_schema.tables t
-  ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE' AND c.is_generated = 'NEVER'
+JOIN ({_PG_TABLES}) r ON r.relname = c.table_name
+WHERE c.table_schema = $1 AND c.is_generated = 'NEVER'
 ORDER BY c.table_name, c.ordinal_position
 """
 _PG_KEYS = """
@@ -404,17 +410,22 @@ JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, n) ON true
 JOIN pg_attribute att ON att.attrelid = rel.oid AND att.attnum = k.attnum
 LEFT JOIN pg_class frel ON frel.oid = con.confrelid
 LEFT JOIN pg_attribute fatt ON fatt.attrelid = con.confrelid AND fatt.attnum = con.confkey[k.n]
-WHERE nsp.nspname = $1 AND con.contype IN ('p', 'f')
+WHERE nsp.nspname = $1 AND con.contype IN ('p', 'f') AND NOT rel.relispartition
 ORDER BY rel.relname, con.conname, k.n
 """
+#: A partitioned table's statistics are those over its partitions (``inherited``).
 _PG_STATS = """
-SELECT tablename, attname, null_frac, n_distinct
-FROM pg_stats WHERE schemaname = $1
+SELECT DISTINCT ON (tablename, attname) tablename, attname, null_frac, n_distinct
+FROM pg_stats WHERE schemaname = $1 ORDER BY tablename, attname, inherited
 """
-_PG_ROWS = """
-SELECT c.relname, greatest(c.reltuples, 0)::bigint
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+#: A partitioned table holds no rows itself: its estimate is the sum of its partitions'.
+_PG_ROWS = f"""
+SELECT r.relname, CASE WHEN r.relkind = 'p'
+    THEN (SELECT COALESCE(sum(greatest(p.reltuples, 0)), 0)
+          FROM pg_catalog.pg_partition_tree(r.oid) AS t
+          JOIN pg_catalog.pg_class p ON p.oid = t.relid WHERE t.isleaf)
+    ELSE greatest(r.reltuples, 0) END::bigint
+FROM ({_PG_TABLES}) r
 """
 
 

@@ -81,9 +81,11 @@ def decide(runs: Sequence[RunInfo], now: float) -> Decision:
 def build_warp_supervisor(schema: SchemaConfig, job: dg.JobDefinition) -> dg.SensorDefinition:
     name = warp_job_name(schema.name)
 
+    # By name, not by definition: a sensor holding a job whose resources the Definitions bind
+    # is rebuilt by Dagster on load, which warns (beta `owners`) on every load.
     @dg.sensor(
         name=f"{name}_supervisor",
-        job=job,
+        job_name=job.name,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Keeps exactly one `{name}` run alive (backs off after failures).",

@@ -47,7 +47,7 @@ import contextlib
 import datetime as dt
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +102,7 @@ from cartridge_dagster.pg_documents import (
 )
 from cartridge_dagster.warp import metrics
 from cartridge_dagster.warp.changes import Change, DeadLetter, Transformer
-from cartridge_dagster.warp.sink import Batch, Wipe
+from cartridge_dagster.warp.sink import Batch, CopyRows, Wipe
 from cartridge_dagster.warp.sources import Position
 
 __all__ = [
@@ -488,12 +488,16 @@ class PgSource:
         return self.transformer.take_stats(collection)
 
     async def estimate(self, collection: str) -> int | None:
-        """The planner's row count of the table (``pg_class.reltuples``; None before the
-        first ANALYZE or autovacuum)."""
+        """The planner's row count of the table (``pg_class.reltuples``, summed over the
+        partitions of a partitioned table; None before the first ANALYZE or autovacuum)."""
         async with self._lock:
             conn = await self._db()
             n = await conn.fetchval(
-                "SELECT c.reltuples FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "SELECT CASE WHEN c.relkind = 'p' THEN (SELECT sum(p.reltuples) FILTER "
+                "(WHERE p.reltuples >= 0) FROM pg_catalog.pg_partition_tree(c.oid) AS t "
+                "JOIN pg_catalog.pg_class p ON p.oid = t.relid WHERE t.isleaf) "
+                "ELSE c.reltuples END "
+                "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                 "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
                 self.namespace,
                 collection,
@@ -571,20 +575,23 @@ class PgSource:
             len(keys),
         )
 
-    async def _chunk(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
+    async def _in_snapshot[T](self, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``read`` on a pooled connection, in one read-only transaction that imports the
+        slot's exported snapshot while it lasts (a copy consistent with the slot's start)."""
         if self._pool is None:
             size = 2 * max(1, self.schema.warp.snapshot_parallel_collections)
             self._pool = await _pool(self.url, size, 10.0)
         async with self._pool.acquire() as conn:
             name = self._snapshot_name
             if name is None:
-                return list(await conn.fetch(sql, *args))
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    return await read(conn)
             try:
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
                     await conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(name)}")
-                    rows = list(await conn.fetch(sql, *args))
+                    out = await read(conn)
                 self.snapshot_imports += 1
-                return rows
+                return out
             except (
                 asyncpg.InvalidParameterValueError,
                 asyncpg.ObjectNotInPrerequisiteStateError,
@@ -592,7 +599,14 @@ class PgSource:
                 # the exporting connection is gone: the stream's catch-up makes it consistent
                 log.info("warp.pg.snapshot.lost_export", snapshot=name)
                 self._snapshot_name = None
-                return list(await conn.fetch(sql, *args))
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    return await read(conn)
+
+    async def _chunk(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
+        async def read(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(await conn.fetch(sql, *args))
+
+        return await self._in_snapshot(read)
 
     def _converter(self, info: TableInfo) -> RowConverter:
         return RowConverter(
@@ -625,8 +639,12 @@ class PgSource:
         converter = self._converter(info)
         first_sql, nkeys = self._snapshot_query(info, True)
         next_sql, _ = self._snapshot_query(info, False)
-        max_bytes = self.transformer.max_bytes
         single = len(kinds) == 1 and kinds[0] in ("int", "float", "string", "text", "date")
+        if single and not (sweep or merge):
+            # the source writes the rows in the raw table's COPY format: no Python per row
+            async for batch in self._copy_ranges(info, converter, state, version, stop):
+                yield batch
+            return
 
         def close(batch: Batch, done: bool) -> Batch:
             batch.snapshot = {
@@ -667,36 +685,7 @@ class PgSource:
                 for row in rows:
                     key_texts = list(row[:nkeys])
                     doc_id = key_texts[0] if single else key_id(kinds, key_texts)
-                    doc = row[nkeys]
-                    if doc is None:
-                        texts = row[nkeys + 1]
-                        try:
-                            counted = ConversionStats()
-                            doc = converter.document(texts, counted)
-                            if counted:  # taken by the runner after each batch: look it up now
-                                self.transformer.stats_for(collection).merge(counted)
-                        except UnlandableDocument as exc:
-                            batch.dead.append(
-                                self._dead(
-                                    info.name,
-                                    doc_id,
-                                    version,
-                                    "snapshot",
-                                    exc,
-                                    converter.columns,
-                                    texts,
-                                )
-                            )
-                            doc = None
-                    if doc is not None:
-                        if len(doc) > max_bytes:
-                            batch.dead.append(
-                                self._oversized(info, doc_id, version, "snapshot", row)
-                            )
-                        else:
-                            batch.changes.append(
-                                Change(collection, doc_id, "snapshot", version, doc, now)
-                            )
+                    self._land(info, converter, row, nkeys, doc_id, version, now, batch)
                     after = key_texts  # type: ignore[assignment]
                     copied += 1
                     batch.events += 1
@@ -709,6 +698,192 @@ class PgSource:
                 if done:
                     return
                 await asyncio.sleep(0)
+        finally:
+            if ahead is not None:  # stopped early: the connection must be free again
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                    await ahead
+
+    def _land(
+        self,
+        info: TableInfo,
+        converter: RowConverter,
+        row: Sequence[Any],
+        nkeys: int,
+        doc_id: str,
+        version: int,
+        now: dt.datetime,
+        batch: Batch,
+    ) -> None:
+        """One snapshot row (keys, document or NULL, column texts) into ``batch``: as built by
+        the server, converted in Python, or a dead letter."""
+        doc = row[nkeys]
+        if doc is None:
+            texts = row[nkeys + 1]
+            try:
+                counted = ConversionStats()
+                doc = converter.document(texts, counted)
+                if counted:  # taken by the runner after each batch: look it up now
+                    self.transformer.stats_for(info.name).merge(counted)
+            except UnlandableDocument as exc:
+                batch.dead.append(
+                    self._dead(
+                        info.name, doc_id, version, "snapshot", exc, converter.columns, texts
+                    )
+                )
+                return
+        if len(doc) > self.transformer.max_bytes:
+            batch.dead.append(self._oversized(info, doc_id, version, "snapshot", row))
+        else:
+            batch.changes.append(Change(info.name, doc_id, "snapshot", version, doc, now))
+
+    def _range_sql(self, info: TableInfo, size: int, first: bool) -> str:
+        """The last key (as text) and the number of the next ``size`` rows after ``$1``."""
+        key = info.key_columns()[0]
+        col = f"t.{quote_ident(key.name)}"
+        where = "" if first else f"WHERE {col} > $1::text::{key.cast}{key.collate} "
+        return (
+            f"SELECT s.k, s.n FROM (SELECT {output_text(col)} AS k, row_number() OVER "
+            f"(ORDER BY {col}) AS n FROM {qualified(self.namespace, info.name)} AS t "
+            f"{where}ORDER BY {col} LIMIT {int(size)}) AS s ORDER BY s.n DESC LIMIT 1"
+        )
+
+    def _range_sqls(
+        self, info: TableInfo, lo: str | None, hi: str | None, version: int, now: dt.datetime
+    ) -> tuple[str, str | None, str]:
+        """For the rows with ``lo < key <= hi`` (None: unbounded): the query (to COPY) of those the
+        server lands whole, in :data:`~cartridge_dagster.warp.sink.COPY_COLUMNS` order; the
+        query of those the Python conversion takes (None: none can be); the query of those
+        over ``dead_letter.max_document_bytes``. The last two in :meth:`_snapshot_query`'s
+        shape."""
+        key = info.key_columns()[0]
+        col = f"t.{quote_ident(key.name)}"
+        landed = [c.landed for c in info.landed]
+        expr = snapshot_expressions("t", landed, self._excluded(info.name))
+        table = qualified(self.namespace, info.name)
+        conds = []
+        if lo is not None:
+            conds.append(f"{col} > {quote_literal(lo)}::text::{key.cast}{key.collate}")
+        if hi is not None:
+            conds.append(f"{col} <= {quote_literal(hi)}::text::{key.cast}{key.collate}")
+        in_range = " AND ".join(conds) or "true"
+        slow = f"COALESCE({expr.slow}, false)" if expr.slow is not None else "false"
+        # OFFSET 0: the document is built once per row, for the test and the output
+        doc = f"CROSS JOIN LATERAL (SELECT {expr.document} AS doc OFFSET 0) AS _cartridge_doc"
+        small = f"octet_length(_cartridge_doc.doc::text) <= {int(self.transformer.max_bytes)}"
+        key_out = f"COALESCE({output_text(col)}, 'null')"
+        # binary COPY: the document as jsonb's binary form (version 1, then the JSON text)
+        copy = (
+            f"SELECT {key_out}, decode('01', 'hex') || convert_to(_cartridge_doc.doc::text, "
+            f"'UTF8'), false, {int(version)}::numeric, 'snapshot'::text, "
+            f"{quote_literal(now.isoformat())}::timestamptz FROM {table} AS t {expr.lateral} "
+            f"{doc} WHERE ({in_range}) AND NOT {slow} AND {small} ORDER BY {col}"
+        )
+        python = None
+        if expr.slow is not None:
+            texts = ", ".join(output_text(f"t.{quote_ident(c.name)}") for c in landed)
+            python = (
+                f"SELECT {key_out}, NULL::json AS doc, ARRAY[{texts}] AS texts "
+                f"FROM {table} AS t WHERE ({in_range}) AND ({expr.slow}) ORDER BY {col}"
+            )
+        oversized = (
+            f"SELECT {key_out}, _cartridge_doc.doc, NULL::text[] AS texts FROM {table} AS t "
+            f"{expr.lateral} {doc} WHERE ({in_range}) AND NOT {slow} AND NOT {small} "
+            f"ORDER BY {col}"
+        )
+        return copy, python, oversized
+
+    async def _read_range(
+        self, info: TableInfo, lo: str | None, version: int, size: int
+    ) -> tuple[str | None, int, bytes, int, list[asyncpg.Record], dt.datetime]:
+        """The next range of ``size`` rows after ``lo``, in one snapshot transaction: (its
+        last key, its rows, the COPY data, the rows in it, the rows Python takes, the time)."""
+        now = dt.datetime.now(dt.UTC)
+
+        async def read(
+            conn: asyncpg.Connection,
+        ) -> tuple[str | None, int, bytes, int, list[asyncpg.Record], dt.datetime]:
+            bound = await conn.fetchrow(
+                self._range_sql(info, size, lo is None), *([] if lo is None else [lo])
+            )
+            if bound is None:
+                return None, 0, b"", 0, [], now
+            hi, count = bound["k"], int(bound["n"])
+            copy_sql, python_sql, oversized_sql = self._range_sqls(
+                info, lo, hi if count == size else None, version, now
+            )
+            parts: list[bytes] = []
+
+            async def out(chunk: bytes) -> None:
+                parts.append(bytes(chunk))
+
+            status = await conn.copy_from_query(copy_sql, output=out, format="binary")
+            copied = int(str(status).rsplit(" ", 1)[-1])
+            rest = list(await conn.fetch(python_sql)) if python_sql is not None else []
+            if copied + len(rest) < count:
+                rest += await conn.fetch(oversized_sql)
+            return hi, count, b"".join(parts), copied, rest, now
+
+        return await self._in_snapshot(read)
+
+    async def _copy_ranges(
+        self,
+        info: TableInfo,
+        converter: RowConverter,
+        state: Mapping[str, Any],
+        version: int,
+        stop: asyncio.Event | None,
+    ) -> AsyncIterator[Batch]:
+        """Copy a table with a one-column key in ranges of ``size`` rows: the source server
+        writes each range in the raw table's binary COPY format (the rows the Python
+        conversion must take, and oversized ones, come apart), the sink COPYs it in as it
+        is. The next range is read while this one lands."""
+        name = info.name
+        size = min(self.schema.batching.snapshot_chunk_size, self.schema.batching.max_batch_size)
+        start = orjson.loads(state["after"]) if state.get("after") is not None else None
+        after: str | None = start[0] if start else None
+        copied = int(state.get("copied", 0))
+
+        async def fetch(
+            lo: str | None,
+        ) -> tuple[str | None, int, bytes, int, list[asyncpg.Record], dt.datetime]:
+            try:
+                return await self._read_range(info, lo, version, size)
+            except asyncpg.UndefinedTableError:  # dropped while copying: the rest is gone
+                log.info("warp.pg.snapshot.gone", table=name)
+                return None, 0, b"", 0, [], dt.datetime.now(dt.UTC)
+
+        ahead: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                hi, count, data, n, rest, now = await (ahead if ahead is not None else fetch(after))
+                ahead = None
+                done = count < size
+                if not done:
+                    ahead = asyncio.create_task(fetch(hi))
+                batch = Batch(kind="snapshot", version=None, events=count, direct_copy=True)
+                if n:
+                    batch.copy = CopyRows(name, data, n, version)
+                for row in rest:
+                    self._land(info, converter, row, 1, row[0], version, now, batch)
+                copied += count
+                if hi is not None:
+                    after = hi
+                batch.snapshot = {
+                    name: {
+                        "done": done,
+                        "after": orjson.dumps([after]).decode() if after is not None else None,
+                        "version": str(version),
+                        "sweep": False,
+                        "merge": False,
+                        "copied": copied,
+                    }
+                }
+                yield batch
+                if done:
+                    return
         finally:
             if ahead is not None:  # stopped early: the connection must be free again
                 ahead.cancel()
@@ -850,6 +1025,13 @@ class PgSource:
     async def _relation(self, msg: Relation) -> None:
         conn = await self._db()
         in_scope = msg.namespace == self.namespace and self.schema.selects(msg.name)
+        if in_scope and msg.name not in self.tables:
+            # publishing through partition roots, the server describes a partition too before
+            # its changes (which name the root): a partition is no table of its own
+            part = await conn.fetchval(
+                "SELECT relispartition FROM pg_catalog.pg_class WHERE oid = $1", msg.oid
+            )
+            in_scope = not part
         types = await self.resolver.resolve(conn, [c.type_oid for c in msg.columns])
         columns = [
             Column(c.name, types[c.type_oid].kind, types[c.type_oid].delim) for c in msg.columns

@@ -53,6 +53,7 @@ __all__ = [
     "Batch",
     "BatchResult",
     "Checkpoint",
+    "CopyRows",
     "Fenced",
     "NumericCodec",
     "Sink",
@@ -85,6 +86,78 @@ class Wipe:
     op: Literal["drop", "sweep", "truncate"]
 
 
+#: The columns a source's COPY rows fill, in this order (the others take their defaults).
+COPY_COLUMNS = (
+    "_id",
+    "document",
+    "_cartridge_deleted",
+    "_cartridge_version",
+    "_cartridge_op",
+    "_cartridge_source_ts",
+)
+#: PostgreSQL's binary COPY header (signature, flags, no extension) and trailer.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass
+class CopyRows:
+    """Snapshot rows of one collection as the source server wrote them: PostgreSQL's binary
+    COPY format of :data:`COPY_COLUMNS` (the document as ``jsonb``'s binary form, version 1
+    then the JSON text). The sink COPYs them into the raw table as they are (no Python object
+    per row). ``version`` is every row's version."""
+
+    collection: str
+    data: bytes
+    rows: int
+    version: int
+
+    def changes(self) -> list[Change]:
+        """The same rows as :class:`Change`s, for the staged merge (a raw table with history,
+        or rows the COPY could not land as they are)."""
+        data = self.data
+        if not data.startswith(COPY_SIGNATURE):
+            raise TerminalError(f"snapshot rows of {self.collection!r} are not in binary COPY")
+        pos = len(COPY_SIGNATURE) + 4
+        (extension,) = struct.unpack_from("!i", data, pos)
+        pos += 4 + extension
+        out: list[Change] = []
+        while True:
+            (count,) = struct.unpack_from("!h", data, pos)
+            pos += 2
+            if count == -1:
+                return out
+            if count != len(COPY_COLUMNS):
+                raise TerminalError(
+                    f"snapshot rows of {self.collection!r} have {count} fields, "
+                    f"not {len(COPY_COLUMNS)}"
+                )
+            fields: list[bytes | None] = []
+            for _ in range(count):
+                (size,) = struct.unpack_from("!i", data, pos)
+                pos += 4
+                if size < 0:
+                    fields.append(None)
+                    continue
+                fields.append(data[pos : pos + size])
+                pos += size
+            doc_id, document, _deleted, _version, op, source_ts = fields
+            ts = None
+            if source_ts is not None:
+                (micros,) = struct.unpack("!q", source_ts)
+                ts = _PG_EPOCH + dt.timedelta(microseconds=micros)
+            out.append(
+                Change(
+                    self.collection,
+                    (doc_id or b"").decode(),
+                    (op or b"snapshot").decode(),  # type: ignore[arg-type]
+                    self.version,
+                    document[1:] if document is not None else None,  # after jsonb's version
+                    ts,
+                )
+            )
+
+
 @dataclass
 class Batch:
     """What the reader hands the writer: changes, dead letters and the position after them."""
@@ -110,12 +183,17 @@ class Batch:
     progress: dict[str, Any] | None = None
     created: float = field(default_factory=time.monotonic)
     read_at: float = field(default_factory=time.time)
+    #: Snapshot rows already in COPY format (beside ``changes``, which then hold the rows the
+    #: source's Python conversion had to take).
+    copy: CopyRows | None = None
 
     def __len__(self) -> int:
-        return len(self.changes) + len(self.dead)
+        return len(self.changes) + len(self.dead) + (self.copy.rows if self.copy else 0)
 
     def collections(self) -> list[str]:
         names = {c.collection for c in self.changes}
+        if self.copy is not None:
+            names.add(self.copy.collection)
         names.update(w.collection for w in self.wipes)
         return sorted(names)
 
@@ -527,6 +605,30 @@ class Sink:
                 raise
             return False
 
+    async def _copy_in(self, conn: asyncpg.Connection, rows: CopyRows) -> bool:
+        """COPY a source's rows into their raw table as they are, under a savepoint (only
+        rows that cannot exist yet: see :meth:`_direct_copy`). False: nothing landed, the
+        caller merges them instead."""
+        collection = rows.collection
+        if self._history.get(collection) or self.schema.table(collection).history:
+            return False
+        if not rows.rows:
+            return True
+        try:
+            async with conn.transaction():
+                await conn.copy_to_table(
+                    raw_table_name(collection),
+                    schema_name=self.raw_schema,
+                    source=memoryview(rows.data),  # bytes would be taken for a path
+                    columns=list(COPY_COLUMNS),
+                    format="binary",
+                )
+            return True
+        except asyncpg.PostgresError as exc:
+            if not _is_data_error(exc):
+                raise
+            return False
+
     async def _insert_dead(self, conn: asyncpg.Connection, dead: Sequence[DeadLetter]) -> None:
         if not dead:
             return
@@ -627,6 +729,13 @@ class Sink:
                         self._tables[collection] = raw_table_name(collection)
                         if self.schema.table(collection).history:
                             self._history[collection] = history_table_name(collection)
+                copied = 0
+                if batch.copy is not None:
+                    if batch.direct_copy and await self._copy_in(conn, batch.copy):
+                        copied = batch.copy.rows
+                    else:  # the staged merge (history, or a row the COPY refused)
+                        batch.changes.extend(batch.copy.changes())
+                        batch.copy = None
                 if batch.direct_copy and await self._direct_copy(conn, batch.changes):
                     poison = []
                 else:
@@ -639,6 +748,11 @@ class Sink:
                 for wipe in batch.wipes:
                     result.wiped[wipe.collection] += await self._wipe(conn, wipe)
                 top = _tally(batch.changes, bad, result)
+                if copied and batch.copy is not None:
+                    name = batch.copy.collection
+                    result.applied[name] += copied
+                    result.ops[(name, "snapshot")] += copied
+                    top[name] = max(top.get(name, -1), batch.copy.version)
                 await self._count_policies(conn, batch.policy)
                 cp_started = time.perf_counter()
                 await self._write_checkpoint(conn, batch, result, top)

@@ -1,4 +1,6 @@
-"""The analytics Dagster layer: assets, checks, jobs, sensors, against real services."""
+"""The analytics Dagster layer: assets, checks, jobs, automation, against real services.
+
+The automation conditions themselves are evaluated in test_automation.py."""
 
 import json
 import os
@@ -12,7 +14,7 @@ import yaml
 
 from cartridge_dagster.assets.analytics import build_analytics_defs
 from cartridge_dagster.assets.catalog import build_catalog_defs
-from cartridge_dagster.assets.keys import analytics_key, dbt_models_key, raw_key, schema_key
+from cartridge_dagster.assets.keys import analytics_key, raw_key
 from cartridge_dagster.config import load_settings
 from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoSizes, seed_demo
@@ -107,14 +109,14 @@ def test_definitions_and_jobs_resolve(tmp_path: Path, pg_url: str, mongo_url: st
     assert not any(k.path[0] == "raw" for k in update)
     refresh = repo.get_job("refresh_shop").asset_layer.executable_asset_keys
     assert dg.AssetKey(["cartridge", "shop", "catalog"]) in refresh
-    assert {s.name for s in repo.sensor_defs} == {
-        "shop_raw_changes",
-        "shop_schema_changes",
-        "shop_models_generated",
-    }
+    # declarative automation: one sensor evaluates the conditions; no schedule
+    assert {s.name for s in repo.sensor_defs} == {"cartridge_automation"}
+    assert list(repo.schedule_defs) == []
+    for c in COLLECTIONS:
+        condition = repo.asset_graph.get(analytics_key("shop", c)).automation_condition
+        assert condition is not None and "0 * * * *" in str(condition.get_label())
     rebuild = repo.get_job("rebuild_models_shop").asset_layer.executable_asset_keys
     assert rebuild == set()  # init's dbt_models asset is not part of this test's graph
-    assert repo.get_schedule_def("shop_full_profile").cron_schedule == "0 * * * *"
 
 
 def test_materialize_analytics_with_checks(
@@ -168,104 +170,6 @@ def test_materialize_analytics_with_checks(
         change = by_name[(analytics_key("shop", "orders"), "row_count_change")]
         assert not change.passed and change.severity == dg.AssetCheckSeverity.WARN
         assert by_name[(analytics_key("shop", "customers"), "reconciliation")].passed
-
-
-def _report(
-    instance: dg.DagsterInstance, *keys: dg.AssetKey, job_name: str = "warp_like", **metadata: Any
-) -> None:
-    """Log materializations the way warp does: events from a run, on the same instance."""
-
-    @dg.op
-    def emit(context: dg.OpExecutionContext) -> None:
-        for key in keys:
-            context.log_event(dg.AssetMaterialization(key, metadata=metadata))
-
-    @dg.job(name=job_name)
-    def emitter() -> None:
-        emit()
-
-    assert emitter.execute_in_process(instance=instance).success
-
-
-def test_raw_changes_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
-    config = _config(tmp_path, pg_url, mongo_url, "shop")
-    defs = _defs(config)
-    sensor = defs.get_sensor_def("shop_raw_changes")
-    assert sensor.minimum_interval_seconds == 60
-    monitored = [raw_key("shop", c) for c in COLLECTIONS]
-    with dg.instance_for_test() as instance:
-
-        def tick(cursor: str | None) -> dg.SensorResult | Any:
-            ctx = dg.build_multi_asset_sensor_context(
-                monitored_assets=monitored, instance=instance, definitions=defs, cursor=cursor
-            )
-            return sensor.evaluate_tick(ctx)
-
-        first = tick(None)
-        assert first.run_requests == [] and "no new materializations" in first.skip_message
-        # warp reports two batches on orders and one on events: one run covers them all
-        _report(instance, raw_key("shop", "orders"), raw_key("shop", "orders"))
-        _report(instance, raw_key("shop", "events"))
-        second = tick(None)
-        assert len(second.run_requests) == 1
-        request = second.run_requests[0]
-        assert request.job_name == "update_shop"
-        assert request.tags["cartridge/changed_tables"] == "raw/shop/events,raw/shop/orders"
-        cursor = second.cursor
-        assert tick(cursor).run_requests == []
-        # a run in progress holds new changes back without losing them
-        _report(instance, raw_key("shop", "customers"))
-        instance.add_run(dg.DagsterRun(job_name="update_shop", status=dg.DagsterRunStatus.STARTED))
-        held = tick(cursor)
-        assert held.run_requests == [] and "still in progress" in held.skip_message
-        assert held.cursor in (None, cursor)
-
-
-def test_schema_changes_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
-    config = _config(tmp_path, pg_url, mongo_url, "shop")
-    defs = _defs(config)
-    sensor = defs.get_sensor_def("shop_schema_changes")
-    with dg.instance_for_test() as instance:
-
-        def tick() -> Any:
-            ctx = dg.build_sensor_context(instance=instance, definitions=defs)
-            return sensor.evaluate_tick(ctx)
-
-        _report(instance, schema_key("shop"), status="created", version=3)
-        out = tick()
-        assert [r.run_key for r in out.run_requests] == ["shop-schema-3"]
-        assert out.run_requests[0].job_name == "rebuild_models_shop"
-        _report(instance, schema_key("shop"), status="unchanged", version=3)
-        ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=out.cursor)
-        again = sensor.evaluate_tick(ctx)
-        assert again.run_requests == [] and "no new version" in (again.skip_message or "")
-
-
-def test_models_generated_sensor(tmp_path: Path, pg_url: str, mongo_url: str) -> None:
-    config = _config(tmp_path, pg_url, mongo_url, "shop")
-    defs = _defs(config)
-    sensor = defs.get_sensor_def("shop_models_generated")
-    with dg.instance_for_test() as instance:
-        cursor = None
-
-        def tick() -> Any:
-            nonlocal cursor
-            ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
-            out = sensor.evaluate_tick(ctx)
-            cursor = out.cursor or cursor
-            return out
-
-        _report(instance, dbt_models_key("shop"), files_changed=0)
-        out = tick()
-        assert out.run_requests == [] and "without changes" in (out.skip_message or "")
-        _report(instance, dbt_models_key("shop"), files_changed=2)
-        out = tick()
-        assert [r.job_name for r in out.run_requests] == ["update_shop"]
-        assert out.run_requests[0].tags["cartridge/reason"] == "2 files changed"
-        # a refresh run continues into the update even when no file changed
-        _report(instance, dbt_models_key("shop"), job_name="refresh_shop", files_changed=0)
-        out = tick()
-        assert [r.tags["cartridge/reason"] for r in out.run_requests] == ["after refresh_shop"]
 
 
 def test_code_location_loads_with_demo_config() -> None:

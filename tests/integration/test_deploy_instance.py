@@ -78,13 +78,21 @@ def test_production_instance_stores_runs_in_postgres_with_psycopg2(dagster_home:
         engine_url = instance.run_storage._engine.url  # the URL Dagster actually built
         assert engine_url.drivername == "postgresql+psycopg2"
 
-        coordinator = instance.run_coordinator
-        assert type(coordinator).__name__ == "QueuedRunCoordinator"
+        assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+        # the `concurrency:` block, as the run queue daemon reads it: one warp run per schema,
+        # and Cartridge's pools hold one run each
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.run_queue_config is not None
+        assert concurrency.run_queue_config.max_concurrent_runs == 5
         assert {
             "key": WARP_SCHEMA_TAG,
             "value": {"applyLimitPerUniqueValue": True},
             "limit": 1,
-        } in coordinator.get_run_queue_config().tag_concurrency_limits
+        } in concurrency.run_queue_config.tag_concurrency_limits
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert concurrency.pool_config.pool_granularity is not None
+        assert concurrency.pool_config.pool_granularity.value == "run"
+        assert instance.auto_materialize_enabled and instance.auto_materialize_use_sensors
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_max_resume_run_attempts == 3
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 3

@@ -1,6 +1,6 @@
 """The whole chain, the way a user runs it: `dagster dev` on a demo source, work launched through
-the GraphQL API, and sensors moving data along source → schema → models → raw → dbt → summaries.
-The results are checked in PostgreSQL."""
+the GraphQL API, and the warp supervisor and the declarative automation moving data along
+source → schema → models → raw → dbt → summaries. The results are checked in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ from tests.support.demo_env import seeded_demo_config
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUNS = """
-{ runsOrError(limit: 50) { ... on Runs { results { runId status jobName } } } }
+{ runsOrError(limit: 50) { ... on Runs { results { runId status jobName tags { key value } } } } }
 """
+AUTOMATION = {"key": "cartridge/trigger", "value": "automation"}
+STAGING = (
+    "SELECT count(*) FROM information_schema.tables WHERE table_name IN "
+    "('stg_shop__orders', 'stg_shop__customers', 'stg_shop__orders__items')"
+)
 
 
 def _count(url: str, sql: str) -> int:
@@ -51,30 +56,25 @@ def test_chain_runs_by_itself_after_one_launch(tmp_path: Path, pg_url: str) -> N
         refresh = dev.launch("refresh_shop")
         assert dev.wait_run(refresh, timeout=900) == "SUCCESS"
         # Everything else happens by itself: the supervisor keeps warp running (raw tables),
-        # its materializations trigger update_shop (dbt staging models, then summaries).
+        # its materializations start the automation (dbt staging models, then summaries).
         deadline = time.monotonic() + 1200
         done = False
         seen: dict[str, str] = {}
         while time.monotonic() < deadline and not done:
             runs = dev.graphql(RUNS)["runsOrError"]["results"]
             seen = {r["runId"]: f"{r['jobName']}:{r['status']}" for r in runs}
-            done = any(r["jobName"] == "update_shop" and r["status"] == "SUCCESS" for r in runs)
-            failed = [r for r in runs if r["jobName"] == "update_shop" and r["status"] == "FAILURE"]
-            assert not failed, f"update_shop failed: {seen}; log: {dev.log}"
+            automated = [r for r in runs if AUTOMATION in r["tags"]]
+            failed = [r for r in automated if r["status"] == "FAILURE"]
+            assert not failed, f"an automation run failed: {seen}; log: {dev.log}"
+            done = any(r["status"] == "SUCCESS" for r in automated) and _count(pg_url, STAGING) == 3
             time.sleep(5)
-        assert done, f"no successful update_shop run: {seen}; log: {dev.log}"
+        assert done, f"no successful automation run: {seen}; log: {dev.log}"
         assert any(v.startswith("warp_shop:STARTED") for v in seen.values()), seen
 
     # PostgreSQL holds the source: raw tables, typed staging models, stored summaries.
     assert _count(pg_url, 'SELECT count(*) FROM raw_shop."orders"') == sizes.orders
     assert _count(pg_url, 'SELECT count(*) FROM raw_shop."customers"') == sizes.customers
-    staging = _count(
-        pg_url,
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_name IN ('stg_shop__orders', 'stg_shop__customers', "
-        "'stg_shop__orders__items')",
-    )
-    assert staging == 3
+    assert _count(pg_url, STAGING) == 3
     summaries = _count(
         pg_url,
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'cartridge_analytics'",

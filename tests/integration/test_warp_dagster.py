@@ -300,3 +300,18 @@ def test_no_secret_reaches_compute_logs_event_log_or_metadata(
         data = path.read_bytes()
         for secret in (mongo_secret, pg_secret):
             assert secret.encode() not in data, f"{secret} in {path.relative_to(home)}"
+
+
+def test_loading_warp_defs_warns_nothing(tmp_path: Path, pg_url: str, mongo_db_name: str) -> None:
+    """The supervisor names its job: a sensor holding the job definition is rebuilt when the
+    resources are bound, and Dagster's rebuild warned (BetaWarning: `owners`) at every load."""
+    import warnings
+
+    path = write_config(tmp_path, pg_url, mongo_db_name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, defs = job_and_defs(path)
+        repo = defs.get_repository_def()
+    assert repo.get_sensor_def("warp_shop_supervisor").job_name == "warp_shop"
+    dagster_warnings = [str(w.message) for w in caught if "dagster" in w.filename]
+    assert dagster_warnings == []

@@ -206,7 +206,9 @@ async def warp_round(source: str, dest: str) -> tuple[float, float, int]:
     ]
     changes = updates + inserts + deletes
     await asyncio.to_thread(execute, source, *statements)
-    again = WarpRunner(settings, settings.schemas[0], stop_when_idle=0.5)
+    # a long idle tail: under load the walsender may take seconds to decode its way to the
+    # backlog (busy_seconds ends at the last batch landed, not counting the tail)
+    again = WarpRunner(settings, settings.schemas[0], stop_when_idle=5.0)
     summary = await again.run()
     assert summary.total_applied == changes, (summary.total_applied, changes)
     return snapshot, summary.busy_seconds, changes

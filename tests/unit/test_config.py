@@ -256,3 +256,30 @@ def test_a_schema_with_a_source_of_its_own(tmp_path: Path, monkeypatch: pytest.M
     local = load_settings(path).get_schema("billing").source
     assert local is not None and local.local_database == "billing"
     assert local.display_url() == "local/billing (cartridge services)"
+
+
+@pytest.mark.parametrize("cron", ["hourly", "0 * * *", "0 * * * * *", "0 * * * ;"])
+def test_a_profile_cron_that_is_not_cron_fails_with_its_path(cron: str) -> None:
+    """The full profile's cron feeds an automation condition: refused in the config with its
+    dotted path, not as a traceback when the code location loads."""
+    with pytest.raises(ConfigError) as err:
+        settings_from_mapping(
+            {
+                "source": {"connection_string": "mongoeco://:memory:"},
+                "destination": {"connection_string": "postgresql://u@h/db"},
+                "schemas": [
+                    {"name": "shop", "source_database": "shop", "analytics": {"profile_cron": cron}}
+                ],
+            }
+        )
+    assert "schemas[0].analytics.profile_cron" in str(err.value)
+    assert "is not a cron schedule" in str(err.value)
+    good = settings_from_mapping(
+        {
+            "source": {"connection_string": "mongoeco://:memory:"},
+            "destination": {"connection_string": "postgresql://u@h/db"},
+            "schemas": [{"name": "shop", "source_database": "shop"}],
+            "defaults": {"analytics": {"profile_cron": "*/15 8-18 * * MON-FRI"}},
+        }
+    )
+    assert good.get_schema("shop").analytics.profile_cron == "*/15 8-18 * * MON-FRI"

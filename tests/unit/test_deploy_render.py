@@ -139,8 +139,11 @@ def test_kubernetes_objects_inside_helm_values_are_valid(rendered: tuple[str, Pa
 CHART_KEYS = {
     "": {
         "global", "dagsterWebserver", "dagster-user-deployments", "runLauncher", "postgresql",
-        "generatePostgresqlPasswordSecret", "dagsterDaemon", "telemetry",
+        "generatePostgresqlPasswordSecret", "dagsterDaemon", "telemetry", "concurrency",
     },
+    "concurrency": {"enabled", "pools", "runs"},
+    "concurrency.pools": {"defaultLimit", "granularity", "opGranularityRunBuffer"},
+    "concurrency.runs": {"maxConcurrentRuns", "tagConcurrencyLimits"},
     "global": {"postgresqlSecretName", "serviceAccountName", "dagsterHome"},
     "dagsterWebserver": {
         "replicaCount", "image", "service", "env", "envConfigMaps", "envSecrets", "resources",
@@ -205,6 +208,9 @@ def test_helm_values_use_only_keys_of_dagsters_chart(rendered: tuple[str, Path])
         "queuedRunCoordinator": daemon["runCoordinator"]["config"]["queuedRunCoordinator"],
         "runMonitoring": daemon["runMonitoring"],
         "runRetries": daemon["runRetries"],
+        "concurrency": values["concurrency"],
+        "concurrency.pools": values["concurrency"]["pools"],
+        "concurrency.runs": values["concurrency"]["runs"],
     }
     for name, section in sections.items():
         unknown = set(section) - CHART_KEYS[name]
@@ -267,17 +273,44 @@ def test_exactly_one_warp_run_and_one_warp_deployment_per_schema(
         args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--schema") + 1] == schema_name
         assert args[args.index("--mode") + 1] == "single"
-    queued = _values(out)["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    limits = {lim["key"]: lim for lim in queued["tagConcurrencyLimits"]}
+    values = _values(out)
+    runs = values["concurrency"]["runs"]
+    limits = {lim["key"]: lim for lim in runs["tagConcurrencyLimits"]}
     assert limits[WARP_SCHEMA_TAG] == {
         "key": WARP_SCHEMA_TAG,
         "value": {"applyLimitPerUniqueValue": True},
         "limit": 1,
     }
     # Warp runs are long-lived: the global cap leaves room for all of them and more.
-    assert queued["maxConcurrentRuns"] > len(schemas)
+    assert runs["maxConcurrentRuns"] > len(schemas)
+    # The chart refuses limits in both places: the run coordinator's config stays empty.
+    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert values["concurrency"]["enabled"] is True and queued == {}
     instance = yaml.safe_load((out / "dagster-instance.yaml").read_text())
-    assert instance["run_coordinator"]["config"]["tag_concurrency_limits"] == list(limits.values())
+    assert instance["concurrency"]["runs"]["tag_concurrency_limits"] == list(limits.values())
+    assert instance["concurrency"]["runs"]["max_concurrent_runs"] == runs["maxConcurrentRuns"]
+
+
+def test_every_cartridge_pool_admits_one_run_at_a_time(rendered: tuple[str, Path]) -> None:
+    """Helm values and the instance: the pools of the dbt, analytics and init assets hold one
+    run each (the default limit, enforced per run), and no class comes from a private module."""
+    _, out = rendered
+    pools = _values(out)["concurrency"]["pools"]
+    assert pools == {"defaultLimit": 1, "granularity": "run"}
+    instance = yaml.safe_load((out / "dagster-instance.yaml").read_text())
+    assert instance["concurrency"]["pools"] == {"default_limit": 1, "granularity": "run"}
+    assert instance["run_coordinator"] == {"module": "dagster", "class": "QueuedRunCoordinator"}
+    assert instance["auto_materialize"] == {"enabled": True, "use_sensors": True}
+    for section in instance.values():
+        if isinstance(section, dict) and "module" in section:
+            assert "._" not in f".{section['module']}", section
+    local = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    assert local["concurrency"]["pools"] == instance["concurrency"]["pools"]
+    assert local["run_coordinator"] == instance["run_coordinator"]
+    assert (
+        local["concurrency"]["runs"]["tag_concurrency_limits"]
+        == (instance["concurrency"]["runs"]["tag_concurrency_limits"])
+    )
 
 
 def test_warp_pods_probe_health_and_are_annotated_for_prometheus(

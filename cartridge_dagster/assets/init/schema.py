@@ -7,11 +7,12 @@ from typing import Any
 import dagster as dg
 
 from cartridge_dagster.assets.init.reload import reload_code_location
-from cartridge_dagster.assets.keys import catalog_key, dbt_models_key, schema_key
+from cartridge_dagster.assets.keys import catalog_key, dbt_models_key, group_name, schema_key
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.init import store
 from cartridge_dagster.init.service import ScanOutcome, generate_schema, scan_and_record
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
+from cartridge_dagster.sensors.automation import DBT_POOL, INIT_POOL, generation_condition
 from cartridge_dagster.state import schema_dir
 
 __all__ = ["build_schema_assets"]
@@ -36,13 +37,14 @@ def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
     @dg.asset(
         key=schema_key(schema.name),
         deps=[catalog_key(schema.name)],
-        group_name=schema.name,
+        group_name=group_name(schema.name),
         kinds={"python"},
         description=(
             f"Inferred, versioned schema of source `{schema.source_database}`: per field path "
             "type histograms, presence, nulls, enums, references; a new version per change."
         ),
         tags={"cartridge/schema": schema.name},
+        pool=INIT_POOL,
     )
     def schema_asset(
         context: dg.AssetExecutionContext,
@@ -82,7 +84,11 @@ def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
             metadata["approval"] = dg.MetadataValue.text(
                 f"change pending: cartridge schema approve --schema {schema.name}"
             )
-        return dg.MaterializeResult(metadata=metadata)
+        # The data version is the latest accepted version: a re-scan without change, or a change
+        # waiting for approval, keeps it, so nothing downstream regenerates.
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(str(outcome.stored.version))
+        )
 
     return schema_asset
 
@@ -91,13 +97,16 @@ def _dbt_models_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
     @dg.asset(
         key=dbt_models_key(schema.name),
         deps=[schema_key(schema.name)],
-        group_name=schema.name,
+        group_name=group_name(schema.name),
         kinds={"dbt"},
         description=(
             f"Generated dbt sources, staging and child models and tests for `{schema.name}` "
             f"(files under models/generated/{schema.name}/)."
         ),
         tags={"cartridge/schema": schema.name},
+        # it writes the dbt project's files and parses it: one dbt project, one pool
+        pool=DBT_POOL,
+        automation_condition=generation_condition(schema),
     )
     def dbt_models(
         context: dg.AssetExecutionContext,
