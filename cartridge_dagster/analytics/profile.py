@@ -52,6 +52,16 @@ SAMPLE_ROWS = 1_000
 #: An ISO-8601 date or timestamp, as documents.py writes them and PostgreSQL prints them.
 ISO_TIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
 
+#: The ISO-8601 times every one of which PostgreSQL casts to ``timestamptz`` (days up to 28,
+#: hours to 23, offsets to 14:59, at most microseconds, no offset without a time): cast
+#: directly. Other ISO-looking strings go through the exception-catching cast, whose
+#: subtransaction per value costs several microseconds.
+SAFE_TIME_RE = (
+    r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-(0[1-9]|1[0-2])-"
+    r"(0[1-9]|1[0-9]|2[0-8])([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+    r"(Z|[+-](0[0-9]|1[0-4])(:?[0-5][0-9])?)?)?$"
+)
+
 #: Bucket widths for activity charts; the smallest that gives at most ~60 buckets is used.
 _BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
 
@@ -195,10 +205,9 @@ async def _table_stats_raw(conn: asyncpg.Connection, rel: Relation, run_id: str)
              max({synced}) AS last_synced_at,
              max({source_ts}) AS last_source_ts,
              extract(epoch FROM (now() - max({synced})))::float8 AS freshness_seconds,
-             percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc})
-               AS lag_p50_seconds,
-             percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc})
-               AS lag_p95_seconds,
+             -- one sort for both percentiles
+             percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY {lag})
+               FILTER (WHERE {cdc}) AS lag_pct,
              max({lag}) FILTER (WHERE {cdc}) AS lag_max_seconds,
              percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag})
                FILTER (WHERE {cdc} AND {synced} > now() - interval '15 minutes')
@@ -218,7 +227,7 @@ async def _table_stats_raw(conn: asyncpg.Connection, rel: Relation, run_id: str)
     SELECT $1, $2, $3, $4, $5, $6,
       s.rows_total, s.rows_live, s.rows_deleted, s.last_inserts, s.last_updates, s.last_deletes,
       s.first_synced_at, s.last_synced_at, s.last_source_ts, s.freshness_seconds,
-      s.lag_p50_seconds, s.lag_p95_seconds, s.lag_max_seconds, s.recent_lag_p95_seconds,
+      s.lag_pct[1], s.lag_pct[2], s.lag_max_seconds, s.recent_lag_p95_seconds,
       prev.rows_live,
       CASE WHEN prev.rows_live IS NULL THEN NULL
            WHEN prev.rows_live = 0 THEN CASE WHEN s.rows_live = 0 THEN 0 ELSE 1 END
@@ -335,18 +344,20 @@ async def _activity(
         INSERT INTO {table("activity")} (
           run_id, schema_name, collection, bucket, bucket_seconds,
           inserts, updates, deletes, other, lag_p50_seconds, lag_p95_seconds)
-        SELECT $1, $2, $3,
-          date_bin(make_interval(secs => $4::float8), {synced},
-                   timestamptz '2000-01-01 00:00:00+00') AS bucket,
-          $5,
-          count(*) FILTER (WHERE {op} = 'insert'),
-          count(*) FILTER (WHERE {op} IN ('update', 'replace')),
-          count(*) FILTER (WHERE {op} = 'delete'),
-          count(*) FILTER (WHERE NOT ({op} = ANY($6::text[]))),
-          percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc}),
-          percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag}) FILTER (WHERE {cdc})
-        FROM {source}
-        GROUP BY bucket
+        SELECT $1, $2, $3, bucket, $5, inserts, updates, deletes, other, pct[1], pct[2]
+        FROM (
+          SELECT date_bin(make_interval(secs => $4::float8), {synced},
+                          timestamptz '2000-01-01 00:00:00+00') AS bucket,
+            count(*) FILTER (WHERE {op} = 'insert') AS inserts,
+            count(*) FILTER (WHERE {op} IN ('update', 'replace')) AS updates,
+            count(*) FILTER (WHERE {op} = 'delete') AS deletes,
+            count(*) FILTER (WHERE NOT ({op} = ANY($6::text[]))) AS other,
+            -- one sort for both percentiles
+            percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY {lag})
+              FILTER (WHERE {cdc}) AS pct
+          FROM {source}
+          GROUP BY bucket
+        ) b
         """,
         run_id,
         rel.schema_name,
@@ -399,57 +410,94 @@ def _unpivot_sql(names: list[str]) -> str:
 
 
 def leaves_cte(base: str, walk: str, recursive: bool) -> str:
-    """``WITH`` clause of ``sampled`` (``base``: the rows profiled), ``n`` (their number) and
-    ``leaves``: (rid, path, jtype, txt, num, ts, len). ``$1`` is the ISO time pattern."""
+    """``WITH`` clause of ``sampled`` (``base``: the rows profiled), ``n`` (their number),
+    ``vals`` and ``in_arrays``. ``$1`` is the ISO time pattern.
+
+    ``vals``: one row per distinct (path, JSON type, scalar text, array length) with how many
+    values it stands for (``n``), and its number, time and length, each taken once per distinct
+    value rather than per value. ``in_arrays``: the distinct (path, type, row) under an array,
+    where a row can hold many values at a path. Every statistic is computed from these two: one
+    pass over the walked values instead of one per statistic.
+    """
     return f"""
     WITH {"RECURSIVE " if recursive else ""}sampled AS MATERIALIZED ({base}),
     n AS (SELECT count(*) AS rows FROM sampled),
     {walk},
-    leaves AS MATERIALIZED (
-      SELECT rid, path, jtype, txt,
+    vals AS MATERIALIZED (
+      SELECT path, jtype, txt, n,
         CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
-        CASE WHEN jtype = 'string' AND txt ~ $1 THEN {try_timestamptz_fn()}(txt) END AS ts,
-        CASE WHEN jtype = 'string' THEN length(txt)
-             WHEN jtype = 'array' THEN jsonb_array_length(value) END AS len
-      FROM (SELECT rid, path, jtype, value,
-                   CASE WHEN jtype IN ('string', 'number', 'boolean')
-                        THEN value #>> '{{}}' END AS txt
-            FROM walk OFFSET 0) w  -- OFFSET 0: each value's text is taken once
+        CASE WHEN jtype = 'string' AND length(txt) >= 10 AND substr(txt, 5, 1) = '-'
+                  AND txt ~ $1
+             THEN CASE WHEN txt ~ {_lit(SAFE_TIME_RE)} THEN txt::timestamptz
+                       ELSE {try_timestamptz_fn()}(txt) END END AS ts,
+        CASE WHEN jtype = 'string' THEN length(txt) ELSE alen END AS len
+      FROM (SELECT path, jtype, txt, alen, count(*) AS n
+            FROM (SELECT path, jtype,
+                    CASE WHEN jtype IN ('string', 'number', 'boolean')
+                         THEN value #>> '{{}}' END AS txt,
+                    CASE WHEN jtype = 'array' THEN jsonb_array_length(value) END AS alen
+                  FROM walk) w
+            GROUP BY path, jtype, txt, alen) g
+    ),
+    in_arrays AS (
+      SELECT DISTINCT path, jtype, rid FROM walk WHERE strpos(path, '[]') > 0
     )"""
 
 
-#: The statistics of every (path, JSON type) of ``leaves``, and the INSERT writing them.
+#: The statistics of every (path, JSON type) of ``vals``, and the INSERT writing them.
 #: Parameters: $1 ISO pattern, $2 run id, $3 relation schema, $4 relation name, $5 schema,
 #: $6 layer, $7 collection, $8 rows live (the population the sample stands
 #: for), $9 data types by path (jsonb), $10 sensitive paths, $11 top values, $12 buckets.
+#: Sums weighted by ``n`` give what the aggregates over every value give, exactly (``avg`` is
+#: the numeric sum over the count; ``stddev`` and percentiles read the values expanded back).
 _STATS_SQL = """
-    , present AS (
-      -- a row holds one value per path outside arrays: count, don't sort
-      SELECT path,
-        CASE WHEN strpos(path, '[]') > 0
-             THEN count(DISTINCT rid) FILTER (WHERE jtype <> 'null')
-             ELSE count(*) FILTER (WHERE jtype <> 'null') END AS rows_present,
-        count(*) AS value_total
-      FROM leaves GROUP BY path
-    ), stats AS (
+    , spread AS (
+      -- the numbers and times, each as many times as it was seen
       SELECT path, jtype,
-        CASE WHEN strpos(path, '[]') > 0 THEN count(DISTINCT rid) ELSE count(*) END
-          AS rows_with_type,
-        count(*) AS value_count,
-        min(num) AS min_num, max(num) AS max_num,
-        avg(num)::float8 AS mean_num, stddev_samp(num)::float8 AS stddev_num,
+        stddev_samp(num)::float8 AS stddev_num,
         percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]::float8[])
           WITHIN GROUP (ORDER BY num::float8) AS pct,
-        count(ts) AS time_values, min(ts) AS min_time, max(ts) AS max_time,
-        percentile_disc(ARRAY[0.25, 0.5, 0.75]::float8[]) WITHIN GROUP (ORDER BY ts) AS tq,
-        to_timestamp(avg(extract(epoch FROM ts))) AS mean_time,
-        min(len) AS min_length, max(len) AS max_length, avg(len)::float8 AS avg_length,
-        count(*) FILTER (WHERE jtype = 'boolean' AND txt = 'true') AS true_count
-      FROM leaves GROUP BY path, jtype
+        percentile_disc(ARRAY[0.25, 0.5, 0.75]::float8[]) WITHIN GROUP (ORDER BY ts) AS tq
+      FROM vals CROSS JOIN LATERAL generate_series(1, vals.n) AS g(i)
+      WHERE num IS NOT NULL OR ts IS NOT NULL
+      GROUP BY path, jtype
+    ), array_rows AS (
+      SELECT path, jtype, count(*) AS rows_with_type FROM in_arrays GROUP BY path, jtype
+    ), array_present AS (
+      SELECT path, count(DISTINCT rid) AS rows_present
+      FROM in_arrays WHERE jtype <> 'null' GROUP BY path
+    ), stats AS (
+      SELECT v.path, v.jtype,
+        coalesce(max(ar.rows_with_type), sum(v.n))::bigint AS rows_with_type,
+        sum(v.n)::bigint AS value_count,
+        min(v.num) AS min_num, max(v.num) AS max_num,
+        (sum(v.num * v.n) / sum(v.n) FILTER (WHERE v.num IS NOT NULL))::float8 AS mean_num,
+        max(sp.stddev_num) AS stddev_num, max(sp.pct) AS pct,
+        coalesce(sum(v.n) FILTER (WHERE v.ts IS NOT NULL), 0)::bigint AS time_values,
+        min(v.ts) AS min_time, max(v.ts) AS max_time, max(sp.tq) AS tq,
+        to_timestamp(sum(extract(epoch FROM v.ts) * v.n)
+                     / sum(v.n) FILTER (WHERE v.ts IS NOT NULL)) AS mean_time,
+        min(v.len) AS min_length, max(v.len) AS max_length,
+        (sum(v.len::bigint * v.n)::numeric
+         / sum(v.n) FILTER (WHERE v.len IS NOT NULL))::float8 AS avg_length,
+        coalesce(sum(v.n) FILTER (WHERE v.jtype = 'boolean' AND v.txt = 'true'), 0)::bigint
+          AS true_count
+      FROM vals v
+      LEFT JOIN spread sp ON sp.path = v.path AND sp.jtype = v.jtype
+      LEFT JOIN array_rows ar ON ar.path = v.path AND ar.jtype = v.jtype
+      GROUP BY v.path, v.jtype
+    ), present AS (
+      -- outside arrays a row holds one value per path: its rows are its values
+      SELECT s.path,
+        CASE WHEN strpos(s.path, '[]') > 0 THEN coalesce(max(a.rows_present), 0)
+             ELSE coalesce(sum(s.value_count) FILTER (WHERE s.jtype <> 'null'), 0)
+        END::bigint AS rows_present,
+        sum(s.value_count)::bigint AS value_total
+      FROM stats s LEFT JOIN array_present a USING (path) GROUP BY s.path
     ), counted_values AS (
-      SELECT path, jtype, txt, count(*) AS n,
-        row_number() OVER (PARTITION BY path, jtype ORDER BY count(*) DESC, txt) AS rn
-      FROM leaves WHERE txt IS NOT NULL GROUP BY path, jtype, txt
+      SELECT path, jtype, txt, n,
+        row_number() OVER (PARTITION BY path, jtype ORDER BY n DESC, txt) AS rn
+      FROM vals WHERE txt IS NOT NULL
     ), distinct_values AS (
       -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
       -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
@@ -457,18 +505,21 @@ _STATS_SQL = """
         jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n) ORDER BY n DESC, txt)
           FILTER (WHERE rn <= $11) AS top
       FROM counted_values GROUP BY path, jtype
-    ), xs AS (
-      SELECT path, jtype, coalesce(num::float8, extract(epoch FROM ts)::float8) AS x
-      FROM leaves WHERE num IS NOT NULL OR ts IS NOT NULL
     ), ranges AS (
-      SELECT path, jtype, min(x) AS lo, max(x) AS hi,
-             CASE WHEN max(x) > min(x) THEN $12::int ELSE 1 END AS n
-      FROM xs GROUP BY path, jtype
+      -- min and max of the numbers (or times) of a path, as the histogram's float8 axis
+      SELECT path, jtype, lo, hi, CASE WHEN hi > lo THEN $12::int ELSE 1 END AS n
+      FROM (SELECT path, jtype,
+              coalesce(min_num::float8, extract(epoch FROM min_time)::float8) AS lo,
+              coalesce(max_num::float8, extract(epoch FROM max_time)::float8) AS hi
+            FROM stats WHERE min_num IS NOT NULL OR min_time IS NOT NULL) r
     ), bucketed AS (
-      SELECT xs.path, xs.jtype,
-        CASE WHEN r.n = 1 THEN 1 ELSE least(width_bucket(xs.x, r.lo, r.hi, r.n), r.n) END AS b,
-        count(*) AS cnt
-      FROM xs JOIN ranges r USING (path, jtype) GROUP BY 1, 2, 3
+      SELECT v.path, v.jtype,
+        CASE WHEN r.n = 1 THEN 1
+             ELSE least(width_bucket(coalesce(v.num::float8, extract(epoch FROM v.ts)::float8),
+                                     r.lo, r.hi, r.n), r.n) END AS b,
+        sum(v.n)::bigint AS cnt
+      FROM vals v JOIN ranges r USING (path, jtype)
+      WHERE v.num IS NOT NULL OR v.ts IS NOT NULL GROUP BY 1, 2, 3
     ), histograms AS (
       SELECT r.path, r.jtype,
         jsonb_agg(jsonb_build_object(
@@ -527,16 +578,18 @@ _STATS_SQL = """
       CASE WHEN NOT sensitive AND (d < value_count OR value_count <= $11) THEN top END,
       CASE WHEN sensitive THEN NULL ELSE histogram END
     FROM profiled
-    RETURNING 1
+    RETURNING column_path, json_type, data_type, null_ratio, distinct_estimate, rows_with_type,
+      type_share
     )
-    SELECT (SELECT rows FROM n) AS rows_profiled, (SELECT count(*) FROM inserted) AS columns
+    SELECT n.rows AS rows_profiled, i.* FROM n LEFT JOIN inserted i ON true
+    ORDER BY i.column_path, i.json_type
 """
 
 
 def _raw_base(rel: Relation, fraction: float) -> str:
     sample = "" if fraction >= 1 else f" AND random() < {float(fraction)!r}"
     return (
-        f"SELECT {quote_ident('_id')} AS rid, {quote_ident('document')} AS doc "
+        f"SELECT row_number() OVER () AS rid, {quote_ident('document')} AS doc "
         f"FROM {rel.qualified} WHERE NOT {quote_ident('_cartridge_deleted')} "
         f"AND {quote_ident('document')} IS NOT NULL{sample}"
     )
@@ -550,7 +603,7 @@ def _model_base(rel: Relation, names: list[str], columns: dict[str, str], fracti
         where.append(f"random() < {float(fraction)!r}")
     picked = "".join(f", t.{quote_ident(n)}" for n in names)
     return (
-        f"SELECT (row_number() OVER ())::text AS rid{picked} "
+        f"SELECT row_number() OVER () AS rid{picked} "
         f"FROM {rel.qualified} t WHERE {' AND '.join(where)}"
     )
 
@@ -576,13 +629,15 @@ async def _columns(
     data_types: dict[str, str],
     top_values: int,
     histogram_buckets: int,
-) -> int:
-    """Fill ``column_profiles`` for ``rel`` in one statement; returns the rows profiled."""
+) -> tuple[int, list[asyncpg.Record]]:
+    """Fill ``column_profiles`` for ``rel`` in one statement; returns the rows profiled and
+    the columns written (path, type, null ratio, distinct estimate, rows and share of the type),
+    by path and type."""
     sql = columns_sql(leaves, column_profiles=table("column_profiles"))
     async with conn.transaction():
         # the planner's guesses for the walk are huge: JIT would compile for seconds
         await conn.execute("SET LOCAL timezone = 'UTC'; SET LOCAL jit = off")
-        row = await conn.fetchrow(
+        rows = await conn.fetch(
             sql,
             ISO_TIME_RE,
             run_id,
@@ -597,8 +652,8 @@ async def _columns(
             top_values,
             histogram_buckets,
         )
-    assert row is not None
-    return int(row["rows_profiled"])
+    assert rows
+    return int(rows[0]["rows_profiled"]), [r for r in rows if r["column_path"] is not None]
 
 
 def _json(value: Any) -> str:
@@ -609,10 +664,10 @@ async def _record_events_applied(conn: asyncpg.Connection, rel: Relation, run_id
     """Copy warp's cumulative change counter for the table (its deltas are volume over time)."""
     name_map = qualified(CONTROL_SCHEMA, "name_map")
     has = await conn.fetchval(
-        "SELECT count(*) = 3 FROM information_schema.columns WHERE table_schema = $1 "
-        "AND table_name = 'name_map' "
-        "AND column_name IN ('schema_name', 'collection', 'events_applied')",
-        CONTROL_SCHEMA,
+        "SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = to_regclass($1) "
+        "AND attnum > 0 AND NOT attisdropped "
+        "AND attname IN ('schema_name', 'collection', 'events_applied')",
+        name_map,
     )
     if not has:
         return
@@ -630,22 +685,23 @@ async def _record_events_applied(conn: asyncpg.Connection, rel: Relation, run_id
 
 async def _clear(conn: asyncpg.Connection, rel: Relation, run_id: str) -> None:
     """Make a re-run of the same run id idempotent."""
-    for name in ("table_profiles", "column_profiles"):
-        await conn.execute(
-            f"DELETE FROM {table(name)} WHERE run_id = $1 AND relation_schema = $2 "
-            "AND relation_name = $3",
-            run_id,
-            rel.relation_schema,
-            rel.relation_name,
-        )
-    if rel.layer == "raw":
-        await conn.execute(
-            f"DELETE FROM {table('activity')} WHERE run_id = $1 AND schema_name = $2 "
-            "AND collection = $3",
-            run_id,
-            rel.schema_name,
-            rel.collection,
-        )
+    activity = (
+        f"DELETE FROM {table('activity')} WHERE run_id = $1 AND schema_name = $4 "
+        "AND collection = $5"
+        if rel.layer == "raw"
+        else "SELECT $4::text, $5::text"
+    )
+    await conn.execute(
+        f"WITH t AS (DELETE FROM {table('table_profiles')} WHERE run_id = $1 "
+        "AND relation_schema = $2 AND relation_name = $3), "
+        f"c AS (DELETE FROM {table('column_profiles')} WHERE run_id = $1 "
+        f"AND relation_schema = $2 AND relation_name = $3) {activity}",
+        run_id,
+        rel.relation_schema,
+        rel.relation_name,
+        rel.schema_name,
+        rel.collection,
+    )
 
 
 async def profile_relation(
@@ -691,7 +747,7 @@ async def profile_relation(
             _model_base(rel, names, columns, fraction), _unpivot_sql(names), recursive=False
         )
         types = columns
-    rows_profiled = await _columns(
+    rows_profiled, cols = await _columns(
         conn,
         rel,
         run_id,
@@ -703,15 +759,6 @@ async def profile_relation(
     )
     if rel.layer == "raw":
         await _record_events_applied(conn, rel, run_id)
-    cols = await conn.fetch(
-        f"SELECT column_path, json_type, data_type, null_ratio, distinct_estimate, "
-        f"rows_with_type, type_share FROM {table('column_profiles')} "
-        "WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3 "
-        "ORDER BY column_path, json_type",
-        run_id,
-        rel.relation_schema,
-        rel.relation_name,
-    )
     await conn.execute(
         f"UPDATE {table('table_profiles')} SET columns_profiled = $4, rows_profiled = $5, "
         "activity_source = $6 "

@@ -14,12 +14,14 @@ and only those that persist are reported; counts are re-read the same way. The r
 tolerance when both the count difference and the mismatch ratio are at most
 ``analytics.reconcile_tolerance``. Only sampled rows ever come into Python.
 
-Reading the source: a MongoDB server samples with ``$sample`` and reads ids in ``$in`` batches.
-The embedded engine (``mongoeco://``) answers ``find_one({"_id": …})`` from its key in about a
-millisecond, while its ``$sample`` and ``$in`` scan the collection (seconds for the demo's
-15,000 orders, and ``$in`` fails past about a thousand values): there the sample is drawn from
-the warehouse's rows (live and deleted) and each is read from the source by id; only when the
-counts differ is a ``$sample`` of the source added, to name the documents the warehouse lacks.
+Reading the source: a MongoDB server samples with ``$sample`` and reads ids in ``$in`` batches
+of 500. On the embedded engine (``mongoeco://``) ``$sample`` and ``$in`` scan the collection
+(seconds for the demo's 15,000 orders, and ``$in`` fails past about a thousand values) and
+``find_one({"_id": …})`` costs about a millisecond: there the sample is drawn from the
+warehouse's rows (live and deleted) and read from the engine's SQLite file by key, 500 per query
+(:mod:`~cartridge_dagster.connectors.mongoeco_documents`; ``find_one`` for ids of other types or
+a file it cannot read); only when the counts differ is a ``$sample`` of the source added, to
+name the documents the warehouse lacks. The warehouse side is read in batches of 500 too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from bson import ObjectId
 from cartridge_dagster.analytics.store import table
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection, aggregate, bson_options
+from cartridge_dagster.connectors.mongoeco_documents import DocumentReader, storage_key
 from cartridge_dagster.documents import (
     UnlandableDocument,
     ValuePolicy,
@@ -63,7 +66,7 @@ MismatchKind = Literal["missing_in_target", "deleted_in_target", "hash_mismatch"
 
 _HEX24 = re.compile(r"^[0-9a-f]{24}$")
 
-#: Ids per ``$in`` query against a MongoDB server.
+#: Ids per query: ``$in`` on a MongoDB server, the embedded engine's file, PostgreSQL.
 _IN_BATCH = 500
 
 #: Lookups by id in flight at once on the embedded engine (a quarter faster than one by one).
@@ -165,6 +168,8 @@ class _Sides:
     by_key: bool = False
     #: the warehouse ids the by-id sample read (found in the source or not)
     drawn: tuple[str, ...] = ()
+    #: the embedded engine's file, read by key in batches (None: by ``find_one`` only)
+    reader: DocumentReader | None = None
 
     def __init__(
         self,
@@ -187,6 +192,9 @@ class _Sides:
         )
         self.unlandable = 0
         self.by_key = mongo.kind == "mongoeco"
+        self.reader = mongo.document_reader() if self.by_key else None
+        self.database = schema.source_database
+        self.collection = collection
 
     async def source_count(self) -> int:
         return int(await self.coll.count_documents({}))
@@ -222,6 +230,9 @@ class _Sides:
     async def source_by_ids(self, ids: Sequence[str]) -> dict[str, str | None]:
         found: dict[str, str | None] = {}
         if self.by_key:
+            if self.reader is not None:
+                found = await self._read_stored(ids)
+                ids = [i for i in ids if i not in found]
             gate = asyncio.Semaphore(_LOOKUPS_IN_FLIGHT)
 
             async def lookup(doc_id: str) -> None:
@@ -235,6 +246,7 @@ class _Sides:
 
             await asyncio.gather(*(lookup(i) for i in ids))
             return found
+        ids = list(ids)
         wanted = set(ids)
         for start in range(0, len(ids), _IN_BATCH):
             batch = ids[start : start + _IN_BATCH]
@@ -246,17 +258,44 @@ class _Sides:
                     found[cid] = self._hash(doc)
         return found
 
+    async def _read_stored(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """The documents of ``ids`` read from the embedded engine's file in batches (those
+        found there; the caller looks up the rest by ``find_one``)."""
+        assert self.reader is not None
+        keys: dict[str, str] = {}
+        for doc_id in ids:
+            # an ObjectId is likelier than the string that looks like one
+            for candidate in reversed(_source_id_candidates(doc_id)):
+                key = storage_key(candidate)
+                if key is not None:
+                    keys.setdefault(key, doc_id)
+        docs = await asyncio.to_thread(self.reader.read, self.database, self.collection, keys)
+        found: dict[str, str | None] = {}
+        wanted = set(ids)
+        for doc in docs:
+            cid = canonical_id(doc["_id"])
+            # both an ObjectId and its hex string as ids: the ObjectId, as by find_one
+            if cid in wanted and (cid not in found or isinstance(doc["_id"], ObjectId)):
+                found[cid] = self._hash(doc)
+        return found
+
     async def target_by_ids(self, ids: Sequence[str]) -> dict[str, tuple[bool, str | None]]:
-        rows = await self.conn.fetch(
-            f"SELECT {quote_ident('_id')} AS id, {quote_ident('_cartridge_deleted')} AS deleted, "
-            f"{quote_ident('document')}::text AS doc FROM {self.table} "
-            f"WHERE {quote_ident('_id')} = ANY($1::text[])",
-            list(ids),
-        )
-        return {
-            str(r["id"]): (bool(r["deleted"]), canonical_hash(r["doc"]) if r["doc"] else None)
-            for r in rows
-        }
+        out: dict[str, tuple[bool, str | None]] = {}
+        ids = list(ids)
+        for start in range(0, len(ids), _IN_BATCH):
+            rows = await self.conn.fetch(
+                f"SELECT {quote_ident('_id')} AS id, "
+                f"{quote_ident('_cartridge_deleted')} AS deleted, "
+                f"{quote_ident('document')}::text AS doc FROM {self.table} "
+                f"WHERE {quote_ident('_id')} = ANY($1::text[])",
+                ids[start : start + _IN_BATCH],
+            )
+            for r in rows:
+                out[str(r["id"])] = (
+                    bool(r["deleted"]),
+                    canonical_hash(r["doc"]) if r["doc"] else None,
+                )
+        return out
 
     async def target_sample(self, size: int) -> list[str]:
         if self.by_key:

@@ -17,7 +17,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from cartridge_dagster.analytics.reconcile import Reconciliation, _Sides, reconcile_collection
+from cartridge_dagster.analytics.reconcile import (
+    _IN_BATCH,
+    Reconciliation,
+    _Sides,
+    reconcile_collection,
+)
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.pg_catalog import TableInfo, TypeResolver, read_tables
 from cartridge_dagster.documents import (
@@ -102,6 +107,12 @@ class _PgSides(_Sides):
     async def source_by_ids(self, ids: Sequence[str]) -> dict[str, str | None]:
         if not ids or not all(k in _CASTABLE for k in self.kinds):
             return {}
+        found: dict[str, str | None] = {}
+        for start in range(0, len(ids), _IN_BATCH):  # bounded statements, as on MongoDB
+            found.update(await self._by_ids(ids[start : start + _IN_BATCH]))
+        return found
+
+    async def _by_ids(self, ids: Sequence[str]) -> dict[str, str | None]:
         columns: list[list[str | None]] = [[] for _ in self.keys]
         for doc_id in ids:
             parts = _key_texts(doc_id, len(self.keys))

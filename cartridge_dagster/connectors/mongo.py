@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from cartridge_dagster.connectors.mongoeco_documents import DocumentReader
 from cartridge_dagster.connectors.mongoeco_log import (
     ChangeLog,
     LogEntry,
@@ -419,6 +420,7 @@ class MongoConnection:
     #: The embedded engine's SQLite file (None: a server, or ``:memory:``).
     _path: str | None = field(default=None, repr=False)
     _log: ChangeLog | None = field(default=None, repr=False)
+    _reader: DocumentReader | None = field(default=None, repr=False)
     _publisher: Any = field(default=None, repr=False)
     _connected: bool = field(default=False, repr=False)
 
@@ -445,6 +447,15 @@ class MongoConnection:
         if self._log is None:
             self._log = ChangeLog(self._path)
         return self._log
+
+    def document_reader(self) -> DocumentReader | None:
+        """Batched reads by ``_id`` from the embedded engine's file (None: a server, or
+        ``:memory:``); see :mod:`~cartridge_dagster.connectors.mongoeco_documents`."""
+        if self._path is None:
+            return None
+        if self._reader is None:
+            self._reader = DocumentReader(self._path)
+        return self._reader
 
     async def position(self) -> dict[str, Any] | None:
         """The embedded engine's newest change as a resume token (None: a server, which gives
@@ -512,6 +523,9 @@ class MongoConnection:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         result = self.client.close()
         if asyncio.iscoroutine(result):
             await result

@@ -1,0 +1,90 @@
+"""Batched reads by ``_id`` from the embedded engine's file, against its own ``find_one``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from bson import Decimal128, ObjectId
+
+from cartridge_dagster.analytics.reconcile import _Sides
+from cartridge_dagster.config import settings_from_mapping
+from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.connectors.mongoeco_documents import BATCH, storage_key
+from cartridge_dagster.documents import canonical_id
+from tests.conftest import run
+from tests.support.raw_tables import shop_config
+
+pytestmark = pytest.mark.integration
+
+TWIN = ObjectId()
+
+
+def _docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = [
+        {
+            "_id": ObjectId(),
+            "n": i,
+            "price": Decimal128(f"{i}.10"),
+            "at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i),
+            "nested": {"tags": ["a", None, i], "ünï": {"x": [1.5, "2"]}},
+        }
+        for i in range(BATCH + 20)  # more than one batch
+    ]
+    docs += [
+        {"_id": "plain-string", "v": 1},
+        {"_id": TWIN, "v": "the ObjectId"},
+        {"_id": str(TWIN), "v": "the string that looks like it"},
+        {"_id": 42, "v": "an int id: find_one"},
+        {"_id": {"a": 1}, "v": "a document id: find_one"},
+    ]
+    return docs
+
+
+async def _read(tmp_path: Path, pg_url: str) -> dict[str, Any]:
+    url = f"mongoeco://{tmp_path / 'src.sqlite'}"
+    settings = settings_from_mapping(shop_config(tmp_path, url, pg_url, "shop"))
+    schema = settings.get_schema("shop")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        async with mongo_session(url) as mongo:
+            coll = mongo.database("shop")["orders"]
+            await coll.insert_many(_docs())
+            ids = [canonical_id(d["_id"]) for d in _docs()[:3]]  # fresh ObjectIds: not stored
+            ids = [canonical_id(d["_id"]) async for d in coll.find({})] + ["absent", *ids]
+            batched = _Sides(mongo, conn, schema, "orders")
+            assert batched.reader is not None
+            stored = await batched._read_stored(ids)
+            by_key = _Sides(mongo, conn, schema, "orders")
+            by_key.reader = None  # find_one only, as before
+            return {
+                "ids": ids,
+                "stored": stored,
+                "batched": await batched.source_by_ids(ids),
+                "by_key": await by_key.source_by_ids(ids),
+            }
+    finally:
+        await conn.close()
+
+
+def test_batched_reads_give_what_find_one_gives(tmp_path: Path, pg_url: str) -> None:
+    out = run(_read(tmp_path, pg_url))
+    assert out["batched"] == out["by_key"]
+    assert len(out["by_key"]) == BATCH + 20 + 4  # the twins share one canonical id
+    assert "absent" not in out["batched"]
+    # read from the file: ObjectIds and strings; the int and document ids are left to find_one
+    stored = out["stored"]
+    assert len(stored) == BATCH + 20 + 2
+    assert "42" not in stored and "plain-string" in stored
+    # of the twins, the ObjectId is the one compared (as find_one answers)
+    assert stored[str(TWIN)] == out["by_key"][str(TWIN)]
+
+
+def test_storage_keys_only_for_plain_ids() -> None:
+    oid = ObjectId()
+    assert storage_key(oid) is not None and str(oid) in str(storage_key(oid))
+    assert storage_key("x") != storage_key(oid)
+    assert storage_key(42) is None and storage_key({"a": 1}) is None
