@@ -29,6 +29,7 @@ from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.documents import (
+    RAW_OPTIONS,
     ConversionStats,
     UnlandableDocument,
     ValuePolicy,
@@ -186,7 +187,7 @@ class Transformer:
     def document(
         self,
         collection: str,
-        doc: Mapping[str, Any],
+        doc: Mapping[str, Any] | bytes,
         *,
         op: Op,
         version: int,
@@ -196,18 +197,21 @@ class Transformer:
     ) -> Change | DeadLetter:
         """A full document (snapshot row or an event's ``fullDocument``) → change.
 
-        A ``RawBSONDocument`` (PyMongo reading raw BSON) converts in C without being decoded;
-        the rare document the C path leaves to Python (see :func:`raw_document_json`), or one
-        with ``exclude_fields``, is decoded first."""
-        if isinstance(doc, RawBSONDocument):
-            fast = None if self._excluded(collection) else raw_document_json(doc.raw)
+        A ``RawBSONDocument`` (PyMongo reading raw BSON), or a document's BSON ``bytes`` (a
+        snapshot page cut from a raw cursor reply), converts in C without being decoded; the
+        rare document the C path leaves to Python (see :func:`raw_document_json`), or one with
+        ``exclude_fields``, is decoded first."""
+        if isinstance(doc, (bytes, RawBSONDocument)):
+            data = doc if isinstance(doc, bytes) else doc.raw
+            fast = None if self._excluded(collection) else raw_document_json(data)
             if fast is not None:
                 doc_id, body = fast
                 if len(body) <= self.max_bytes:
                     return Change(collection, doc_id, op, version, body, source_ts)
-            raw = raw or doc
+            wrapped = RawBSONDocument(doc, RAW_OPTIONS) if isinstance(doc, bytes) else doc
+            raw = raw or wrapped
             try:
-                doc = decode_raw(doc.raw)
+                doc = decode_raw(data)
             except UnlandableDocument as exc:
                 return self._dead(collection, None, version, op, exc, raw, token)
         try:
