@@ -29,7 +29,6 @@ from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.documents import (
-    RAW_OPTIONS,
     ConversionStats,
     UnlandableDocument,
     ValuePolicy,
@@ -121,7 +120,9 @@ def _drop_path(document: dict[str, Any], path: Sequence[str]) -> None:
         node.pop(path[-1], None)
 
 
-def _encode_raw(value: Mapping[str, Any]) -> bytes:
+def _encode_raw(value: Mapping[str, Any] | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
     if isinstance(value, RawBSONDocument):
         return bytes(value.raw)
     try:
@@ -192,7 +193,7 @@ class Transformer:
         op: Op,
         version: int,
         source_ts: dt.datetime | None,
-        raw: Mapping[str, Any] | None = None,
+        raw: Mapping[str, Any] | bytes | None = None,
         token: Mapping[str, Any] | None = None,
     ) -> Change | DeadLetter:
         """A full document (snapshot row or an event's ``fullDocument``) → change.
@@ -208,8 +209,7 @@ class Transformer:
                 doc_id, body = fast
                 if len(body) <= self.max_bytes:
                     return Change(collection, doc_id, op, version, body, source_ts)
-            wrapped = RawBSONDocument(doc, RAW_OPTIONS) if isinstance(doc, bytes) else doc
-            raw = raw or wrapped
+            raw = raw or doc  # a dead letter keeps the bytes as they came
             try:
                 doc = decode_raw(data)
             except UnlandableDocument as exc:
@@ -278,7 +278,7 @@ class Transformer:
         version: int,
         op: str,
         exc: BaseException,
-        raw: Mapping[str, Any],
+        raw: Mapping[str, Any] | bytes,
         token: Any,
     ) -> DeadLetter:
         return DeadLetter(

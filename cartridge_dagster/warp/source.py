@@ -60,6 +60,8 @@ __all__ = [
 
 #: Documents read between two explicit yields to the event loop (the writer shares it).
 YIELD_EVERY = 100
+#: The first page of a server's natural-order scan (the next ones are full pages).
+FIRST_PAGE = 1000
 
 log = get_logger("cartridge.warp.source")
 
@@ -480,7 +482,9 @@ class SchemaSource:
                 ("find", collection),
                 ("filter", {}),
                 ("hint", {"$natural": 1}),
-                ("batchSize", size),
+                # a smaller first page: warp and PostgreSQL start on it while the server reads
+                # the next (full) one, instead of waiting for a whole page at the start
+                ("batchSize", min(size, FIRST_PAGE)),
                 ("$_requestResumeToken", True),
             ]
         )
