@@ -2,51 +2,101 @@
 
 Each capability registers its commands from its own module; user errors (bad config, unreachable
 database, …) print one clear line and exit non-zero, with no traceback.
+
+A command line naming one capability's command (``cartridge warp run …``) builds the app with
+that capability's module only: ``warp run`` is a long-lived process whose start-up is timed
+(launch → first snapshot read), and the other modules import what it never uses (rich's
+tables and progress bars, ``http.server``, the init and deploy machinery). ``--help`` at the
+top, or an unknown command, builds the whole app. ``app`` is the whole app, built when first
+asked for (tests invoke it).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cartridge_dagster.cli import (
-    analytics_cmds,
-    core_cmds,
-    deploy_cmds,
-    init_cmds,
-    warp_cmds,
-)
-from cartridge_dagster.cli.common import console_err, exit_code_for
 from cartridge_dagster.errors import CartridgeError
 
-__all__ = ["app", "main", "warp_main"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-app = typer.Typer(
-    name="cartridge",
-    help="Operational MongoDB and PostgreSQL data into a tested, documented PostgreSQL warehouse.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-for module in (core_cmds, init_cmds, warp_cmds, analytics_cmds, deploy_cmds):
-    module.register(app)
+__all__ = ["app", "build_app", "main", "warp_main"]
+
+#: The modules that register commands, in the order ``--help`` lists them.
+_MODULES = ("core_cmds", "init_cmds", "warp_cmds", "analytics_cmds", "deploy_cmds")
+#: Each top-level command (or command group) → the module that registers it.
+_COMMANDS = {
+    "validate": "core_cmds",
+    "services": "core_cmds",
+    "demo": "core_cmds",
+    "docs": "core_cmds",
+    "scan": "init_cmds",
+    "generate": "init_cmds",
+    "schema": "init_cmds",
+    "warp": "warp_cmds",
+    "analyze": "analytics_cmds",
+    "serve-reports": "analytics_cmds",
+    "deploy": "deploy_cmds",
+}
+
+
+def build_app(modules: Sequence[str] = _MODULES) -> typer.Typer:
+    """A ``cartridge`` app with the commands of ``modules`` (all of them by default)."""
+    built = typer.Typer(
+        name="cartridge",
+        help="Operational MongoDB and PostgreSQL data into a tested, documented PostgreSQL "
+        "warehouse.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for name in modules:
+        importlib.import_module(f"cartridge_dagster.cli.{name}").register(built)
+    return built
+
+
+_app: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        global _app
+        if _app is None:
+            _app = build_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _modules_for(argv: Sequence[str]) -> Sequence[str]:
+    """The one module a command line needs, or all of them (top-level options, help, typos)."""
+    first = argv[0] if argv else None
+    module = _COMMANDS.get(first) if first is not None else None
+    return (module,) if module is not None else _MODULES
 
 
 def _run(argv: list[str] | None, prog: str) -> int:
-    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
+        command = typer.main.get_command(build_app(_modules_for(args)))
         # Standalone mode: usage errors print click's message and exit 2.
-        command.main(args=argv, prog_name=prog, standalone_mode=True)
+        command.main(args=args, prog_name=prog, standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except CartridgeError as exc:
+        from cartridge_dagster.cli.common import console_err, exit_code_for
+
         console_err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         if exc.hint:
             console_err.print(f"[dim]hint:[/] {exc.hint}", markup=True, highlight=False)
         return exit_code_for(exc)
     except KeyboardInterrupt:
+        from cartridge_dagster.cli.common import console_err
+
         console_err.print("interrupted")
         return 130
     return 0

@@ -1,18 +1,28 @@
-"""Shared CLI helpers: consoles, the --config option, running coroutines, exit codes."""
+"""Shared CLI helpers: consoles, the --config option, running coroutines, exit codes.
+
+``console`` and ``console_err`` are made when first used (``common.console``, or
+``from cartridge_dagster.cli.common import console``): rich's console costs ~25 ms to import,
+which ``warp run`` would otherwise pay before its first read for output it prints at the end.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console, ConsoleDimensions
 
-from cartridge_dagster.config import CartridgeSettings, load_settings
 from cartridge_dagster.errors import CartridgeError, ConfigError, TransientError
-from cartridge_dagster.observability import configure_logging
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cartridge_dagster.config import CartridgeSettings
+
+    console: Console
+    console_err: Console
 
 __all__ = [
     "UNBOUNDED_WIDTH",
@@ -30,27 +40,37 @@ T = TypeVar("T")
 UNBOUNDED_WIDTH = 10_000
 
 
-class _Console(Console):
-    """A rich console as wide as the terminal, and unbounded when the output is not one.
+def _make_console(*, stderr: bool) -> Console:
+    from rich.console import Console, ConsoleDimensions
 
-    Rich falls back to 80 columns when it finds no terminal, so a piped ``warp status`` or scan
-    table lost its right-hand columns (``produ…``) and one-line errors broke in two. ``COLUMNS``
-    still sets the width when given."""
+    class _Console(Console):
+        """A rich console as wide as the terminal, and unbounded when the output is not one.
 
-    @property
-    def size(self) -> ConsoleDimensions:
-        dims = super().size
-        if self._width is None and "COLUMNS" not in self._environ and not self.is_terminal:
-            return ConsoleDimensions(UNBOUNDED_WIDTH, dims.height)
-        return dims
+        Rich falls back to 80 columns when it finds no terminal, so a piped ``warp status`` or
+        scan table lost its right-hand columns (``produ…``) and one-line errors broke in two.
+        ``COLUMNS`` still sets the width when given."""
 
-    @size.setter
-    def size(self, new_size: tuple[int, int]) -> None:
-        self._width, self._height = new_size
+        @property
+        def size(self) -> ConsoleDimensions:
+            dims = super().size
+            if self._width is None and "COLUMNS" not in self._environ and not self.is_terminal:
+                return ConsoleDimensions(UNBOUNDED_WIDTH, dims.height)
+            return dims
+
+        @size.setter
+        def size(self, new_size: tuple[int, int]) -> None:
+            self._width, self._height = new_size
+
+    return _Console(stderr=stderr, highlight=False)
 
 
-console = _Console(highlight=False)
-console_err = _Console(stderr=True, highlight=False)
+def __getattr__(name: str) -> Any:
+    if name in ("console", "console_err"):
+        made = _make_console(stderr=name == "console_err")
+        globals()[name] = made  # made once: later lookups find the module attribute
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ConfigOption = Annotated[
     Path | None,
@@ -65,6 +85,9 @@ ConfigOption = Annotated[
 
 def load(config: Path | None) -> CartridgeSettings:
     """Load and validate settings, and configure logging from them."""
+    from cartridge_dagster.config import load_settings
+    from cartridge_dagster.observability import configure_logging
+
     settings = load_settings(config)
     configure_logging(settings.observability.log_format, settings.observability.log_level)
     return settings

@@ -9,9 +9,9 @@ import signal
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from cartridge_dagster.cli.common import ConfigOption, console, load, run_async
+from cartridge_dagster.cli import common
+from cartridge_dagster.cli.common import ConfigOption, load, run_async
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.errors import ConfigError
 
@@ -87,9 +87,13 @@ def run(
         try:
             host = os.environ.get("CARTRIDGE_METRICS_HOST", "127.0.0.1")
             server = MetricsServer(port, host=host, health=health).start()
-            console.print(f"metrics: http://127.0.0.1:{server.port}/metrics (health: /health)")
+            common.console.print(
+                f"metrics: http://127.0.0.1:{server.port}/metrics (health: /health)"
+            )
         except OSError as exc:
-            console.print(f"[yellow]metrics disabled: port {port} is busy ({exc.strerror})[/]")
+            common.console.print(
+                f"[yellow]metrics disabled: port {port} is busy ({exc.strerror})[/]"
+            )
 
     from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
 
@@ -108,6 +112,8 @@ def run(
     finally:
         if server is not None:
             server.stop()
+    from rich.table import Table
+
     table = Table(title="warp", show_header=True)
     for col in ("schema", "applied", "snapshot rows", "dead letters", "batches", "stopped"):
         table.add_column(col)
@@ -120,7 +126,7 @@ def run(
             str(s.batches),
             s.stop_reason,
         )
-    console.print(table)
+    common.console.print(table)
 
 
 def _validate(settings: CartridgeSettings, schemas: list[SchemaConfig], *, dry_run: bool) -> None:
@@ -128,8 +134,8 @@ def _validate(settings: CartridgeSettings, schemas: list[SchemaConfig], *, dry_r
 
     for s in schemas:
         for line in run_async(validate_schema(settings, s)):
-            console.print(f"{s.name}: {line}")
-    console.print("[green]ok[/]" + (" (dry run: nothing written)" if dry_run else ""))
+            common.console.print(f"{s.name}: {line}")
+    common.console.print("[green]ok[/]" + (" (dry run: nothing written)" if dry_run else ""))
 
 
 def validate(config: ConfigOption = None, schema: SchemaOption = None) -> None:
@@ -150,14 +156,16 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
     for s in _schemas(settings, schema, "multi"):
         st = run_async(schema_status(settings.destination_url(), s))
         if not st.exists:
-            console.print(f"{s.name}: warp has not run yet")
+            common.console.print(f"{s.name}: warp has not run yet")
             continue
-        console.print(
+        common.console.print(
             f"[bold]{s.name}[/]: epoch {st.epoch}, version {st.version}, "
             f"snapshot {'done' if st.snapshot_done else 'in progress'}, "
             f"{st.events_applied} changes applied, lag {_fmt_lag(st.lag_seconds)}, "
             f"{st.dead_letters} dead letters pending, {st.parked} parked, updated {st.updated_at}"
         )
+        from rich.table import Table
+
         table = Table(show_header=True)
         for col in (
             "collection",
@@ -183,7 +191,7 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
                 str(t.dead_letters),
                 str(t.parked),
             )
-        console.print(table)
+        common.console.print(table)
         for t in st.tables:
             if t.policies:
                 changed = "; ".join(
@@ -191,7 +199,9 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
                     f"{', …' if len(paths) > 5 else ''})"
                     for policy, paths in t.policies.items()
                 )
-                console.print(f"  {t.collection}: value policies changed: {changed}", markup=False)
+                common.console.print(
+                    f"  {t.collection}: value policies changed: {changed}", markup=False
+                )
 
 
 def drop_slot(
@@ -211,7 +221,7 @@ def drop_slot(
     if source_kind(url) != "postgresql":
         raise ConfigError(f"schema {schema!r} reads a MongoDB source: it has no replication slot")
     for line in run_async(drop(url, cfg)):
-        console.print(f"{schema}: {line}")
+        common.console.print(f"{schema}: {line}")
 
 
 def dlq_list(
@@ -236,6 +246,8 @@ def dlq_list(
                 limit=limit,
             )
         )
+        from rich.table import Table
+
         table = Table(title=f"{s.name}: {len(rows)} dead letters", show_header=True)
         for col in ("id", "collection", "_id", "op", "error", "attempts", "status"):
             table.add_column(col)
@@ -249,10 +261,10 @@ def dlq_list(
                 str(r["attempts"]),
                 r["status"],
             )
-        console.print(table)
+        common.console.print(table)
         if show_event:
             for r in rows:
-                console.print(f"#{r['id']}: {r['raw_event_json'][:2000]}", markup=False)
+                common.console.print(f"#{r['id']}: {r['raw_event_json'][:2000]}", markup=False)
 
 
 def dlq_replay(
@@ -273,7 +285,7 @@ def dlq_replay(
         result = run_async(
             replay_dead_letters(settings.destination_url(), s, ids=ids, collection=collection)
         )
-        console.print(
+        common.console.print(
             f"{s.name}: {result.replayed} replayed, {result.superseded} superseded by newer "
             f"changes, {result.failed} failed again ({result.parked} parked)"
         )

@@ -1,5 +1,8 @@
 """A small HTTP server for Prometheus ``/metrics`` and a JSON ``/health``.
 
+(``http.server`` and ``prometheus_client`` are imported when a server is made: a process that
+only keeps a :class:`HealthState` does not load them.)
+
 Warp runs one per process (``:8000`` by default). ``/health`` (and ``/ready``) answers 200 while
 every registered component is ready and healthy, and 503 otherwise, with the reasons;
 ``/live`` answers 200 unless a component is unhealthy (one that is still starting is alive).
@@ -18,10 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler
+
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["HealthState", "MetricsServer", "Probe"]
 
@@ -88,10 +93,15 @@ class MetricsServer:
         host: str | None = None,
         *,
         health: HealthState | None = None,
-        registry: CollectorRegistry = REGISTRY,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        # only a process that serves pays for these imports (http.server, prometheus_client)
+        from http.server import ThreadingHTTPServer
+
+        from prometheus_client import REGISTRY
+
         self.health = health or HealthState()
-        self.registry = registry
+        self.registry = registry if registry is not None else REGISTRY
         host = host or os.environ.get("CARTRIDGE_METRICS_HOST") or "127.0.0.1"
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
@@ -102,6 +112,10 @@ class MetricsServer:
         return int(self._server.server_address[1])
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
+        from http.server import BaseHTTPRequestHandler
+
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

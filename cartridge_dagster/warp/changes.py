@@ -120,7 +120,9 @@ def _drop_path(document: dict[str, Any], path: Sequence[str]) -> None:
         node.pop(path[-1], None)
 
 
-def _encode_raw(value: Mapping[str, Any]) -> bytes:
+def _encode_raw(value: Mapping[str, Any] | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
     if isinstance(value, RawBSONDocument):
         return bytes(value.raw)
     try:
@@ -186,28 +188,30 @@ class Transformer:
     def document(
         self,
         collection: str,
-        doc: Mapping[str, Any],
+        doc: Mapping[str, Any] | bytes,
         *,
         op: Op,
         version: int,
         source_ts: dt.datetime | None,
-        raw: Mapping[str, Any] | None = None,
+        raw: Mapping[str, Any] | bytes | None = None,
         token: Mapping[str, Any] | None = None,
     ) -> Change | DeadLetter:
         """A full document (snapshot row or an event's ``fullDocument``) → change.
 
-        A ``RawBSONDocument`` (PyMongo reading raw BSON) converts in C without being decoded;
-        the rare document the C path leaves to Python (see :func:`raw_document_json`), or one
-        with ``exclude_fields``, is decoded first."""
-        if isinstance(doc, RawBSONDocument):
-            fast = None if self._excluded(collection) else raw_document_json(doc.raw)
+        A ``RawBSONDocument`` (PyMongo reading raw BSON), or a document's BSON ``bytes`` (a
+        snapshot page cut from a raw cursor reply), converts in C without being decoded; the
+        rare document the C path leaves to Python (see :func:`raw_document_json`), or one with
+        ``exclude_fields``, is decoded first."""
+        if isinstance(doc, (bytes, RawBSONDocument)):
+            data = doc if isinstance(doc, bytes) else doc.raw
+            fast = None if self._excluded(collection) else raw_document_json(data)
             if fast is not None:
                 doc_id, body = fast
                 if len(body) <= self.max_bytes:
                     return Change(collection, doc_id, op, version, body, source_ts)
-            raw = raw or doc
+            raw = raw or doc  # a dead letter keeps the bytes as they came
             try:
-                doc = decode_raw(doc.raw)
+                doc = decode_raw(data)
             except UnlandableDocument as exc:
                 return self._dead(collection, None, version, op, exc, raw, token)
         try:
@@ -274,7 +278,7 @@ class Transformer:
         version: int,
         op: str,
         exc: BaseException,
-        raw: Mapping[str, Any],
+        raw: Mapping[str, Any] | bytes,
         token: Any,
     ) -> DeadLetter:
         return DeadLetter(

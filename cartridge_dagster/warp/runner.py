@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import (
     AsyncRetrying,
@@ -49,10 +49,13 @@ from cartridge_dagster.errors import (
     classify,
     redact_url,
 )
-from cartridge_dagster.observability import HealthState, bind_context, get_logger
+from cartridge_dagster.observability import bind_context, get_logger
 from cartridge_dagster.warp import metrics
 from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, Wipe, is_transient
 from cartridge_dagster.warp.sources import Source, open_source, source_kind
+
+if TYPE_CHECKING:
+    from cartridge_dagster.observability import HealthState
 
 __all__ = ["RunObserver", "RunSummary", "RunnerHealth", "WarpRunner", "run_schemas"]
 
@@ -645,7 +648,9 @@ class WarpRunner:
 
     async def _connect(self, sink: Sink) -> tuple[Checkpoint, Source]:
         """The warehouse (control tables, fence, checkpoint) and the source, at the same time:
-        the two connections' round trips overlap (each retried on its own)."""
+        the two connections' round trips overlap (each retried on its own), and so do the
+        imports only these steps need (the source's driver, the metrics), which run in worker
+        threads while the event loop awaits the warehouse's replies."""
 
         async def warehouse() -> Checkpoint:
             async for attempt in self._retrying("postgres", is_transient):
@@ -654,10 +659,15 @@ class WarpRunner:
                     return await sink.acquire()
             raise AssertionError("unreachable")  # pragma: no cover
 
-        tasks = (asyncio.create_task(warehouse()), asyncio.create_task(self._open_source()))
+        tasks = (
+            asyncio.create_task(warehouse()),
+            asyncio.create_task(self._open_source()),
+            asyncio.create_task(asyncio.to_thread(metrics.load)),
+        )
         try:
             cp = await tasks[0]
             source = await tasks[1]
+            await tasks[2]
         except BaseException:
             for task in tasks:
                 task.cancel()

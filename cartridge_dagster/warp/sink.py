@@ -385,12 +385,15 @@ class Sink:
             conn.terminate()
 
     async def setup(self) -> None:
-        """Create the control tables (idempotent; concurrent callers serialise on a lock)."""
+        """Create the control tables (idempotent; concurrent callers serialise on a lock).
+
+        One round trip: the statements go as one script (the simple query protocol)."""
         conn = await self.connect()
+        script = ";\n".join(
+            ["SELECT pg_advisory_xact_lock(hashtext('cartridge_warp.setup'))", *control_ddl()]
+        )
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cartridge_warp.setup'))")
-            for stmt in control_ddl():
-                await conn.execute(stmt)
+            await conn.execute(script)
 
     async def acquire(self) -> Checkpoint:
         """Take the schema over: bump the fencing epoch. Returns the stored checkpoint."""

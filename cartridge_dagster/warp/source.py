@@ -60,6 +60,8 @@ __all__ = [
 
 #: Documents read between two explicit yields to the event loop (the writer shares it).
 YIELD_EVERY = 100
+#: The first page of a server's natural-order scan (the next ones are full pages).
+FIRST_PAGE = 1000
 
 log = get_logger("cartridge.warp.source")
 
@@ -76,32 +78,62 @@ def _plain(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-def _batch(reply: Any, key: str) -> list[Any]:
-    """The documents of a cursor reply's ``key`` batch, each as the bytes it came in (a raw
-    reply) or as decoded: a raw reply's array is cut into documents directly, because decoding
-    it would turn a document shaped like a DBRef into one."""
+def _cursor_reply(reply: Any, key: str) -> tuple[list[Any], int, Any]:
+    """A cursor reply's ``key`` batch, cursor id and ``postBatchResumeToken`` (plain values).
+
+    A raw reply is read without decoding it: its batch array is cut into each document's BSON
+    bytes (what :meth:`Transformer.document` converts in C), and only the id and the token are
+    decoded. Reading ``reply["cursor"]["id"]`` would inflate the cursor document, making a
+    ``RawBSONDocument`` of every document in the batch (~3 µs each, thrown away); decoding
+    the array would also turn a document shaped like a DBRef into one."""
     raw = getattr(reply, "raw", None)
     if raw is None:  # decoded (no C conversion): a DBRef-shaped document back to a document
         from bson.dbref import DBRef
 
-        return [d.as_doc() if isinstance(d, DBRef) else d for d in reply["cursor"][key]]
-    from bson.raw_bson import RawBSONDocument
+        cursor = reply["cursor"]
+        docs = [d.as_doc() if isinstance(d, DBRef) else d for d in cursor[key]]
+        return docs, int(cursor["id"]), _plain(cursor.get("postBatchResumeToken"))
+    cursor_doc = _element(raw, 4, "cursor", 3)
+    if cursor_doc is None:
+        raise ValueError("a cursor reply without a cursor document")
+    fields = _top_level(cursor_doc)
+    array = fields.get(key)
+    out: list[bytes] = []
+    if array is not None and array[0] == 4:
+        data = array[1]
+        pos, end = 4, len(data) - 1
+        while pos < end:
+            kind = data[pos]
+            name_end = data.index(0, pos + 1)
+            start = name_end + 1
+            size = int.from_bytes(data[start : start + 4], "little")
+            if kind == 3:
+                out.append(data[start : start + size])
+            pos = start + size
+    cursor_id = 0
+    found = fields.get("id")
+    if found is not None:
+        kind, value = found
+        cursor_id = int.from_bytes(value, "little", signed=True) if kind in (16, 18) else 0
+    token = fields.get("postBatchResumeToken")
+    plain = bson.decode(token[1]) if token is not None and token[0] == 3 else None
+    return out, cursor_id, plain
 
-    from cartridge_dagster.documents import RAW_OPTIONS
 
-    cursor = _element(raw, 4, "cursor", 3)
-    array = _element(cursor, 4, key, 4) if cursor is not None else None
-    if array is None:
-        return []
-    out: list[Any] = []
-    pos, end = 4, len(array) - 1
+def _top_level(doc: bytes) -> dict[str, tuple[int, bytes]]:
+    """``doc``'s top-level elements: name → (BSON type, the value's bytes); sub-documents and
+    arrays as their own BSON, skipped over by their length (never walked)."""
+    out: dict[str, tuple[int, bytes]] = {}
+    pos, end = 4, len(doc) - 1
     while pos < end:
-        kind = array[pos]
-        name_end = array.index(0, pos + 1)
+        t = doc[pos]
+        name_end = doc.index(0, pos + 1)
         start = name_end + 1
-        size = int.from_bytes(array[start : start + 4], "little")
-        if kind == 3:
-            out.append(RawBSONDocument(array[start : start + size], RAW_OPTIONS))
+        if t in (3, 4):
+            size = int.from_bytes(doc[start : start + 4], "little")
+        else:
+            size = _value_size(t, doc, start)
+        out[doc[pos + 1 : name_end].decode()] = (t, doc[start : start + size])
         pos = start + size
     return out
 
@@ -450,7 +482,9 @@ class SchemaSource:
                 ("find", collection),
                 ("filter", {}),
                 ("hint", {"$natural": 1}),
-                ("batchSize", size),
+                # a smaller first page: warp and PostgreSQL start on it while the server reads
+                # the next (full) one, instead of waiting for a whole page at the start
+                ("batchSize", min(size, FIRST_PAGE)),
                 ("$_requestResumeToken", True),
             ]
         )
@@ -472,13 +506,11 @@ class SchemaSource:
                 )
 
             reply = await db.command(command, session=session, codec_options=db.codec_options)
-            cursor = reply["cursor"]
-            batch, cursor_id = _batch(reply, "firstBatch"), int(cursor["id"])
+            batch, cursor_id, token = _cursor_reply(reply, "firstBatch")
             ahead: asyncio.Task[Any] | None = None
             try:
                 while True:
-                    token = cursor.get("postBatchResumeToken")
-                    state = {"kind": "natural", "token": json_util.dumps(_plain(token))}
+                    state = {"kind": "natural", "token": json_util.dumps(token)}
                     # the next batch is asked for now: the server reads it while this one is
                     # converted and written (one request in flight, as a driver's cursor would)
                     ahead = asyncio.ensure_future(more(cursor_id)) if cursor_id else None
@@ -487,8 +519,7 @@ class SchemaSource:
                     if ahead is None:
                         return
                     reply, ahead = await ahead, None
-                    cursor = reply["cursor"]
-                    batch, cursor_id = _batch(reply, "nextBatch"), int(cursor["id"])
+                    batch, cursor_id, token = _cursor_reply(reply, "nextBatch")
             finally:
                 if ahead is not None:
                     ahead.cancel()

@@ -10,8 +10,15 @@ over TCP on 127.0.0.1 — into the same PostgreSQL, in interleaved rounds:
   wheel's binary, called directly), from launch to exit.
 - **warp over the wire**: ``cartridge warp run`` as a process of its own, from launch until the
   checkpoint says the snapshot is done (polled every 20 ms); also launch → its first snapshot
-  read (its log's ``warp.snapshot.start``) and its peak resident memory.
-- **warp in process**: the same on the embedded engine's file (``mongoeco://``).
+  read (its log's ``warp.snapshot.start``), the CPU seconds its process had used by then, and
+  its peak resident memory.
+- **warp in process**: the same on the embedded engine's file (``mongoeco://``), with and
+  without the GC setting of warp's entry points (``CARTRIDGE_GC_TUNING=0``).
+- **CPU accounting** (Linux ``/proc``): the CPU seconds the wire server, warp's process and
+  its PostgreSQL backends used from launch to "snapshot done", and the server's for the
+  plain read. The server, warp and PostgreSQL share the machine's cores: on a loaded machine
+  (one core or less free) warp's share of the ceiling tends to server ÷ (server + warp +
+  PostgreSQL), whatever the overlap.
 
 Sizes: ``BENCH_E2E_SIZES`` (default ``10000,50000,100000,1000000``), rounds
 ``BENCH_E2E_ROUNDS`` (3; one round for a million), and ``BENCH_E2E_MANY`` collections of 10,000
@@ -191,6 +198,11 @@ class Source:
         self.server = start(self.work)
         self.uri = self.server.uri
 
+    @property
+    def pid(self) -> int | None:
+        proc = getattr(self.server, "proc", None)
+        return proc.pid if proc is not None else None
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
@@ -279,6 +291,41 @@ class WarpRun:
     peak_rss_mb: float
     rows: int = 0
     log: list[str] = field(default_factory=list)
+    first_read_cpu: float = float("nan")  # warp's CPU seconds when its log said so (±20 ms)
+    cpu: float = float("nan")  # warp's CPU seconds, launch → snapshot done
+    server_cpu: float = float("nan")  # the wire server's, over the same span
+    pg_cpu: float = float("nan")  # warp's PostgreSQL backends', over the same span
+
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, from ``/proc``; NaN without it."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _HZ
+
+
+def backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend connected to ``database`` (``/proc``)."""
+    out: dict[int, float] = {}
+    needle = f" {database} ".encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            continue
+        if text.startswith(b"postgres: ") and needle in text:
+            pid = int(cmdline.parent.name)
+            value = cpu_seconds(pid)
+            if value == value:
+                out[pid] = value
+    return out
 
 
 async def _snapshot_state(conn: asyncpg.Connection) -> tuple[bool, int]:
@@ -296,23 +343,45 @@ async def _snapshot_state(conn: asyncpg.Connection) -> tuple[bool, int]:
 
 
 async def _wait_done(
-    proc: subprocess.Popen[bytes], conn: asyncpg.Connection, log_path: Path
+    proc: subprocess.Popen[bytes],
+    conn: asyncpg.Connection,
+    log_path: Path,
+    run: WarpRun,
+    database: str,
+    backends: dict[int, float],
 ) -> tuple[float, int]:
     """Poll the checkpoint every 20 ms over one connection, opened before the launch (a new
-    connection per poll cost the machine a backend start 50 times a second, beside warp)."""
+    connection per poll cost the machine a backend start 50 times a second, beside warp).
+    Each poll also notes warp's CPU when its log first shows the first read, and every 25th
+    (~0.5 s: scanning ``/proc`` costs the machine) the CPU of its PostgreSQL backends (a
+    backend's last reading stands when it has gone; the last one is read at "done")."""
+    polls = 0
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"warp exited early: {log_path.read_text()[-3000:]}")
         ok, copied = await _snapshot_state(conn)
         if ok:
             return time.perf_counter(), copied
+        if run.first_read_cpu != run.first_read_cpu and "warp.snapshot.start" in (
+            log_path.read_text()
+        ):
+            run.first_read_cpu = cpu_seconds(proc.pid)
+        polls += 1
+        if polls % 25 == 0:
+            backends.update(backend_cpu(database))
         await asyncio.sleep(0.02)
 
 
 def warp(
-    source_url: str, pg_url: str, work: Path, n_expected: int, env: dict[str, str] | None = None
+    source_url: str,
+    pg_url: str,
+    work: Path,
+    n_expected: int,
+    env: dict[str, str] | None = None,
+    server_pid: int | None = None,
 ) -> WarpRun:
-    """``cartridge warp run`` from launch until its checkpoint says the snapshot is done."""
+    """``cartridge warp run`` from launch until its checkpoint says the snapshot is done
+    (``env``: added to its environment; ``server_pid``: the wire server, for its CPU)."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "cartridge.yaml"
     config.write_text(
@@ -336,19 +405,30 @@ def warp(
     log_path = work / "warp.log"
     loop = asyncio.new_event_loop()
     conn = loop.run_until_complete(asyncpg.connect(pg_url))
+    database = pg_url.rpartition("/")[2]
+    run = WarpRun(float("nan"), float("nan"), float("nan"))
+    backends = backend_cpu(database)  # the poller's own backend: subtracted below
+    poller = dict(backends)
     with open(log_path, "w") as log:
+        server_before = cpu_seconds(server_pid)
         launched_wall = time.time()
         launched = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "cartridge_dagster", "warp", "run", "--config", str(config)],
             cwd=REPO,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
-            finished, copied = loop.run_until_complete(_wait_done(proc, conn, log_path))
+            finished, copied = loop.run_until_complete(
+                _wait_done(proc, conn, log_path, run, database, backends)
+            )
             done_at = finished - launched
+            run.cpu = cpu_seconds(proc.pid)
+            run.server_cpu = cpu_seconds(server_pid) - server_before
+            backends.update(backend_cpu(database))
+            run.pg_cpu = sum(v - poller.get(pid, 0.0) for pid, v in backends.items())
         finally:
             loop.run_until_complete(conn.close())
             loop.close()
@@ -359,12 +439,11 @@ def warp(
     first = _log_time(text, "warp.snapshot.start")
     if copied != n_expected:
         raise RuntimeError(f"warp copied {copied} of {n_expected} documents")
-    return WarpRun(
-        done_at,
-        (first - launched_wall) if first is not None else float("nan"),
-        usage.ru_maxrss / 1024,
-        copied,
-    )
+    run.done = done_at
+    run.first_read = (first - launched_wall) if first is not None else float("nan")
+    run.peak_rss_mb = usage.ru_maxrss / 1024
+    run.rows = copied
+    return run
 
 
 def _log_time(text: str, event: str) -> float | None:
@@ -407,15 +486,22 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
         "sling": [],
         "warp": [],
         "warp_first": [],
+        "warp_first_cpu": [],
         "warp_rss": [],
         "embedded": [],
         "embedded_nogc": [],
+        "warp_nogc": [],
+        "ceiling_server_cpu": [],
+        "warp_server_cpu": [],
+        "warp_cpu": [],
+        "warp_pg_cpu": [],
     }
     try:
         for r in range(rounds):
             order = ["ceiling", "sling", "warp", "embedded"]
             if collections == 1 and n <= 100_000:
-                order.append("embedded_nogc")  # what the GC setting of warp's entry points buys
+                # what the GC setting of warp's entry points buys, in process and over the wire
+                order += ["embedded_nogc", "warp_nogc"]
             if r % 2:
                 order.reverse()
             for tool in order:
@@ -423,14 +509,24 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
                 try:
                     work = tmp / f"{tool}-{collections}x{n}-{r}"
                     if tool == "ceiling":
+                        before = cpu_seconds(src.pid)
                         results["ceiling"].append(total / plain_read(src.uri, names))
+                        results["ceiling_server_cpu"].append(cpu_seconds(src.pid) - before)
                     elif tool == "sling":
                         results["sling"].append(total / sling(src.uri, url, names, work / "home"))
                     elif tool == "warp":
-                        run = warp(src.uri, url, work, total)
+                        run = warp(src.uri, url, work, total, server_pid=src.pid)
                         results["warp"].append(total / run.done)
                         results["warp_first"].append(run.first_read)
+                        results["warp_first_cpu"].append(run.first_read_cpu)
                         results["warp_rss"].append(run.peak_rss_mb)
+                        results["warp_cpu"].append(run.cpu)
+                        results["warp_server_cpu"].append(run.server_cpu)
+                        results["warp_pg_cpu"].append(run.pg_cpu)
+                    elif tool == "warp_nogc":
+                        nogc = {"CARTRIDGE_GC_TUNING": "0"}
+                        run = warp(src.uri, url, work, total, nogc, server_pid=src.pid)
+                        results["warp_nogc"].append(total / run.done)
                     elif tool == "embedded_nogc":
                         run = warp(src.engine_url, url, work, total, {"CARTRIDGE_GC_TUNING": "0"})
                         results["embedded_nogc"].append(total / run.done)
@@ -498,8 +594,26 @@ def report(rows: dict[int, dict[str, Any]], many: dict[str, Any] | None) -> None
         ".2f",
         "> 1 to keep it",
     )
+    line(
+        "the GC setting's gain over the wire (with ÷ without)",
+        lambda r: r["warp"] / r["warp_nogc"],
+        ".2f",
+        "> 1 to keep it",
+    )
     line("launch → first snapshot read (s)", "warp_first", ".3f", "≤ 0.3")
+    line("… warp's CPU seconds by then", "warp_first_cpu", ".3f")
     line("warp peak resident memory (MB)", "warp_rss_max", ".0f")
+    line("CPU s, plain read: the server", "ceiling_server_cpu", ".2f")
+    line(
+        "CPU s, warp's run: server / warp / PostgreSQL",
+        lambda r: f"{r['warp_server_cpu']:.2f} / {r['warp_cpu']:.2f} / {r['warp_pg_cpu']:.2f}",
+        "s",
+    )
+    line(
+        "server ÷ (server + warp + PostgreSQL): the ceiling share with one core free",
+        lambda r: r["warp_server_cpu"] / (r["warp_server_cpu"] + r["warp_cpu"] + r["warp_pg_cpu"]),
+        ".2f",
+    )
     if 100_000 in rows and 1_000_000 in rows:
         small, big = rows[100_000], rows[1_000_000]
         print()

@@ -1,0 +1,136 @@
+"""``cartridge warp run`` imports only what it needs before its first read.
+
+Its start-up is timed (launch → first snapshot read, ``make bench``), and most of it is
+imports. Each test runs a fresh interpreter through the steps the command takes before it
+connects — the command line, the configuration, the runner — and lists what got imported:
+the Dagster layer, dbt, rich (tables, progress bars), the HTTP server and Prometheus (a server
+only when a metrics port is set; the metrics are made in a worker thread while connecting),
+PyMongo and the embedded engine (imported in a worker thread while the warehouse connects)
+must not be among them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cartridge_dagster import cli
+
+#: Top-level packages (or exact modules) warp run must not import before it connects.
+NOT_BEFORE_CONNECTING = (
+    "dagster",
+    "dagster_dbt",
+    "dbt",
+    "rich",
+    "pygments",
+    "http.server",
+    "prometheus_client",
+    "pymongo",
+    "mongoeco",
+    "psycopg2",
+    "cartridge_dagster.definitions",
+    "cartridge_dagster.assets",
+    "cartridge_dagster.sensors",
+    "cartridge_dagster.resources",
+    "cartridge_dagster.analytics",
+    "cartridge_dagster.init",
+    "cartridge_dagster.deploy",
+    "cartridge_dagster.warp.source",
+    "cartridge_dagster.cli.core_cmds",
+    "cartridge_dagster.cli.init_cmds",
+    "cartridge_dagster.cli.analytics_cmds",
+    "cartridge_dagster.cli.deploy_cmds",
+)
+
+
+def _imported_by(code: str, tmp_path: Path) -> list[str]:
+    config = tmp_path / "cartridge.yaml"
+    config.write_text(
+        "source: {connection_string: 'mongodb://127.0.0.1:1/?replicaSet=rs0'}\n"
+        "destination: {connection_string: 'postgresql://u@127.0.0.1:1/db'}\n"
+        "schemas:\n- {name: shop, source_database: shop, warp: {metrics_port: 0}}\n"
+    )
+    script = textwrap.dedent(code).format(config=str(config)) + textwrap.dedent(
+        """
+        import json, sys
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    modules: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return modules
+
+
+def _offenders(modules: list[str]) -> list[str]:
+    return sorted(
+        m for m in modules if any(m == p or m.startswith(p + ".") for p in NOT_BEFORE_CONNECTING)
+    )
+
+
+def test_warp_run_path_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
+    modules = _imported_by(
+        """
+        from pathlib import Path
+        import typer
+        from cartridge_dagster import cli
+        # what `cartridge warp run` does up to run_schemas (cli._run, then warp_cmds.run)
+        command = typer.main.get_command(cli.build_app(cli._modules_for(["warp", "run"])))
+        from cartridge_dagster.cli.common import load
+        settings = load(Path({config!r}))
+        from cartridge_dagster.observability import HealthState
+        from cartridge_dagster.warp.runner import run_schemas
+        from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
+        HealthState()
+        """,
+        tmp_path,
+    )
+    assert "cartridge_dagster.warp.runner" in modules  # the script did run the path
+    assert "cartridge_dagster.cli.warp_cmds" in modules
+    assert _offenders(modules) == []
+
+
+def test_the_same_check_catches_a_heavy_import(tmp_path: Path) -> None:
+    """The check can fail: the whole command line (``cartridge --help``) imports rich."""
+    modules = _imported_by(
+        """
+        from cartridge_dagster import cli
+        cli.app
+        """,
+        tmp_path,
+    )
+    assert "rich" in modules
+    assert "cartridge_dagster.cli.analytics_cmds" in _offenders(modules)
+
+
+@pytest.mark.parametrize("module", sorted(set(cli._COMMANDS.values())))
+def test_each_command_is_found_in_the_module_it_is_mapped_to(module: str) -> None:
+    """``cartridge CMD …`` builds the app from ``_COMMANDS[CMD]`` alone: every top-level
+    command and group a module registers is mapped to it, and nothing else is."""
+    app = cli.build_app([module])
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert names == {cmd for cmd, home in cli._COMMANDS.items() if home == module}
+
+
+def test_the_whole_app_has_every_mapped_command() -> None:
+    app = cli.app
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert names == set(cli._COMMANDS)
+
+
+def test_an_unmapped_first_word_builds_the_whole_app() -> None:
+    assert cli._modules_for(["--help"]) == cli._MODULES
+    assert cli._modules_for([]) == cli._MODULES
+    assert cli._modules_for(["wrap", "run"]) == cli._MODULES  # a typo: click suggests
+    assert cli._modules_for(["warp", "run"]) == ("warp_cmds",)
