@@ -468,6 +468,8 @@ class PgSource:
         self.repl = repl
         self._snapshot_name = snapshot
         log.info("warp.pg.slot.created", slot=self.slot, lsn=format_lsn(lsn))
+        # the slot's lag is reported from the snapshot's first batch on, not from streaming
+        await self._poll_slot()
         self._defaults = {name: _with_default(info) for name, info in self.tables.items()}
         return Position(self._token(lsn), lsn << (ORDINAL_BITS - 16))
 
