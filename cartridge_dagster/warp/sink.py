@@ -593,14 +593,7 @@ class Sink:
                         raw_table_name(collection),
                         schema_name=self.raw_schema,
                         records=records,
-                        columns=[
-                            "_id",
-                            "document",
-                            "_cartridge_deleted",
-                            "_cartridge_version",
-                            "_cartridge_op",
-                            "_cartridge_source_ts",
-                        ],
+                        columns=list(COPY_COLUMNS),
                     )
             return True
         except asyncpg.PostgresError as exc:
