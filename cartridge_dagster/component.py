@@ -23,6 +23,8 @@ are read at every load (what ``make demo`` relies on).
 import hashlib
 import json
 import os
+import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from dagster.components import (
     scaffold_component,
     scaffold_with,
 )
+from dagster_shared.serdes.objects.models.defs_state_info import DefsStateManagementType
 from pydantic import BaseModel, Field
 
 from cartridge_dagster.config import (
@@ -97,6 +100,41 @@ def _inline_config_file(data: Mapping[str, Any], settings: CartridgeSettings) ->
         f.write(content)
     tmp.replace(path)
     return path
+
+
+def _state_storage() -> Any:
+    """The defs state storage of the Dagster instance in context (None outside one)."""
+    # the same lookup StateBackedComponent.build_defs makes; Dagster has no public name for it
+    from dagster._core.storage.defs_state.base import DefsStateStorage
+
+    return DefsStateStorage.get()
+
+
+def write_state(state_path: Path, settings: CartridgeSettings, schemas: list[str]) -> None:
+    """The component's state file: each schema's collections as the last scan recorded them."""
+    state = {
+        "format": STATE_FORMAT,
+        "schemas": {name: scanned_collections(settings, name) for name in schemas},
+    }
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def record_state(
+    instance: dg.DagsterInstance, key: str, settings: CartridgeSettings, schemas: list[str]
+) -> str | None:
+    """Record the collections of ``schemas`` as a new version of the component state ``key``
+    in the instance's defs state storage (what a scan run does, so the next load of the code
+    location builds from what it found). Returns the version, or None without a storage."""
+    storage = instance.defs_state_storage
+    if storage is None:
+        return None
+    version = str(uuid.uuid4())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state"
+        write_state(path, settings, schemas)
+        storage.upload_state_from_path(key, version=version, path=path)
+    return version
 
 
 # --------------------------------------------------------------------------- scaffolding
@@ -270,12 +308,7 @@ class CartridgeComponent(dg.StateBackedComponent, dg.Resolvable):
     def write_state_to_path(self, state_path: Path) -> None:
         """Record each schema's collections as the last scan found them (no connection)."""
         settings, _ = self._settings(getattr(self, "_loaded_root", None))
-        state = {
-            "format": STATE_FORMAT,
-            "schemas": {s.name: scanned_collections(settings, s.name) for s in settings.schemas},
-        }
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_state(state_path, settings, [s.name for s in settings.schemas])
 
     @staticmethod
     def read_state(state_path: Path) -> dict[str, tuple[str, ...]]:
@@ -295,10 +328,32 @@ class CartridgeComponent(dg.StateBackedComponent, dg.Resolvable):
 
     # ----------------------------------------------------------------- building
 
+    def _versioned(self) -> bool:
+        return (
+            self.defs_state_config.management_type
+            == DefsStateManagementType.VERSIONED_STATE_STORAGE
+        )
+
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         if self.collections_from == "scan":  # no recorded state: the scan's files, every load
             return self.build_defs_from_state(context, state_path=None)
-        return super().build_defs(context)
+        if self._versioned() and _state_storage() is None:
+            # built outside a Dagster instance (a script, a test): no storage to read, and
+            # Dagster would raise; the scan's files it is
+            return self.build_defs_from_state(context, state_path=None)
+        try:
+            return super().build_defs(context)
+        except ValueError as exc:
+            # a version recorded by a run whose storage this process cannot read (a local
+            # `defs_state_storage` on another pod's disk): load from the scan's files, say why
+            if not str(exc).startswith("No state found for key"):
+                raise
+            log.warning(
+                "component.state.unreadable",
+                key=self.defs_state_config.key,
+                hint="give the instance a defs_state_storage every pod reads (docs/component.md)",
+            )
+            return self.build_defs_from_state(context, state_path=None)
 
     def build_defs_from_state(
         self, context: dg.ComponentLoadContext, state_path: Path | None
@@ -306,7 +361,11 @@ class CartridgeComponent(dg.StateBackedComponent, dg.Resolvable):
         settings, path = self._settings(context.project_root)
         collections = None
         if self.collections_from == "state":
-            if state_path is None:
+            if state_path is None and self._versioned():
+                # nothing recorded in the instance yet: the scan's local files (if any) until
+                # the schema assets' first scan records the collections
+                log.debug("component.state.none_yet", key=self.defs_state_config.key)
+            elif state_path is None:
                 log.warning(
                     "component.state.missing",
                     hint="run `dg utils refresh-defs-state`; using the last scan's local files",
@@ -318,6 +377,13 @@ class CartridgeComponent(dg.StateBackedComponent, dg.Resolvable):
             group_name=self.group_name,
             collections=collections,
             excluded_schemas=self._excluded(settings, path),
+            state_key=(
+                self.defs_state_config.key
+                if self.collections_from == "state"
+                and self._versioned()
+                and _state_storage() is not None
+                else None
+            ),
         )
         with building(scope):
             return build_cartridge_defs(settings, path)

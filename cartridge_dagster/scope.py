@@ -38,6 +38,10 @@ class BuildScope:
     collections: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False)
     #: Configured schemas this build leaves out (their generated dbt models too).
     excluded_schemas: tuple[str, ...] = ()
+    #: Key of the component's state in the instance's defs state storage, when it keeps it
+    #: there (``VERSIONED_STATE_STORAGE``): a scan run records the collections it found under
+    #: it, so the next load of the code location builds from them. None: nothing to record.
+    state_key: str | None = None
 
     def __post_init__(self) -> None:
         for part in self.key_prefix:

@@ -27,7 +27,10 @@ trap cleanup EXIT
 
 echo "==> pytest"
 set +e
-$BIN/pytest --durations=15 "$@"  # the slowest tests, in every log
+# Two workers (pytest-xdist): most integration tests wait on subprocesses (dagster dev, dbt, warp
+# processes), so two at a time fit two cores. Each test has its own database and directories.
+# CARTRIDGE_TEST_WORKERS=0 runs them in this one process.
+$BIN/pytest -n "${CARTRIDGE_TEST_WORKERS:-2}" --durations=15 "$@"  # the slowest, in every log
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import dagster as dg
 import psycopg2
 import pytest
 
@@ -70,6 +71,16 @@ def test_chain_runs_by_itself_after_one_launch(tmp_path: Path, pg_url: str) -> N
             time.sleep(5)
         assert done, f"no successful automation run: {seen}; log: {dev.log}"
         assert any(v.startswith("warp_shop:STARTED") for v in seen.values()), seen
+
+    # The collections are component state in the instance (what the code server loaded from)
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        storage = instance.defs_state_storage
+        assert storage is not None
+        info = storage.get_latest_defs_state_info()
+        keys = [
+            k for k in (info.info_mapping if info else {}) if k.startswith("CartridgeComponent[")
+        ]
+        assert keys, f"no Cartridge component state in the instance: {info}"
 
     # PostgreSQL holds the source: raw tables, typed staging models, stored summaries.
     assert _count(pg_url, 'SELECT count(*) FROM raw_shop."orders"') == sizes.orders

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -124,3 +125,49 @@ def test_code_location_loads_with_init_defs(env: InitEnv, monkeypatch: pytest.Mo
     defs = build_definitions(str(env.config))
     keys = {k for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     assert {schema_key("shop"), dbt_models_key("shop")} <= keys
+
+
+def _raw_collections(defs: dg.Definitions) -> set[str]:
+    keys = defs.resolve_all_asset_keys()
+    return {k.path[-1] for k in keys if k.path[:2] == ["raw", "shop"]}
+
+
+def test_code_location_builds_from_component_state_the_scan_recorded(
+    env: InitEnv, tmp_path: Path
+) -> None:
+    """The repo's code location: the collections are component state in the instance's defs
+    state storage, recorded by the scan run; a load reads that state, not the scan's files."""
+    from cartridge_dagster.definitions import build_definitions
+
+    config = str(env.config)
+    (tmp_path / "home").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "home")) as instance:
+        storage = instance.defs_state_storage
+        assert storage is not None
+        defs = build_definitions(config)
+        assert _raw_collections(defs) == set()  # nothing scanned, nothing recorded
+        schema_asset = _asset(defs, schema_key("shop"))
+        result = dg.materialize([schema_asset], resources=_resources(env), instance=instance)
+        assert result.success
+        (event,) = result.get_asset_materialization_events()
+        version = event.step_materialization_data.materialization.metadata[
+            "component_state_version"
+        ].value
+        (key,) = storage.get_latest_defs_state_info().info_mapping  # type: ignore[union-attr]
+        assert storage.get_latest_version(key) == version
+
+        # the scan's own files go: the load still knows the four collections, from the state
+        for f in env.state.rglob("*.json"):
+            f.unlink()
+        assert _raw_collections(build_definitions(config)) == {
+            "customers",
+            "events",
+            "orders",
+            "products",
+        }
+        # a version recorded where this process cannot read it (another pod's local disk):
+        # the load goes on from the scan's files (now none) instead of failing
+        shutil.rmtree(str(storage.base_path))  # type: ignore[attr-defined]
+        assert _raw_collections(build_definitions(config)) == set()
+    # outside an instance there is no state to read: the (now empty) scan files it is
+    assert _raw_collections(build_definitions(config)) == set()

@@ -12,6 +12,7 @@ from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.init import store
 from cartridge_dagster.init.service import ScanOutcome, generate_schema, scan_and_record
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
+from cartridge_dagster.scope import current_scope
 from cartridge_dagster.sensors.automation import DBT_POOL, INIT_POOL, generation_condition
 from cartridge_dagster.state import schema_dir
 
@@ -34,6 +35,8 @@ def _collections_markdown(outcome: ScanOutcome) -> str:
 
 
 def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
+    scope = current_scope()  # the build's: where to record the collections this scan finds
+
     @dg.asset(
         key=schema_key(schema.name),
         deps=[catalog_key(schema.name)],
@@ -80,6 +83,15 @@ def _schema_asset(schema: SchemaConfig) -> dg.AssetsDefinition:
             "per_collection": dg.MetadataValue.md(_collections_markdown(outcome)),
             "scan_seconds": dg.MetadataValue.float(summary["seconds"]),
         }
+        if scope.state_key is not None:
+            # the component's state: the next load of the code location builds the raw and
+            # analytics assets of the collections this scan found, without reading its files
+            from cartridge_dagster.component import record_state
+
+            schemas = [s.name for s in settings.schemas if s.name not in scope.excluded_schemas]
+            version = record_state(context.instance, scope.state_key, settings, schemas)
+            if version is not None:
+                metadata["component_state_version"] = dg.MetadataValue.text(version)
         if outcome.stored.status == "pending":
             metadata["approval"] = dg.MetadataValue.text(
                 f"change pending: cartridge schema approve --schema {schema.name}"
