@@ -24,7 +24,8 @@ if [ ! -d dbt_project/models/generated ] || [ -z "$(ls -A dbt_project/models/gen
 fi
 
 mkdir -p "$DAGSTER_HOME"
-cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+# the local instance (not in the working directory: Dagster warns about a dagster.yaml there)
+cp deploy/local/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 pids=()
 dev_pid=""

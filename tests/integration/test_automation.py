@@ -270,7 +270,7 @@ def test_definitions_load_without_warnings_from_project_code(env: InitEnv) -> No
 def test_local_instance_config_loads_with_pools_and_public_classes(tmp_path: Path) -> None:
     """The repo's dagster.yaml, as `make demo` installs it: the run queue and pools from the
     `concurrency:` block, the public QueuedRunCoordinator, automation by sensors."""
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     assert config["run_coordinator"]["module"] == "dagster"
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
     with warnings.catch_warnings(record=True) as caught:

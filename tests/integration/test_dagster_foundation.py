@@ -90,7 +90,7 @@ def _graphql(port: int, query: str) -> dict:
 def test_webserver_serves_the_code_location(demo_config: Path, tmp_path: Path) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     port = _free_port()
     env = {
         **os.environ,

@@ -304,7 +304,7 @@ def test_every_cartridge_pool_admits_one_run_at_a_time(rendered: tuple[str, Path
     for section in instance.values():
         if isinstance(section, dict) and "module" in section:
             assert "._" not in f".{section['module']}", section
-    local = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    local = yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     assert local["concurrency"]["pools"] == instance["concurrency"]["pools"]
     assert local["run_coordinator"] == instance["run_coordinator"]
     assert (
