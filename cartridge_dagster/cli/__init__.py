@@ -90,7 +90,9 @@ def _run(argv: list[str] | None, prog: str) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:2] == ["warp", "run"] and not _completing(prog):
         from cartridge_dagster.cli import warp_run
+        from cartridge_dagster.runtime import skip_pydantic_plugins
 
+        skip_pydantic_plugins()  # a process-wide setting: this entry point's to make
         parsed = warp_run.parse_run_args(args[2:])
         if parsed is not None:
             return _guarded(lambda: warp_run.run(parsed))

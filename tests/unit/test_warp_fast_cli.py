@@ -196,3 +196,21 @@ def test_help_and_typos_still_answer_through_typer(tmp_path: Path) -> None:
     assert (
         missing.stderr.strip() == f"error: configuration file not found: {tmp_path / 'none.yaml'}"
     )
+
+
+def test_warp_run_turns_the_pydantic_plugin_scan_off_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interpreter-wide setting, made by the entry point (``cli._run``) before the
+    configuration is imported; ``PYDANTIC_DISABLE_PLUGINS`` set to anything is kept."""
+    from cartridge_dagster.cli import warp_run
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(
+        warp_run, "run", lambda args: seen.append(os.environ.get("PYDANTIC_DISABLE_PLUGINS"))
+    )
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS", raising=False)
+    assert cli._run(["warp", "run", "--config", "c.yaml"], "cartridge") == 0
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "")
+    assert cli._run(["warp", "run"], "cartridge") == 0
+    assert seen == ["__all__", ""]

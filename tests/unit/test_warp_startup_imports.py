@@ -33,6 +33,7 @@ NOT_BEFORE_CONNECTING = (
     "dbt",
     "rich",
     "pygments",
+    "colorama",
     "http.server",
     "prometheus_client",
     "pymongo",
