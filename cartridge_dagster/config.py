@@ -675,10 +675,10 @@ def _decode(name: str, target: _Target, value: str) -> Any:
         return value
     try:
         return json.loads(value)
-    except ValueError:
+    except ValueError as exc:
         if lenient:
             return value
-        raise ConfigError(f"environment variable {name.upper()}: this setting takes JSON") from None
+        raise _not_json(name, exc) from None
 
 
 def _explode(prefix: str, field: FieldInfo, env: Mapping[str, str]) -> dict[str, Any]:
