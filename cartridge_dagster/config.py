@@ -19,7 +19,8 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from types import UnionType
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 from urllib.parse import quote_plus, urlsplit, urlunsplit
 
 import yaml
@@ -33,12 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic.fields import FieldInfo
 
 from cartridge_dagster.errors import ConfigError, redact_url
 
@@ -603,70 +599,198 @@ def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-class _WithoutIndexed(PydanticBaseSettingsSource):
-    """An environment source without its indexed ``schemas`` (applied to the file's list)."""
+# --------------------------------------------------------------------------- the environment
+#
+# The environment is read here, not by pydantic-settings (whose import is ~100 ms of CPU, paid
+# by every `cartridge warp run` before its first read). The rules are the ones that library
+# applied to this model (`tests/unit/test_config_env.py` checks them against it): names match
+# case-insensitively, `__` separates levels, a value for a section, list or mapping is JSON,
+# and a value for anything else is the string itself, validated by the model like a file's.
 
-    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
-        super().__init__(settings_cls)
-        self.inner = inner
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self.inner.get_field_value(field, field_name)
+def _strip_annotated(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
 
-    def __call__(self) -> dict[str, Any]:
-        data = self.inner()
-        if _indexed(data) is not None:
-            data = {k: v for k, v in data.items() if k != "schemas"}
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+_CONTAINERS = (list, dict, set, frozenset, tuple)
+
+
+def _complexity(annotation: Any) -> tuple[bool, bool]:
+    """Whether an environment value for ``annotation`` is JSON, and whether a value that is
+    not JSON is kept as a string (a union with a scalar member) instead of refused."""
+    annotation = _strip_annotated(annotation)
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        if any(_complexity(arg)[0] for arg in get_args(annotation)):
+            return True, True
+        return False, False
+    if _is_model(annotation) or annotation in _CONTAINERS or origin in _CONTAINERS:
+        return True, False
+    return False, False
+
+
+#: Where a nested name leads: a model's field (``FieldInfo``) or a mapping's value type.
+_Target = FieldInfo | Any | None
+
+
+def _next_target(target: _Target, key: str) -> _Target:
+    """The field (or mapping value type) that ``key`` names below ``target``."""
+    if target is None:
+        return None
+    annotation = target.annotation if isinstance(target, FieldInfo) else target
+    annotation = _strip_annotated(annotation)
+    if get_origin(annotation) is dict:
+        args = get_args(annotation)
+        return args[-1] if args else None
+    for arg in get_args(annotation):
+        found = _next_target(arg, key)
+        if found is not None:
+            return found
+    if _is_model(annotation):
+        for name, field in annotation.model_fields.items():
+            if name.lower() == key:
+                return field
+    return None
+
+
+def _not_json(name: str, exc: ValueError) -> ConfigError:
+    return ConfigError(f"environment variable {name.upper()}: this setting takes JSON ({exc})")
+
+
+def _decode(name: str, target: _Target, value: str) -> Any:
+    """An environment value for ``target``: JSON for a section, list or mapping."""
+    if not value or target is None:
+        return value
+    if isinstance(target, FieldInfo):
+        is_json, lenient = _complexity(target.annotation)
+    else:  # a mapping's value type
+        is_json, lenient = _complexity(target)[0], True
+    if not is_json:
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        if lenient:
+            return value
+        raise _not_json(name, exc) from None
+
+
+def _explode(prefix: str, field: FieldInfo, env: Mapping[str, str]) -> dict[str, Any]:
+    """``PREFIX__A__B=value`` variables as ``{"a": {"b": value}}`` (names lower-cased)."""
+    result: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(prefix):
+            continue
+        *keys, last = name[len(prefix) :].split("__")
+        node: Any = result
+        target: _Target = field
+        for key in keys:
+            target = _next_target(target, key)
+            if isinstance(node, dict):
+                node = node.setdefault(key, {})
+        if isinstance(node, dict):
+            node[last] = _decode(name, _next_target(target, last), value)
+    return result
+
+
+def _environment(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment gives under ``prefix`` (``CARTRIDGE_``), nested."""
+    env = {name.lower(): value for name, value in environ.items()}
+    data: dict[str, Any] = {}
+    for field_name, field in CartridgeSettings.model_fields.items():
+        name = (prefix + field_name).lower()
+        value = env.get(name)
+        is_json, lenient = _complexity(field.annotation)
+        if not is_json:
+            if value is not None:
+                data[field_name] = value
+            continue
+        nested = _explode(name + "__", field, env)
+        if value is None:
+            if nested:
+                data[field_name] = nested
+            continue
+        try:
+            decoded: Any = json.loads(value)
+        except ValueError as exc:
+            if not lenient:
+                raise _not_json(name, exc) from None
+            decoded = value
+        if isinstance(decoded, dict):
+            decoded = _deep_update(decoded, nested)
+        data[field_name] = decoded
+    return data
+
+
+def _deep_update(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mapping by mapping (``extra`` wins)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _with_indexed(data: dict[str, Any], envs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The file's settings with ``CARTRIDGE_SCHEMAS__<i>__…`` merged into its i-th schema
+    (a schema's own source connection string, in a cluster) instead of replacing the list.
+    ``envs``: the environment's settings, the one that wins last."""
+    schemas = data.get("schemas")
+    if not isinstance(schemas, list):
         return data
+    schemas = list(schemas)
+    for env in envs:
+        for index, fields in sorted((_indexed(env) or {}).items()):
+            if index >= len(schemas):
+                raise ConfigError(
+                    f"environment variable {ENV_PREFIX}SCHEMAS__{index}__… names schema "
+                    f"{index}, but the configuration has {len(schemas)} (counted from 0)"
+                )
+            own = schemas[index]
+            if isinstance(own, BaseModel):
+                own = own.model_dump(exclude_unset=True)
+            if isinstance(own, Mapping):
+                schemas[index] = _deep_merge(own, fields)
+    return {**data, "schemas": schemas}
 
 
-class _IndexedSchemas(PydanticBaseSettingsSource):
-    """The file's settings with ``CARTRIDGE_SCHEMAS__<i>__…`` merged into its i-th schema."""
-
-    def __init__(
-        self,
-        settings_cls: type[BaseSettings],
-        envs: tuple[PydanticBaseSettingsSource, ...],
-        init: PydanticBaseSettingsSource,
-    ):
-        super().__init__(settings_cls)
-        self.envs = envs
-        self.init = init
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self.init.get_field_value(field, field_name)
-
-    def __call__(self) -> dict[str, Any]:
-        data = self.init()
-        schemas = data.get("schemas")
-        if not isinstance(schemas, list):
-            return data
-        schemas = list(schemas)
-        for env in reversed(self.envs):  # the first source wins: merge it last
-            for index, fields in sorted((_indexed(env()) or {}).items()):
-                if index >= len(schemas):
-                    raise ConfigError(
-                        f"environment variable {ENV_PREFIX}SCHEMAS__{index}__… names schema "
-                        f"{index}, but the configuration has {len(schemas)} (counted from 0)"
-                    )
-                own = schemas[index]
-                if isinstance(own, BaseModel):
-                    own = own.model_dump(exclude_unset=True)
-                if isinstance(own, Mapping):
-                    schemas[index] = _deep_merge(own, fields)
-        return {**data, "schemas": schemas}
-
-
-class CartridgeSettings(BaseSettings):
-    """The whole Cartridge configuration."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        validate_default=True,
-        case_sensitive=False,
+def _settings_data(init: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The file's (or caller's) settings merged with the environment: ``CARTRIDGE_…`` beats
+    ``CARTRIDGE_WARP_…`` (the seed's prefix), which beats the file."""
+    seed, env = (_environment(prefix, environ) for prefix in (SEED_ENV_PREFIX, ENV_PREFIX))
+    data = _with_indexed(_fold_case(init), [seed, env])
+    seed, env = (
+        {k: v for k, v in e.items() if k != "schemas"} if _indexed(e) else e for e in (seed, env)
     )
+    return _deep_update(data, _deep_update(seed, env))
+
+
+def _fold_case(init: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level keys matched to the settings' fields case-insensitively (``Mode:`` is
+    ``mode``); of two spellings of one key the first is kept."""
+    out: dict[str, Any] = {}
+    rest = dict(init)
+    for field_name in CartridgeSettings.model_fields:
+        spellings = [key for key in init if isinstance(key, str) and key.lower() == field_name]
+        if spellings:
+            out[field_name] = init[spellings[0]]
+            for key in spellings:
+                rest.pop(key, None)
+    out.update(rest)
+    return out
+
+
+class CartridgeSettings(StrictModel):
+    """The whole Cartridge configuration. Build it with :func:`load_settings` or
+    :func:`settings_from_mapping`, which merge the environment in."""
 
     source: SourceConfig = Field(description="The operational database to read.")
     destination: DestinationConfig = Field(
@@ -722,28 +846,6 @@ class CartridgeSettings(BaseSettings):
                 raise ValueError(f"schema name {schema.name!r} is used twice")
             seen.add(schema.name)
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment beats the file (the file arrives as init kwargs); the seed's prefix last.
-        seed_env = EnvSettingsSource(
-            settings_cls, env_prefix=SEED_ENV_PREFIX, env_nested_delimiter="__"
-        )
-        # `CARTRIDGE_SCHEMAS__<i>__…` sets a field of the i-th schema of the file (a schema's
-        # own source connection string, in a cluster) instead of replacing the list
-        indexed = _IndexedSchemas(settings_cls, (env_settings, seed_env), init_settings)
-        return (
-            _WithoutIndexed(settings_cls, env_settings),
-            _WithoutIndexed(settings_cls, seed_env),
-            indexed,
-        )
 
     def get_schema(self, name: str) -> SchemaConfig:
         for schema in self.schemas:
@@ -846,15 +948,17 @@ def load_settings(
     data = _read_file(file)
     if overrides:
         data = {**data, **overrides}
-    try:
-        return CartridgeSettings(**data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(file))) from None
+    return _validated(data, str(file))
 
 
 def settings_from_mapping(data: Mapping[str, Any], origin: str = "<config>") -> CartridgeSettings:
-    """Validate an in-memory configuration (tests, generated configs)."""
+    """Validate an in-memory configuration (tests, generated configs), merged with the
+    environment like a file."""
+    return _validated(data, origin)
+
+
+def _validated(data: Mapping[str, Any], origin: str) -> CartridgeSettings:
     try:
-        return CartridgeSettings(**dict(data))
+        return CartridgeSettings.model_validate(_settings_data(data, os.environ))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origin)) from None

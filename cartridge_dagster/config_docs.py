@@ -147,7 +147,11 @@ def render_config_reference() -> str:
         "the environment wins over the file: `CARTRIDGE_SOURCE__CONNECTION_STRING`, "
         "`CARTRIDGE_DESTINATION__PASSWORD`, `CARTRIDGE_MODE`. The `CARTRIDGE_WARP_` prefix of the "
         "original warp tool works too (`CARTRIDGE_WARP_SOURCE__CONNECTION_STRING`). Lists such "
-        'as `schemas` take JSON (`CARTRIDGE_SCHEMAS=\'[{"name": "shop", …}]\'`).',
+        'as `schemas` take JSON (`CARTRIDGE_SCHEMAS=\'[{"name": "shop", …}]\'`), and so does '
+        "a whole section (`CARTRIDGE_DEFAULTS__BATCHING='{\"max_batch_size\": 500}'`); a value "
+        "that is not JSON there is refused with one line naming the variable. "
+        "`CARTRIDGE_SCHEMAS__<i>__…` sets a key of the i-th schema of the file (counted from 0) "
+        "instead of replacing the list. Names are not case-sensitive.",
         "",
         "Other variables: `CARTRIDGE_CONFIG` (the config file), `CARTRIDGE_PG_BIN` (PostgreSQL "
         "server binaries for `cartridge services`), `CARTRIDGE_PYTHON` (the Python 3.13 used by "

@@ -9,20 +9,26 @@ that capability's module only: ``warp run`` is a long-lived process whose start-
 tables and progress bars, ``http.server``, the init and deploy machinery). ``--help`` at the
 top, or an unknown command, builds the whole app. ``app`` is the whole app, built when first
 asked for (tests invoke it).
+
+A plain ``warp run`` command line (its options, each given once with its value) does not
+import typer at all: :func:`cartridge_dagster.cli.warp_run.parse_run_args` reads it and the
+command runs straight away; help, typos and bad values go through typer as before.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import typer
 
 from cartridge_dagster.errors import CartridgeError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    import typer
 
 __all__ = ["app", "build_app", "main", "warp_main"]
 
@@ -46,6 +52,8 @@ _COMMANDS = {
 
 def build_app(modules: Sequence[str] = _MODULES) -> typer.Typer:
     """A ``cartridge`` app with the commands of ``modules`` (all of them by default)."""
+    import typer
+
     built = typer.Typer(
         name="cartridge",
         help="Operational MongoDB and PostgreSQL data into a tested, documented PostgreSQL "
@@ -80,10 +88,37 @@ def _modules_for(argv: Sequence[str]) -> Sequence[str]:
 
 def _run(argv: list[str] | None, prog: str) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
+    if args[:2] == ["warp", "run"] and not _completing(prog):
+        from cartridge_dagster.cli import warp_run
+        from cartridge_dagster.runtime import skip_pydantic_plugins
+
+        skip_pydantic_plugins()  # a process-wide setting: this entry point's to make
+        parsed = warp_run.parse_run_args(args[2:])
+        if parsed is not None:
+            return _guarded(lambda: warp_run.run(parsed))
+
+    def typer_app() -> None:
+        import typer
+
         command = typer.main.get_command(build_app(_modules_for(args)))
         # Standalone mode: usage errors print click's message and exit 2.
         command.main(args=args, prog_name=prog, standalone_mode=True)
+
+    return _guarded(typer_app)
+
+
+def _completing(prog: str) -> bool:
+    """Whether the shell asks for completions (typer answers those)."""
+    return f"_{prog.replace('-', '_').upper()}_COMPLETE" in os.environ
+
+
+def _guarded(call: Callable[[], None]) -> int:
+    """Run a command: its exit code, and a user error as one line (no traceback).
+
+    Inside a command typer runs, typer handles interruptions and broken pipes itself (exit 130
+    and 1); these clauses catch them elsewhere (importing, and ``warp run``'s own path)."""
+    try:
+        call()
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
@@ -99,6 +134,8 @@ def _run(argv: list[str] | None, prog: str) -> int:
 
         console_err.print("interrupted")
         return 130
+    except BrokenPipeError:
+        return 1
     return 0
 
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cartridge_dagster.cli.common import ConfigOption, console, load, run_async
+from cartridge_dagster.cli.common import console, load, run_async
+from cartridge_dagster.cli.options import ConfigOption
 from cartridge_dagster.errors import CartridgeError
 
 if TYPE_CHECKING:  # the analytics core is imported by its commands only (start-up of the rest)

@@ -1,4 +1,7 @@
-"""Shared CLI helpers: consoles, the --config option, running coroutines, exit codes.
+"""Shared CLI helpers: consoles, loading the configuration, running coroutines, exit codes.
+
+This module does not import typer: ``cartridge warp run`` parses its command line without it
+(``cli.warp_run``); the typer commands' shared options are in ``cli.options``.
 
 ``console`` and ``console_err`` are made when first used (``common.console``, or
 ``from cartridge_dagster.cli.common import console``): rich's console costs ~25 ms to import,
@@ -10,9 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
-
-import typer
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cartridge_dagster.errors import CartridgeError, ConfigError, TransientError
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UNBOUNDED_WIDTH",
-    "ConfigOption",
     "console",
     "console_err",
     "exit_code_for",
@@ -70,17 +70,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = made  # made once: later lookups find the module attribute
         return made
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Configuration file (YAML or JSON). Default: $CARTRIDGE_CONFIG, ./cartridge.yaml.",
-        show_default=False,
-    ),
-]
 
 
 def load(config: Path | None) -> CartridgeSettings:

@@ -12,7 +12,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cartridge_dagster.cli.common import ConfigOption, console, load, run_async
+from cartridge_dagster.cli.common import console, load, run_async
+from cartridge_dagster.cli.options import ConfigOption
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig, load_settings
 from cartridge_dagster.errors import ConfigError
 from cartridge_dagster.services.postgres import LocalPostgres

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cartridge_dagster.cli.common import ConfigOption, console
+from cartridge_dagster.cli.common import console
+from cartridge_dagster.cli.options import ConfigOption
 from cartridge_dagster.config import DbtConfig
 
 _DBT_DEFAULTS = DbtConfig()

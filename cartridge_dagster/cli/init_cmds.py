@@ -14,7 +14,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from cartridge_dagster.cli.common import ConfigOption, console, load, run_async
+from cartridge_dagster.cli.common import console, load, run_async
+from cartridge_dagster.cli.options import ConfigOption
 from cartridge_dagster.config import CartridgeSettings, settings_from_mapping
 from cartridge_dagster.errors import CartridgeError, ConfigError, redact_url
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import signal
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from cartridge_dagster.cli import common
-from cartridge_dagster.cli.common import ConfigOption, load, run_async
-from cartridge_dagster.config import CartridgeSettings, SchemaConfig
+from cartridge_dagster.cli import common, warp_run
+from cartridge_dagster.cli.common import load, run_async
+from cartridge_dagster.cli.options import ConfigOption
 from cartridge_dagster.errors import ConfigError
 
 SchemaOption = Annotated[
@@ -36,19 +32,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(warp, name="warp")
 
 
-def _schemas(settings: CartridgeSettings, schema: str | None, mode: str) -> list[SchemaConfig]:
-    if schema is not None:
-        return [settings.get_schema(schema)]
-    if mode == "single":
-        if len(settings.schemas) == 1:
-            return list(settings.schemas)
-        known = ", ".join(s.name for s in settings.schemas)
-        raise ConfigError(
-            f"mode single runs one schema per process: pass --schema (one of {known})"
-        )
-    return list(settings.schemas)
-
-
 def run(
     config: ConfigOption = None,
     mode: Annotated[
@@ -69,79 +52,16 @@ def run(
     ] = None,
 ) -> None:
     """Snapshot, then stream changes into PostgreSQL until stopped (SIGTERM/Ctrl-C)."""
-    settings = load(config)
-    chosen_mode = mode or settings.mode
-    if chosen_mode not in ("single", "multi"):
-        raise ConfigError(f"--mode must be single or multi, not {chosen_mode!r}")
-    schemas = _schemas(settings, schema, chosen_mode)
-    if dry_run:
-        _validate(settings, schemas, dry_run=True)
-        return
-    from cartridge_dagster.observability import HealthState, MetricsServer
-    from cartridge_dagster.warp.runner import run_schemas
-
-    port = schemas[0].warp.metrics_port
-    health = HealthState()
-    server: Any = None
-    if port:
-        try:
-            host = os.environ.get("CARTRIDGE_METRICS_HOST", "127.0.0.1")
-            server = MetricsServer(port, host=host, health=health).start()
-            common.console.print(
-                f"metrics: http://127.0.0.1:{server.port}/metrics (health: /health)"
-            )
-        except OSError as exc:
-            common.console.print(
-                f"[yellow]metrics disabled: port {port} is busy ({exc.strerror})[/]"
-            )
-
-    from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
-
-    async def main() -> list[Any]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await run_schemas(
-            settings, schemas, stop=stop, stop_when_idle=stop_when_idle, health=health
-        )
-
-    try:
-        with young_gc_threshold() if gc_tuning_enabled() else contextlib.nullcontext():
-            summaries = run_async(main())
-    finally:
-        if server is not None:
-            server.stop()
-    from rich.table import Table
-
-    table = Table(title="warp", show_header=True)
-    for col in ("schema", "applied", "snapshot rows", "dead letters", "batches", "stopped"):
-        table.add_column(col)
-    for s in summaries:
-        table.add_row(
-            s.schema,
-            str(s.total_applied),
-            str(sum(s.snapshot_rows.values())),
-            str(sum(s.dead_letters.values())),
-            str(s.batches),
-            s.stop_reason,
-        )
-    common.console.print(table)
-
-
-def _validate(settings: CartridgeSettings, schemas: list[SchemaConfig], *, dry_run: bool) -> None:
-    from cartridge_dagster.warp.admin import validate_schema
-
-    for s in schemas:
-        for line in run_async(validate_schema(settings, s)):
-            common.console.print(f"{s.name}: {line}")
-    common.console.print("[green]ok[/]" + (" (dry run: nothing written)" if dry_run else ""))
+    # The console entry points call warp_run.run directly for a plain command line.
+    warp_run.run(warp_run.RunArgs(config, mode, schema, dry_run, stop_when_idle))
 
 
 def validate(config: ConfigOption = None, schema: SchemaOption = None) -> None:
     """Check that warp can run: configuration, source stream position, warehouse."""
     settings = load(config)
-    _validate(settings, _schemas(settings, schema, "multi"), dry_run=False)
+    warp_run.validate_schemas(
+        settings, warp_run.schemas_for(settings, schema, "multi"), dry_run=False
+    )
 
 
 def _fmt_lag(value: float | None) -> str:
@@ -153,7 +73,7 @@ def status(config: ConfigOption = None, schema: SchemaOption = None) -> None:
     from cartridge_dagster.warp.admin import schema_status
 
     settings = load(config)
-    for s in _schemas(settings, schema, "multi"):
+    for s in warp_run.schemas_for(settings, schema, "multi"):
         st = run_async(schema_status(settings.destination_url(), s))
         if not st.exists:
             common.console.print(f"{s.name}: warp has not run yet")
@@ -237,7 +157,7 @@ def dlq_list(
     from cartridge_dagster.warp.admin import OPEN_STATUSES, list_dead_letters
 
     settings = load(config)
-    for s in _schemas(settings, schema, "multi"):
+    for s in warp_run.schemas_for(settings, schema, "multi"):
         rows = run_async(
             list_dead_letters(
                 settings.destination_url(),
@@ -281,7 +201,7 @@ def dlq_replay(
     from cartridge_dagster.warp.admin import replay_dead_letters
 
     settings = load(config)
-    for s in _schemas(settings, schema, "multi"):
+    for s in warp_run.schemas_for(settings, schema, "multi"):
         result = run_async(
             replay_dead_letters(settings.destination_url(), s, ids=ids, collection=collection)
         )

@@ -9,12 +9,14 @@ rich tracebacks in its console renderer; that is ~100 ms of CPU in a fresh proce
 every ``cartridge warp run`` before its first read. The chain below formats exceptions itself
 (``format_exc_info``, before the renderer), so the renderer never draws a rich traceback:
 :func:`_import_structlog` imports structlog with rich hidden, unless rich is already loaded.
+colorama (~5 ms) is hidden the same way except on Windows, the only place structlog needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator, MutableMapping
 from types import ModuleType
@@ -24,21 +26,27 @@ from cartridge_dagster.errors import redact_url
 
 
 def _import_structlog() -> ModuleType:
-    """structlog, imported without rich when rich is not loaded yet (see the module doc).
+    """structlog, imported without rich when rich is not loaded yet (see the module doc), and
+    without colorama off Windows (structlog writes the same ANSI codes itself there).
 
     A ``None`` in ``sys.modules`` makes ``import rich`` raise ImportError, which structlog's
     modules catch (their fallback when rich is not installed); the entry is removed straight
     after, so rich imports normally for everything else."""
-    if "structlog" in sys.modules or "rich" in sys.modules:
+    if "structlog" in sys.modules:
         import structlog
 
         return structlog
-    sys.modules["rich"] = None  # type: ignore[assignment]
+    hidden = [m for m in ("rich", "colorama") if m not in sys.modules]
+    if os.name == "nt" and "colorama" in hidden:
+        hidden.remove("colorama")
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         import structlog
     finally:
-        if sys.modules.get("rich", ...) is None:
-            del sys.modules["rich"]
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
     return structlog
 
 

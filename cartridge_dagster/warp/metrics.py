@@ -3,9 +3,10 @@
 Labels are the schema, the collection and the operation, never values from documents.
 
 The metrics are made on first use (``metrics.EVENTS``) or by :func:`load`: ``prometheus_client``
-imports ``http.server``, ``urllib.request`` and ``wsgiref`` (~50 ms in a fresh process), which
-the runner loads in a worker thread while its first connections are made instead of before
-them.
+imports ``http.server``, ``urllib.request`` and ``wsgiref`` (~40–50 ms in a fresh process), which
+the runner loads in a worker thread once its connections are open, while the snapshot's first
+reads are under way, instead of before them. Until then the queue-depth gauge skips its
+updates (it is set again at every batch); counters wait for the metrics.
 """
 
 from __future__ import annotations
@@ -43,10 +44,16 @@ __all__ = [
     "SLOT_RETAINED_BYTES",
     "SNAPSHOT_ROWS",
     "load",
+    "loaded",
 ]
 
 _lock = threading.Lock()
 _loaded = False
+
+
+def loaded() -> bool:
+    """Whether the metrics exist yet (a gauge may skip an update until then)."""
+    return _loaded
 
 
 def load() -> None:
@@ -135,7 +142,7 @@ def load() -> None:
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in __all__ and name.isupper():
         load()
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -387,7 +387,7 @@ class WarpRunner:
         name = self.schema.name
         while True:
             item = await queue.get()
-            metrics.QUEUE_DEPTH.labels(name).set(queue.qsize())
+            self._gauge_queue(queue.qsize())
             if item is _END:
                 return
             batch: Batch = item
@@ -449,9 +449,14 @@ class WarpRunner:
         await queue.put(batch)
         size = queue.qsize()
         self.summary.peak_queue = max(self.summary.peak_queue, size)
-        metrics.QUEUE_DEPTH.labels(self.schema.name).set(size)
+        self._gauge_queue(size)
         if batch.token is not None:
             self._read_token = dict(batch.token)
+
+    def _gauge_queue(self, size: int) -> None:
+        # Skipped while the metrics load (the start of a run): the next put or get sets it.
+        if metrics.loaded():
+            metrics.QUEUE_DEPTH.labels(self.schema.name).set(size)
 
     async def _plan(self, source: Source, *, sweep: bool) -> Batch:
         if not sweep:
@@ -622,12 +627,18 @@ class WarpRunner:
             try:
                 cp, source = await self._connect(sink)
                 self.health.checkpointed = cp.resume_token is not None
+                # in a worker thread while the snapshot's first reads wait for the source
+                loading = asyncio.create_task(asyncio.to_thread(metrics.load))
                 try:
                     self.source = source
                     source.known.update(sink._tables)
                     await self._pipeline(sink, source, cp)
                 finally:
                     await source.close()
+                    # a failed load raises again where a metric is next used: not here,
+                    # over what ended the pipeline
+                    with contextlib.suppress(Exception):
+                        await loading
                 self.summary.checkpoint = await sink.checkpoint()
             except BaseException as exc:
                 self.health.stopped = type(exc).__name__
@@ -648,9 +659,9 @@ class WarpRunner:
 
     async def _connect(self, sink: Sink) -> tuple[Checkpoint, Source]:
         """The warehouse (control tables, fence, checkpoint) and the source, at the same time:
-        the two connections' round trips overlap (each retried on its own), and so do the
-        imports only these steps need (the source's driver, the metrics), which run in worker
-        threads while the event loop awaits the warehouse's replies."""
+        the two connections' round trips overlap (each retried on its own), and so does the
+        import of the source's driver, which runs in a worker thread while the event loop
+        awaits the warehouse's replies. The metrics are loaded after (:meth:`run`)."""
 
         async def warehouse() -> Checkpoint:
             async for attempt in self._retrying("postgres", is_transient):
@@ -659,15 +670,10 @@ class WarpRunner:
                     return await sink.acquire()
             raise AssertionError("unreachable")  # pragma: no cover
 
-        tasks = (
-            asyncio.create_task(warehouse()),
-            asyncio.create_task(self._open_source()),
-            asyncio.create_task(asyncio.to_thread(metrics.load)),
-        )
+        tasks = (asyncio.create_task(warehouse()), asyncio.create_task(self._open_source()))
         try:
             cp = await tasks[0]
             source = await tasks[1]
-            await tasks[2]
         except BaseException:
             for task in tasks:
                 task.cancel()

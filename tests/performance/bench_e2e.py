@@ -13,7 +13,8 @@ over TCP on 127.0.0.1 — into the same PostgreSQL, in interleaved rounds:
   read (its log's ``warp.snapshot.start``), the CPU seconds its process had used by then, and
   its peak resident memory.
 - **warp in process**: the same on the embedded engine's file (``mongoeco://``), with and
-  without the GC setting of warp's entry points (``CARTRIDGE_GC_TUNING=0``).
+  without the GC setting of warp's entry points (``CARTRIDGE_GC_TUNING=0``); and over the
+  wire with pydantic's plugin scan left on (``PYDANTIC_DISABLE_PLUGINS=``), for its start-up.
 - **CPU accounting** (Linux ``/proc``): the CPU seconds the wire server, warp's process and
   its PostgreSQL backends used from launch to "snapshot done", and the server's for the
   plain read. The server, warp and PostgreSQL share the machine's cores: on a loaded machine
@@ -491,6 +492,7 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
         "embedded": [],
         "embedded_nogc": [],
         "warp_nogc": [],
+        "warp_plugins_first": [],
         "ceiling_server_cpu": [],
         "warp_server_cpu": [],
         "warp_cpu": [],
@@ -500,8 +502,9 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
         for r in range(rounds):
             order = ["ceiling", "sling", "warp", "embedded"]
             if collections == 1 and n <= 100_000:
-                # what the GC setting of warp's entry points buys, in process and over the wire
-                order += ["embedded_nogc", "warp_nogc"]
+                # what the GC setting of warp's entry points buys, in process and over the
+                # wire, and what its pydantic plugin switch buys at start-up
+                order += ["embedded_nogc", "warp_nogc", "warp_plugins"]
             if r % 2:
                 order.reverse()
             for tool in order:
@@ -527,6 +530,10 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
                         nogc = {"CARTRIDGE_GC_TUNING": "0"}
                         run = warp(src.uri, url, work, total, nogc, server_pid=src.pid)
                         results["warp_nogc"].append(total / run.done)
+                    elif tool == "warp_plugins":
+                        plugins = {"PYDANTIC_DISABLE_PLUGINS": ""}  # set: the CLI leaves it
+                        run = warp(src.uri, url, work, total, plugins, server_pid=src.pid)
+                        results["warp_plugins_first"].append(run.first_read)
                     elif tool == "embedded_nogc":
                         run = warp(src.engine_url, url, work, total, {"CARTRIDGE_GC_TUNING": "0"})
                         results["embedded_nogc"].append(total / run.done)
@@ -602,6 +609,12 @@ def report(rows: dict[int, dict[str, Any]], many: dict[str, Any] | None) -> None
     )
     line("launch → first snapshot read (s)", "warp_first", ".3f", "≤ 0.3")
     line("… warp's CPU seconds by then", "warp_first_cpu", ".3f")
+    line(
+        "… the pydantic plugin switch's gain (first read without ÷ with)",
+        lambda r: r["warp_plugins_first"] / r["warp_first"],
+        ".2f",
+        "> 1 to keep it",
+    )
     line("warp peak resident memory (MB)", "warp_rss_max", ".0f")
     line("CPU s, plain read: the server", "ceiling_server_cpu", ".2f")
     line(
