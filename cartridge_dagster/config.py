@@ -376,6 +376,15 @@ class WarpConfig(StrictModel):
         description="Collections copied at the same time during a snapshot (their reads "
         "overlap; one writer lands them).",
     )
+    snapshot_writers: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="PostgreSQL sources: warehouse connections landing one table's initial "
+        "snapshot side by side, each COPYing its own primary-key ranges, each range's "
+        "completion checkpointed in the transaction of its rows (1: one writer, ranges in "
+        "key order).",
+    )
     health_stall_seconds: float = Field(
         120.0,
         gt=0,
