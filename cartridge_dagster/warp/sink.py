@@ -657,6 +657,34 @@ class Sink:
                 raise
             return False
 
+    async def _copy_isolating(
+        self, conn: asyncpg.Connection, changes: list[Change]
+    ) -> list[tuple[Change, BaseException]]:
+        """COPY ``changes`` (rows that cannot exist yet) under savepoints, bisecting to find
+        the rows PostgreSQL rejects. Returns the poison."""
+        if not changes:
+            return []
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    raw_table_name(changes[0].collection),
+                    schema_name=self.raw_schema,
+                    records=[
+                        (ch.id, ch.document, ch.document is None, ch.version, ch.op, ch.source_ts)
+                        for ch in changes
+                    ],
+                    columns=list(COPY_COLUMNS),
+                )
+            return []
+        except asyncpg.PostgresError as exc:
+            if not _is_data_error(exc):
+                raise
+            if len(changes) == 1:
+                return [(changes[0], exc)]
+            mid = len(changes) // 2
+            first = await self._copy_isolating(conn, changes[:mid])
+            return first + await self._copy_isolating(conn, changes[mid:])
+
     async def _copy_in(self, conn: asyncpg.Connection, rows: CopyRows) -> bool:
         """COPY a source's rows into their raw table as they are, under a savepoint (only
         rows that cannot exist yet: see :meth:`_direct_copy`). False: nothing landed, the
@@ -811,7 +839,11 @@ class Sink:
                 await self._count_policies(conn, batch.policy)
                 cp_started = time.perf_counter()
                 if batch.range_plan is not None:
-                    await self._insert_plan(conn, batch.range_plan)
+                    plan = batch.range_plan
+                    await self._insert_plan(conn, plan)
+                    if plan.collection in new_tables and plan.collection not in self._history:
+                        # landing empty: the key's index is built once, when the copy ends
+                        await self._drop_key(conn, plan.collection)
                 if batch.ranges_finished is not None:
                     await self._finish_ranges(conn, *batch.ranges_finished)
                 await self._write_checkpoint(conn, batch, result, top)
@@ -843,9 +875,31 @@ class Sink:
             [r.hi for r in plan.ranges],
         )
 
+    async def _key_constraint(self, conn: asyncpg.Connection, collection: str) -> str | None:
+        """The name of the raw table's primary key constraint; None while it has none."""
+        name: str | None = await conn.fetchval(
+            "SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = $1::regclass "
+            "AND contype = 'p'",
+            qualified(self.raw_schema, raw_table_name(collection)),
+        )
+        return name
+
+    async def _drop_key(self, conn: asyncpg.Connection, collection: str) -> None:
+        """Drop the primary key of a raw table created in this transaction (its snapshot
+        lands empty, by ranges): :meth:`_finish_ranges` adds it back."""
+        name = await self._key_constraint(conn, collection)
+        if name is not None:
+            table = qualified(self.raw_schema, raw_table_name(collection))
+            await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote_ident(name)}")
+
     async def _finish_ranges(self, conn: asyncpg.Connection, collection: str, version: int) -> None:
         """The plan of ``collection`` goes; its landed rows count in the table's and the
-        schema's progress (range writers leave both rows alone: they would wait on each other)."""
+        schema's progress (range writers leave both rows alone: they would wait on each other);
+        a table that landed without its primary key gets it (a duplicate ``_id`` would fail
+        the batch: exactly-once means there is none)."""
+        if await self._key_constraint(conn, collection) is None:
+            table = qualified(self.raw_schema, raw_table_name(collection))
+            await conn.execute(f'ALTER TABLE {table} ADD PRIMARY KEY ("_id")')
         await conn.execute(
             f"WITH r AS (DELETE FROM {self._cs}.snapshot_ranges WHERE schema_name = $1 "
             "AND collection = $2 RETURNING version, done, rows), "
@@ -905,6 +959,9 @@ class Sink:
                     batch.copy = None
             if await self._direct_copy(conn, batch.changes):
                 poison = []
+            elif await self._key_constraint(conn, mark.collection) is None:
+                # no key to merge on while the table lands empty: COPY, bisecting the poison
+                poison = await self._copy_isolating(conn, batch.changes)
             else:
                 poison = await self._apply_isolating(conn, batch.changes)
             dead = list(batch.dead)

@@ -521,6 +521,15 @@ def test_kill9_mid_parallel_snapshot_lands_every_row_once(
         assert final.wait(240) == 0, (tmp_path / "warp.log").read_text()[-3000:]
         assert await snapshot_done(dest)
         assert await _landed_ranges(dest) == []  # the plan goes with the copy's end
+        # the table landed without its key's index (no duplicate above); it has it again
+        assert (
+            await _fetchval(
+                dest,
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'raw_chaos.items'::regclass "
+                "AND contype = 'p'",
+            )
+            == 1
+        )
         await oracle(source, dest)
         live = await _fetchval(
             dest, "SELECT count(*) FROM raw_chaos.items WHERE NOT _cartridge_deleted"
