@@ -377,13 +377,13 @@ class WarpConfig(StrictModel):
         "overlap; one writer lands them).",
     )
     snapshot_writers: int = Field(
-        2,
+        4,
         ge=1,
         le=16,
-        description="PostgreSQL sources: warehouse connections landing one table's initial "
-        "snapshot side by side, each COPYing its own primary-key ranges, each range's "
-        "completion checkpointed in the transaction of its rows (1: one writer, ranges in "
-        "key order).",
+        description="PostgreSQL sources: warehouse connections landing the initial snapshot "
+        "of tables with a one-column key side by side, each COPYing whole primary-key ranges "
+        "marked landed in the transaction of their rows (as many ranges are read from the "
+        "source at a time, per table); 1: one writer, ranges in key order.",
     )
     health_stall_seconds: float = Field(
         120.0,

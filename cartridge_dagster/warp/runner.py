@@ -448,17 +448,18 @@ class WarpRunner:
         queue = self._ranges
         while True:
             item = await queue.get()
-            try:
-                if item is _END:
-                    return
-                batch: Batch = item
-                result = await self._apply_range(sink, batch)
-                self._record(batch, result)
-                self.health.checkpointed = True
-                self.health.progress()
-                self.observer.on_batch(self.schema.name, batch, result)
-            finally:
+            if item is _END:
                 queue.task_done()
+                return
+            batch: Batch = item
+            result = await self._apply_range(sink, batch)
+            self._record(batch, result)
+            self.health.checkpointed = True
+            self.health.progress()
+            self.observer.on_batch(self.schema.name, batch, result)
+            # only once committed: a failed range keeps the end of its table's copy waiting
+            # (the pipeline stops the reader), it never lets it through
+            queue.task_done()
 
     def _record(self, batch: Batch, result: BatchResult) -> None:
         name = self.schema.name
@@ -583,7 +584,10 @@ class WarpRunner:
         current = dict(state)
         if current.get("ranges") and self.sink is not None:
             # a plan of key ranges in progress: the ranges not landed yet
-            pending, landed = await self.sink.pending_ranges(name, int(current["version"]))
+            sink, version = self.sink, int(current["version"])
+            async for attempt in self._retrying("postgres", is_transient):
+                with attempt:
+                    pending, landed = await sink.pending_ranges(name, version)
             current["pending"] = [[r.seq, r.lo, r.hi] for r in pending]
             current["copied"] = landed
         progress = _Progress(name, int(current.get("copied", 0)), await _estimate(source, name))

@@ -917,15 +917,19 @@ class Sink:
 
     async def pending_ranges(self, collection: str, version: int) -> tuple[list[KeyRange], int]:
         """The ranges of ``collection``'s plan for ``version`` not landed yet, in plan order,
-        and the rows the landed ones hold."""
-        conn = await self.connect()
-        rows = await conn.fetch(
-            f"SELECT seq, lo, hi, done, rows FROM {self._cs}.snapshot_ranges "
-            "WHERE schema_name = $1 AND collection = $2 AND version = $3 ORDER BY seq",
-            self.name,
-            collection,
-            version,
-        )
+        and the rows the landed ones hold. On a connection of its own (the reader asks while
+        this sink's writer may be applying a batch)."""
+        conn = await connect(self.url, timeout=self.timeout, command_timeout=self.command_timeout)
+        try:
+            rows = await conn.fetch(
+                f"SELECT seq, lo, hi, done, rows FROM {self._cs}.snapshot_ranges "
+                "WHERE schema_name = $1 AND collection = $2 AND version = $3 ORDER BY seq",
+                self.name,
+                collection,
+                version,
+            )
+        finally:
+            await conn.close()
         pending = [KeyRange(int(r["seq"]), r["lo"], r["hi"]) for r in rows if not r["done"]]
         return pending, sum(int(r["rows"]) for r in rows if r["done"])
 
