@@ -20,7 +20,11 @@ Order of work:
    JSON (:func:`~cartridge_dagster.pg_documents.snapshot_expressions`). Each batch records the
    last key copied, so a crash continues the table after it; a continued copy reads the rows as
    they are then, and the stream, which starts at the slot's consistent point, replays every
-   change since (versions decide: the copy converges to the source).
+   change since (versions decide: the copy converges to the source). With
+   ``warp.snapshot_writers`` > 1 a table with a one-column key is instead split into a plan of
+   key ranges (handed over first, committed before any range), each range read whole and
+   handed over as one batch for the runner's range writers, then a batch ending the copy; a
+   continued copy reads the ranges the warehouse has not marked landed.
 3. **Stream.** ``START_REPLICATION`` from the checkpoint's LSN. A change's version is
    ``commit LSN · 2^32 + its number in the transaction`` (1, 2, …; up to 2^32 − 1 changes per
    transaction), so replays give the same versions and order follows commits. A batch closes

@@ -886,10 +886,12 @@ class Sink:
 
     async def _drop_key(self, conn: asyncpg.Connection, collection: str) -> None:
         """Drop the primary key of a raw table created in this transaction (its snapshot
-        lands empty, by ranges): :meth:`_finish_ranges` adds it back."""
+        lands empty, by ranges): :meth:`_finish_ranges` adds it back. A table that was there
+        already with rows (its control rows removed by hand) keeps its key: its ranges'
+        COPYs then meet the rows and merge."""
         name = await self._key_constraint(conn, collection)
-        if name is not None:
-            table = qualified(self.raw_schema, raw_table_name(collection))
+        table = qualified(self.raw_schema, raw_table_name(collection))
+        if name is not None and not await conn.fetchval(f"SELECT EXISTS (SELECT FROM {table})"):
             await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote_ident(name)}")
 
     async def _finish_ranges(self, conn: asyncpg.Connection, collection: str, version: int) -> None:
