@@ -495,3 +495,55 @@ def test_key_ranges_land_once_with_their_mark_and_the_key_comes_back(pg_url: str
             await ranger.close()
 
     run(go())
+
+
+def test_a_range_plan_over_a_table_with_rows_keeps_its_key_and_merges(pg_url: str) -> None:
+    """Control rows removed by hand, raw table kept: the plan's table is "new" to the sink but
+    holds rows, so it keeps its key and a range meeting a landed row merges (newest wins)."""
+
+    async def go() -> None:
+        first = await open_sink(pg_url, schema_cfg())
+        try:
+            await first.apply(batch(ch("c", "a", 9, {"_id": "a", "v": "newer"}, "insert")))
+        finally:
+            await first.close()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("DELETE FROM cartridge_warp.name_map")
+        finally:
+            await conn.close()
+        main = await open_sink(pg_url, schema_cfg())
+        ranger = Sink(pg_url, schema_cfg(), owner="test")
+        ranger.epoch = main.epoch
+        try:
+            plan = Batch(kind="snapshot")
+            plan.range_plan = RangePlan("c", 7, (KeyRange(0, None, None),))
+            await main.apply(plan)
+            one = Batch(
+                kind="snapshot",
+                changes=[
+                    ch("c", "a", 7, {"_id": "a", "v": "older"}, "snapshot"),
+                    ch("c", "b", 7, {"_id": "b"}, "snapshot"),
+                ],
+                direct_copy=True,
+            )
+            one.key_range = RangeMark("c", 7, 0)
+            await ranger.apply_range(one)
+            got = await rows(pg_url, "c")
+            assert got["a"] == ({"_id": "a", "v": "newer"}, False, 9) and "b" in got
+            conn = await asyncpg.connect(pg_url)
+            try:
+                assert (
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_constraint "
+                        "WHERE conrelid = 'raw_shop.c'::regclass AND contype = 'p'"
+                    )
+                    == 1
+                )
+            finally:
+                await conn.close()
+        finally:
+            await main.close()
+            await ranger.close()
+
+    run(go())
