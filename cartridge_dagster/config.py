@@ -372,6 +372,15 @@ class WarpConfig(StrictModel):
         description="Collections copied at the same time during a snapshot (their reads "
         "overlap; one writer lands them).",
     )
+    snapshot_writers: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="PostgreSQL sources: warehouse connections landing the initial snapshot "
+        "of tables with a one-column key side by side, each COPYing whole primary-key ranges "
+        "marked landed in the transaction of their rows (as many ranges are read from the "
+        "source at a time, per table); 1: one writer, ranges in key order.",
+    )
     health_stall_seconds: float = Field(
         120.0,
         gt=0,

@@ -105,6 +105,9 @@ def control_ddl() -> list[str]:
     - ``tombstones``: versions of hard-deleted documents, so a stale replay cannot resurrect them.
     - ``policy_counts``: what the value policies changed (NUL stripped, NaN as text, …) per
       collection, policy and field path, counted in the batch transaction (exactly once).
+    - ``snapshot_ranges``: a table's initial snapshot split in primary-key ranges
+      ``(lo, hi]`` (NULL: unbounded) landed by several writers; a range is marked done in the
+      transaction of its rows, and the rows are gone when the table's copy is done.
     """
     cs = quote_ident(CONTROL_SCHEMA)
     return [
@@ -160,6 +163,17 @@ def control_ddl() -> list[str]:
   n bigint NOT NULL DEFAULT 0,
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (schema_name, collection, policy, path)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {cs}.snapshot_ranges (
+  schema_name text NOT NULL,
+  collection text NOT NULL,
+  version numeric(39,0) NOT NULL,
+  seq integer NOT NULL,
+  lo text,
+  hi text,
+  done boolean NOT NULL DEFAULT false,
+  rows bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (schema_name, collection, version, seq)
 )""",
         f"""CREATE TABLE IF NOT EXISTS {cs}.tombstones (
   schema_name text NOT NULL,

@@ -20,7 +20,11 @@ Order of work:
    JSON (:func:`~cartridge_dagster.pg_documents.snapshot_expressions`). Each batch records the
    last key copied, so a crash continues the table after it; a continued copy reads the rows as
    they are then, and the stream, which starts at the slot's consistent point, replays every
-   change since (versions decide: the copy converges to the source).
+   change since (versions decide: the copy converges to the source). With
+   ``warp.snapshot_writers`` > 1 a table with a one-column key is instead split into a plan of
+   key ranges (handed over first, committed before any range), each range read whole and
+   handed over as one batch for the runner's range writers, then a batch ending the copy; a
+   continued copy reads the ranges the warehouse has not marked landed.
 3. **Stream.** ``START_REPLICATION`` from the checkpoint's LSN. A change's version is
    ``commit LSN · 2^32 + its number in the transaction`` (1, 2, …; up to 2^32 − 1 changes per
    transaction), so replays give the same versions and order follows commits. A batch closes
@@ -102,7 +106,7 @@ from cartridge_dagster.pg_documents import (
 )
 from cartridge_dagster.warp import metrics
 from cartridge_dagster.warp.changes import Change, DeadLetter, Transformer
-from cartridge_dagster.warp.sink import Batch, CopyRows, Wipe
+from cartridge_dagster.warp.sink import Batch, CopyRows, KeyRange, RangeMark, RangePlan, Wipe
 from cartridge_dagster.warp.sources import Position
 
 __all__ = [
@@ -581,7 +585,8 @@ class PgSource:
         """``read`` on a pooled connection, in one read-only transaction that imports the
         slot's exported snapshot while it lasts (a copy consistent with the slot's start)."""
         if self._pool is None:
-            size = 2 * max(1, self.schema.warp.snapshot_parallel_collections)
+            warp = self.schema.warp
+            size = max(1, warp.snapshot_parallel_collections) * (warp.snapshot_writers + 1)
             self._pool = await _pool(self.url, size, 10.0)
         async with self._pool.acquire() as conn:
             name = self._snapshot_name
@@ -644,7 +649,11 @@ class PgSource:
         single = len(kinds) == 1 and kinds[0] in ("int", "float", "string", "text", "date")
         if single and not (sweep or merge):
             # the source writes the rows in the raw table's COPY format: no Python per row
-            async for batch in self._copy_ranges(info, converter, state, version, stop):
+            ranged = state.get("ranges") or (
+                after is None and self.schema.warp.snapshot_writers > 1
+            )
+            copier = self._copy_planned if ranged else self._copy_ranges
+            async for batch in copier(info, converter, state, version, stop):
                 yield batch
             return
 
@@ -750,6 +759,16 @@ class PgSource:
             f"{where}ORDER BY {col} LIMIT {int(size)}) AS s ORDER BY s.n DESC LIMIT 1"
         )
 
+    def _in_range(self, info: TableInfo, lo: str | None, hi: str | None) -> str:
+        key = info.key_columns()[0]
+        col = f"t.{quote_ident(key.name)}"
+        conds = []
+        if lo is not None:
+            conds.append(f"{col} > {quote_literal(lo)}::text::{key.cast}{key.collate}")
+        if hi is not None:
+            conds.append(f"{col} <= {quote_literal(hi)}::text::{key.cast}{key.collate}")
+        return " AND ".join(conds) or "true"
+
     def _range_sqls(
         self, info: TableInfo, lo: str | None, hi: str | None, version: int, now: dt.datetime
     ) -> tuple[str, str | None, str]:
@@ -763,12 +782,7 @@ class PgSource:
         landed = [c.landed for c in info.landed]
         expr = snapshot_expressions("t", landed, self._excluded(info.name))
         table = qualified(self.namespace, info.name)
-        conds = []
-        if lo is not None:
-            conds.append(f"{col} > {quote_literal(lo)}::text::{key.cast}{key.collate}")
-        if hi is not None:
-            conds.append(f"{col} <= {quote_literal(hi)}::text::{key.cast}{key.collate}")
-        in_range = " AND ".join(conds) or "true"
+        in_range = self._in_range(info, lo, hi)
         slow = f"COALESCE({expr.slow}, false)" if expr.slow is not None else "false"
         # OFFSET 0: the document is built once per row, for the test and the output
         doc = f"CROSS JOIN LATERAL (SELECT {expr.document} AS doc OFFSET 0) AS _cartridge_doc"
@@ -891,6 +905,130 @@ class PgSource:
                 ahead.cancel()
                 with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
                     await ahead
+
+    async def _plan_ranges(self, info: TableInfo, size: int) -> list[KeyRange]:
+        """Split the key space in ranges of about ``size`` rows: ``(None, b1], (b1, b2], …,
+        (bn, None)`` — together every key, whatever rows come and go later."""
+        key = info.key_columns()[0]
+        col = f"t.{quote_ident(key.name)}"
+        sql = (
+            f"SELECT s.k FROM (SELECT {output_text(col)} AS k, row_number() OVER "
+            f"(ORDER BY {col}) AS n FROM {qualified(self.namespace, info.name)} AS t) AS s "
+            f"WHERE s.n % {int(size)} = 0 ORDER BY s.n"
+        )
+
+        async def read(conn: asyncpg.Connection) -> list[str]:
+            return [r[0] for r in await conn.fetch(sql)]
+
+        bounds: list[str | None] = [None, *(await self._in_snapshot(read)), None]
+        return [KeyRange(i, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+    async def _read_key_range(
+        self, info: TableInfo, rng: KeyRange, version: int
+    ) -> tuple[int, bytes, int, list[asyncpg.Record], dt.datetime]:
+        """One planned range in one snapshot transaction: (its rows, the COPY data, the rows
+        in it, the rows Python takes, the time)."""
+        now = dt.datetime.now(dt.UTC)
+        copy_sql, python_sql, oversized_sql = self._range_sqls(info, rng.lo, rng.hi, version, now)
+        count_sql = (
+            f"SELECT count(*) FROM {qualified(self.namespace, info.name)} AS t "
+            f"WHERE {self._in_range(info, rng.lo, rng.hi)}"
+        )
+
+        async def read(
+            conn: asyncpg.Connection,
+        ) -> tuple[int, bytes, int, list[asyncpg.Record], dt.datetime]:
+            count = int(await conn.fetchval(count_sql))
+            parts: list[bytes] = []
+
+            async def out(chunk: bytes) -> None:
+                parts.append(bytes(chunk))
+
+            status = await conn.copy_from_query(copy_sql, output=out, format="binary")
+            copied = int(str(status).rsplit(" ", 1)[-1])
+            rest = list(await conn.fetch(python_sql)) if python_sql is not None else []
+            if copied + len(rest) < count:
+                rest += await conn.fetch(oversized_sql)
+            return count, b"".join(parts), copied, rest, now
+
+        return await self._in_snapshot(read)
+
+    async def _copy_planned(
+        self,
+        info: TableInfo,
+        converter: RowConverter,
+        state: Mapping[str, Any],
+        version: int,
+        stop: asyncio.Event | None,
+    ) -> AsyncIterator[Batch]:
+        """Copy a table with a one-column key as a plan of key ranges, each range one batch
+        for one of ``warp.snapshot_writers`` writers (:meth:`Sink.apply_range`): first the
+        plan (committed before any range), then the ranges (``warp.snapshot_writers`` read at
+        a time, in plan order), then the batch ending the copy. ``state["pending"]`` (the
+        runner's, on resume): the ranges not landed yet."""
+        name = info.name
+        size = min(self.schema.batching.snapshot_chunk_size, self.schema.batching.max_batch_size)
+        copied = int(state.get("copied", 0))
+        entry = {
+            "done": False,
+            "after": None,
+            "version": str(version),
+            "sweep": False,
+            "merge": False,
+            "copied": copied,
+            "ranges": True,
+        }
+        if state.get("ranges"):
+            pending = [KeyRange(int(s), lo, hi) for s, lo, hi in state.get("pending") or []]
+        else:
+            try:
+                pending = await self._plan_ranges(info, size)
+            except asyncpg.UndefinedTableError:  # dropped before its copy: nothing to copy
+                log.info("warp.pg.snapshot.gone", table=name)
+                yield self._copied(name, state)
+                return
+            plan = Batch(kind="snapshot", version=None, direct_copy=True)
+            plan.range_plan = RangePlan(name, version, tuple(pending))
+            plan.snapshot = {name: dict(entry)}
+            yield plan
+        log.info("warp.pg.snapshot.ranges", table=name, ranges=len(pending))
+
+        async def fetch(rng: KeyRange) -> tuple[int, bytes, int, list[asyncpg.Record], dt.datetime]:
+            try:
+                return await self._read_key_range(info, rng, version)
+            except asyncpg.UndefinedTableError:  # dropped while copying: the rest is gone
+                log.info("warp.pg.snapshot.gone", table=name)
+                return 0, b"", 0, [], dt.datetime.now(dt.UTC)
+
+        depth = max(1, self.schema.warp.snapshot_writers)
+        ahead: deque[tuple[KeyRange, asyncio.Task[Any]]] = deque()
+        todo = deque(pending)
+        try:
+            while todo or ahead:
+                while todo and len(ahead) < depth:
+                    rng = todo.popleft()
+                    ahead.append((rng, asyncio.create_task(fetch(rng))))
+                if stop is not None and stop.is_set():
+                    return
+                rng, task = ahead.popleft()
+                count, data, n, rest, now = await task
+                batch = Batch(kind="snapshot", version=None, events=count, direct_copy=True)
+                batch.key_range = RangeMark(name, version, rng.seq)
+                if n:
+                    batch.copy = CopyRows(name, data, n, version)
+                for row in rest:
+                    self._land(info, converter, row, 1, row[0], version, now, batch)
+                copied += count
+                yield batch
+            end = Batch(kind="snapshot", version=None, direct_copy=True)
+            end.ranges_finished = (name, version)
+            end.snapshot = {name: {**entry, "done": True, "copied": copied}}
+            yield end
+        finally:
+            for _rng, task in ahead:  # stopped early: the connections must be free again
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                    await task
 
     def _copied(self, collection: str, state: Mapping[str, Any]) -> Batch:
         """The batch ending the copy of a table that is gone."""

@@ -13,6 +13,12 @@ stays down stops the runner with :class:`ConnectionFailed` naming it. Terminal e
 configuration, a fenced process, lost history with ``history_lost_policy: fail``) stop the
 runner with a clear message.
 
+A snapshot a source hands over as a plan of key ranges (a PostgreSQL table with a one-column
+key, ``warp.snapshot_writers`` > 1) lands through that many more writers, each with its own
+warehouse connection, taking whole ranges from a second bounded queue: the plan is committed
+(by the main writer) before any range is queued, and the batch ending the table's copy is
+queued only once every range handed over is committed.
+
 Stopping (a stop event: SIGTERM in the CLI, run cancellation in Dagster, or ``stop_when_idle``)
 ends the reader at an event boundary; the writer applies what was already queued and exits, so
 the checkpoint always names the last applied change.
@@ -51,7 +57,15 @@ from cartridge_dagster.errors import (
 )
 from cartridge_dagster.observability import bind_context, get_logger
 from cartridge_dagster.warp import metrics
-from cartridge_dagster.warp.sink import Batch, BatchResult, Checkpoint, Sink, Wipe, is_transient
+from cartridge_dagster.warp.sink import (
+    Batch,
+    BatchResult,
+    Checkpoint,
+    RangeLanded,
+    Sink,
+    Wipe,
+    is_transient,
+)
 from cartridge_dagster.warp.sources import Source, open_source, source_kind
 
 if TYPE_CHECKING:
@@ -262,6 +276,10 @@ class WarpRunner:
         self._read_token: dict[str, Any] | None = None
         self.sink: Sink | None = None
         self.source: Source | None = None
+        #: whole key ranges of a snapshot plan, for the range writers
+        self._ranges: asyncio.Queue[Any] = asyncio.Queue(
+            maxsize=max(1, schema.batching.queue_max_batches)
+        )
 
     # ------------------------------------------------------------------ retries
 
@@ -397,12 +415,51 @@ class WarpRunner:
             finally:
                 self._writer_busy = False
             self._record(batch, result)
+            if batch.committed is not None:
+                batch.committed.set()
             if batch.token is not None and self.source is not None:
                 # committed: a source that keeps changes for warp may let go of them
                 await self.source.acknowledge(batch.token)
             self.health.checkpointed = True
             self.health.progress()
             self.observer.on_batch(name, batch, result)
+
+    async def _apply_range(self, sink: Sink, batch: Batch) -> BatchResult:
+        retried = False
+        async for attempt in self._retrying("postgres", is_transient):
+            with attempt:
+                try:
+                    return await sink.apply_range(batch)
+                except RangeLanded:
+                    if not retried:
+                        raise
+                    # the commit went through before the connection broke: landed once
+                    log.info("warp.range.landed_before_retry", table=batch.collections())
+                    return BatchResult()
+                except BaseException as exc:
+                    if is_transient(exc):
+                        sink.drop_connection()
+                        retried = True
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _write_ranges(self, sink: Sink) -> None:
+        """One range writer: whole key ranges, each in its own transaction with its mark."""
+        queue = self._ranges
+        while True:
+            item = await queue.get()
+            if item is _END:
+                queue.task_done()
+                return
+            batch: Batch = item
+            result = await self._apply_range(sink, batch)
+            self._record(batch, result)
+            self.health.checkpointed = True
+            self.health.progress()
+            self.observer.on_batch(self.schema.name, batch, result)
+            # only once committed: a failed range keeps the end of its table's copy waiting
+            # (the pipeline stops the reader), it never lets it through
+            queue.task_done()
 
     def _record(self, batch: Batch, result: BatchResult) -> None:
         name = self.schema.name
@@ -446,7 +503,16 @@ class WarpRunner:
     # ------------------------------------------------------------------ reader
 
     async def _put(self, queue: asyncio.Queue[Any], batch: Batch) -> None:
+        if batch.key_range is not None:
+            await self._ranges.put(batch)  # its plan is committed (below)
+            return
+        if batch.ranges_finished is not None:
+            await self._ranges.join()  # every range handed over is committed
+        if batch.range_plan is not None:
+            batch.committed = asyncio.Event()
         await queue.put(batch)
+        if batch.committed is not None:
+            await batch.committed.wait()
         size = queue.qsize()
         self.summary.peak_queue = max(self.summary.peak_queue, size)
         self._gauge_queue(size)
@@ -521,19 +587,37 @@ class WarpRunner:
         continues after the last ``_id`` handed to the writer: rows past it were never queued,
         so nothing is copied twice and the direct COPY of initial-snapshot rows stays safe."""
         current = dict(state)
-        progress = _Progress(name, int(state.get("copied", 0)), await _estimate(source, name))
+        if current.get("ranges") and self.sink is not None:
+            # a plan of key ranges in progress: the ranges not landed yet
+            sink, version = self.sink, int(current["version"])
+            async for attempt in self._retrying("postgres", is_transient):
+                with attempt:
+                    pending, landed = await sink.pending_ranges(name, version)
+            current["pending"] = [[r.seq, r.lo, r.hi] for r in pending]
+            current["copied"] = landed
+        progress = _Progress(name, int(current.get("copied", 0)), await _estimate(source, name))
 
         async def produce() -> AsyncIterator[Batch]:
             async for batch in source.snapshot(name, current, self.stop):
                 entry = (batch.snapshot or {}).get(name)
                 if entry is not None:
                     batch.progress = progress.update(int(entry.get("copied", 0)), entry["done"])
+                elif batch.key_range is not None:
+                    copied = int(current.get("copied", 0)) + batch.events
+                    batch.progress = progress.update(copied, False)
                 yield batch
 
         def handed(batch: Batch) -> None:
             nonlocal current
             entry = (batch.snapshot or {}).get(name)
-            if entry is not None:
+            if batch.range_plan is not None:
+                ranges = batch.range_plan.ranges
+                current = {**(entry or current), "pending": [[r.seq, r.lo, r.hi] for r in ranges]}
+            elif batch.key_range is not None:
+                seq = batch.key_range.seq
+                current["pending"] = [p for p in current.get("pending", []) if p[0] != seq]
+                current["copied"] = int(current.get("copied", 0)) + batch.events
+            elif entry is not None:
                 current = dict(entry)
 
         await self._from_source(source, queue, produce, handed)
@@ -685,40 +769,74 @@ class WarpRunner:
             raise
         return cp, source
 
+    def _range_sinks(self, sink: Sink) -> list[Sink]:
+        """The range writers' sinks: the main one's epoch and tables, their own connections
+        (opened at their first range: a source that plans no ranges opens none)."""
+        out = []
+        for _ in range(max(1, self.schema.warp.snapshot_writers)):
+            other = Sink(
+                sink.url,
+                self.schema,
+                owner=sink.owner,
+                timeout=sink.timeout,
+                command_timeout=sink.command_timeout,
+            )
+            other.epoch = sink.epoch
+            other._tables = sink._tables
+            other._history = sink._history
+            out.append(other)
+        return out
+
     async def _pipeline(self, sink: Sink, source: Source, cp: Checkpoint) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.schema.batching.queue_max_batches)
         writer = asyncio.create_task(self._write(sink, queue), name=f"warp-writer-{cp.schema_name}")
+        range_sinks = self._range_sinks(sink)
+        range_writers = [
+            asyncio.create_task(self._write_ranges(s), name=f"warp-range-writer-{i}")
+            for i, s in enumerate(range_sinks)
+        ]
+        writers = {writer, *range_writers}
         reader = asyncio.create_task(
             self._read(source, queue, cp), name=f"warp-reader-{cp.schema_name}"
         )
         watcher = asyncio.create_task(self._watch_stop(source, queue))
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer in done:
-                # The writer only ends early on an error: stop reading and report it.
+            done, _ = await asyncio.wait({reader, *writers}, return_when=asyncio.FIRST_COMPLETED)
+            ended = done & writers
+            if ended:
+                # A writer only ends early on an error: stop reading and report it.
                 self.stop.set()
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-                writer.result()
+                for task in ended:
+                    task.result()
                 return
             exc = reader.exception()
             if exc is not None:
                 self.stop.set()
                 self.summary.stop_reason = f"error: {type(exc).__name__}"
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                for task in writers:
+                    task.cancel()
+                for task in writers:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 raise exc
-            await queue.put(_END)  # drain what was queued, then stop
+            # drain what was queued, then stop
+            for _ in range_writers:
+                await self._ranges.put(_END)
+            await queue.put(_END)
+            await asyncio.gather(*range_writers)
             await writer
         finally:
             watcher.cancel()
-            for task in (reader, writer, watcher):
+            for task in (reader, *writers, watcher):
                 if not task.done():
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            for other in range_sinks:
+                await other.close()
 
 
 async def run_schemas(

@@ -15,10 +15,20 @@ Each batch is applied in one transaction that
 
 A crash anywhere rolls everything back, so a restart replays at most one batch, and a replay
 changes nothing (versions never move backwards).
+
+A table's initial snapshot may also land through several connections (``warp.snapshot_writers``,
+:meth:`Sink.apply_range`): the plan of its primary-key ranges is committed first (one batch of
+this writer, rows of ``cartridge_warp.snapshot_ranges``), then each range is COPYed in its own
+transaction that marks the range done (a range already done rolls back) and checks the fence
+with a shared lock on the checkpoint row (range writers do not wait for each other; a new
+process's epoch bump waits for them, and this writer's batches exclude them). The batch ending
+the table's copy (``ranges_finished``) removes the plan and counts its rows. A kill at any moment
+leaves each range landed whole or not at all; a restart copies the ranges not done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import struct
 import time
@@ -55,7 +65,11 @@ __all__ = [
     "Checkpoint",
     "CopyRows",
     "Fenced",
+    "KeyRange",
     "NumericCodec",
+    "RangeLanded",
+    "RangeMark",
+    "RangePlan",
     "Sink",
     "Wipe",
     "setup_jsonb_codec",
@@ -74,6 +88,10 @@ _LOW_MASK = (1 << _LOW_BITS) - 1
 
 class Fenced(TerminalError):
     """Another warp process took over this schema (its epoch is newer): this one must stop."""
+
+
+class RangeLanded(TerminalError):
+    """A snapshot key range is marked landed already: applying it again would copy it twice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +176,34 @@ class CopyRows:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Rows with ``lo < key <= hi`` of a one-column primary key (texts; None: unbounded),
+    number ``seq`` of its table's snapshot plan."""
+
+    seq: int
+    lo: str | None
+    hi: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RangePlan:
+    """A table's initial snapshot split in key ranges (together: the whole key space)."""
+
+    collection: str
+    version: int
+    ranges: tuple[KeyRange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RangeMark:
+    """The batch holds range ``seq`` of ``collection``'s plan for ``version``, whole."""
+
+    collection: str
+    version: int
+    seq: int
+
+
 @dataclass
 class Batch:
     """What the reader hands the writer: changes, dead letters and the position after them."""
@@ -186,6 +232,14 @@ class Batch:
     #: Snapshot rows already in COPY format (beside ``changes``, which then hold the rows the
     #: source's Python conversion had to take).
     copy: CopyRows | None = None
+    #: A table's snapshot plan of key ranges, committed before any range lands.
+    range_plan: RangePlan | None = None
+    #: This batch is one whole range of a plan: applied by :meth:`Sink.apply_range`.
+    key_range: RangeMark | None = None
+    #: ``(collection, version)``: its ranges are all landed; the plan goes, its rows are counted.
+    ranges_finished: tuple[str, int] | None = None
+    #: Set by the runner's writer once the batch is committed (a plan's barrier).
+    committed: asyncio.Event | None = None
 
     def __len__(self) -> int:
         return len(self.changes) + len(self.dead) + (self.copy.rows if self.copy else 0)
@@ -195,6 +249,8 @@ class Batch:
         if self.copy is not None:
             names.add(self.copy.collection)
         names.update(w.collection for w in self.wipes)
+        if self.range_plan is not None:
+            names.add(self.range_plan.collection)
         return sorted(names)
 
 
@@ -601,6 +657,34 @@ class Sink:
                 raise
             return False
 
+    async def _copy_isolating(
+        self, conn: asyncpg.Connection, changes: list[Change]
+    ) -> list[tuple[Change, BaseException]]:
+        """COPY ``changes`` (rows that cannot exist yet) under savepoints, bisecting to find
+        the rows PostgreSQL rejects. Returns the poison."""
+        if not changes:
+            return []
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    raw_table_name(changes[0].collection),
+                    schema_name=self.raw_schema,
+                    records=[
+                        (ch.id, ch.document, ch.document is None, ch.version, ch.op, ch.source_ts)
+                        for ch in changes
+                    ],
+                    columns=list(COPY_COLUMNS),
+                )
+            return []
+        except asyncpg.PostgresError as exc:
+            if not _is_data_error(exc):
+                raise
+            if len(changes) == 1:
+                return [(changes[0], exc)]
+            mid = len(changes) // 2
+            first = await self._copy_isolating(conn, changes[:mid])
+            return first + await self._copy_isolating(conn, changes[mid:])
+
     async def _copy_in(self, conn: asyncpg.Connection, rows: CopyRows) -> bool:
         """COPY a source's rows into their raw table as they are, under a savepoint (only
         rows that cannot exist yet: see :meth:`_direct_copy`). False: nothing landed, the
@@ -703,12 +787,15 @@ class Sink:
             raise TerminalError("the sink has not acquired its schema (call acquire() first)")
         current = await conn.fetchval(self._fence_sql(), self.name)
         if current != self.epoch:
-            raise Fenced(
-                f"schema {self.name!r} was taken over by another warp process "
-                f"(epoch {current}, this process {self.epoch}); this one stops without "
-                "committing",
-                hint="run one warp process per schema (Dagster's warp sensor keeps exactly one)",
-            )
+            raise self._fenced(current)
+
+    def _fenced(self, current: int | None) -> Fenced:
+        return Fenced(
+            f"schema {self.name!r} was taken over by another warp process "
+            f"(epoch {current}, this process {self.epoch}); this one stops without "
+            "committing",
+            hint="run one warp process per schema (Dagster's warp sensor keeps exactly one)",
+        )
 
     async def apply(self, batch: Batch) -> BatchResult:
         """Apply ``batch`` and its checkpoint in one transaction."""
@@ -751,6 +838,14 @@ class Sink:
                     top[name] = max(top.get(name, -1), batch.copy.version)
                 await self._count_policies(conn, batch.policy)
                 cp_started = time.perf_counter()
+                if batch.range_plan is not None:
+                    plan = batch.range_plan
+                    await self._insert_plan(conn, plan)
+                    if plan.collection in new_tables and plan.collection not in self._history:
+                        # landing empty: the key's index is built once, when the copy ends
+                        await self._drop_key(conn, plan.collection)
+                if batch.ranges_finished is not None:
+                    await self._finish_ranges(conn, *batch.ranges_finished)
                 await self._write_checkpoint(conn, batch, result, top)
                 result.checkpoint_seconds = time.perf_counter() - cp_started
         except BaseException:
@@ -759,6 +854,145 @@ class Sink:
                 self._history.pop(collection, None)
                 self._merge_sql.pop(collection, None)
             raise
+        result.poisoned = len(poison)
+        for d in dead:
+            result.dead_letters[d.collection] += 1
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # ------------------------------------------------------------------ key ranges
+
+    async def _insert_plan(self, conn: asyncpg.Connection, plan: RangePlan) -> None:
+        await conn.execute(
+            f"INSERT INTO {self._cs}.snapshot_ranges (schema_name, collection, version, seq, "
+            "lo, hi) SELECT $1, $2, $3, u.seq, u.lo, u.hi FROM unnest($4::int[], $5::text[], "
+            "$6::text[]) AS u(seq, lo, hi) ON CONFLICT DO NOTHING",
+            self.name,
+            plan.collection,
+            plan.version,
+            [r.seq for r in plan.ranges],
+            [r.lo for r in plan.ranges],
+            [r.hi for r in plan.ranges],
+        )
+
+    async def _key_constraint(self, conn: asyncpg.Connection, collection: str) -> str | None:
+        """The name of the raw table's primary key constraint; None while it has none."""
+        name: str | None = await conn.fetchval(
+            "SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = $1::regclass "
+            "AND contype = 'p'",
+            qualified(self.raw_schema, raw_table_name(collection)),
+        )
+        return name
+
+    async def _drop_key(self, conn: asyncpg.Connection, collection: str) -> None:
+        """Drop the primary key of a raw table created in this transaction (its snapshot
+        lands empty, by ranges): :meth:`_finish_ranges` adds it back. A table that was there
+        already with rows (its control rows removed by hand) keeps its key: its ranges'
+        COPYs then meet the rows and merge."""
+        name = await self._key_constraint(conn, collection)
+        table = qualified(self.raw_schema, raw_table_name(collection))
+        if name is not None and not await conn.fetchval(f"SELECT EXISTS (SELECT FROM {table})"):
+            await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote_ident(name)}")
+
+    async def _finish_ranges(self, conn: asyncpg.Connection, collection: str, version: int) -> None:
+        """The plan of ``collection`` goes; its landed rows count in the table's and the
+        schema's progress (range writers leave both rows alone: they would wait on each other);
+        a table that landed without its primary key gets it (a duplicate ``_id`` would fail
+        the batch: exactly-once means there is none)."""
+        if await self._key_constraint(conn, collection) is None:
+            table = qualified(self.raw_schema, raw_table_name(collection))
+            await conn.execute(f'ALTER TABLE {table} ADD PRIMARY KEY ("_id")')
+        await conn.execute(
+            f"WITH r AS (DELETE FROM {self._cs}.snapshot_ranges WHERE schema_name = $1 "
+            "AND collection = $2 RETURNING version, done, rows), "
+            "n AS (SELECT COALESCE(sum(rows) FILTER (WHERE done AND version = $3), 0)::bigint "
+            "AS n FROM r), "
+            f"t AS (UPDATE {self._cs}.name_map nm SET events_applied = nm.events_applied + n.n, "
+            "version = GREATEST(nm.version, $3), updated_at = now() FROM n "
+            "WHERE nm.schema_name = $1 AND nm.collection = $2 RETURNING 1) "
+            f"UPDATE {self._cs}.checkpoints c SET events_applied = c.events_applied + n.n "
+            "FROM n WHERE c.schema_name = $1",
+            self.name,
+            collection,
+            version,
+        )
+
+    async def pending_ranges(self, collection: str, version: int) -> tuple[list[KeyRange], int]:
+        """The ranges of ``collection``'s plan for ``version`` not landed yet, in plan order,
+        and the rows the landed ones hold. On a connection of its own (the reader asks while
+        this sink's writer may be applying a batch)."""
+        conn = await connect(self.url, timeout=self.timeout, command_timeout=self.command_timeout)
+        try:
+            rows = await conn.fetch(
+                f"SELECT seq, lo, hi, done, rows FROM {self._cs}.snapshot_ranges "
+                "WHERE schema_name = $1 AND collection = $2 AND version = $3 ORDER BY seq",
+                self.name,
+                collection,
+                version,
+            )
+        finally:
+            await conn.close()
+        pending = [KeyRange(int(r["seq"]), r["lo"], r["hi"]) for r in rows if not r["done"]]
+        return pending, sum(int(r["rows"]) for r in rows if r["done"])
+
+    async def apply_range(self, batch: Batch) -> BatchResult:
+        """Land one whole key range of a snapshot plan in one transaction with its mark.
+
+        The fence is read under a shared lock (other range writers go on; an epoch bump
+        waits). The mark must move from not done to done: a range landed already (a replay)
+        rolls the whole transaction back with :class:`RangeLanded`."""
+        mark = batch.key_range
+        if mark is None:
+            raise TerminalError("apply_range() takes a batch of one key range")
+        started = time.perf_counter()
+        conn = await self.connect()
+        result = BatchResult()
+        async with conn.transaction():
+            if self.epoch is None:
+                raise TerminalError("the sink has not acquired its schema (call acquire() first)")
+            current = await conn.fetchval(
+                f"SELECT epoch FROM {self._cs}.checkpoints WHERE schema_name = $1 FOR SHARE",
+                self.name,
+            )
+            if current != self.epoch:
+                raise self._fenced(current)
+            copied = 0
+            if batch.copy is not None:
+                if await self._copy_in(conn, batch.copy):
+                    copied = batch.copy.rows
+                else:
+                    batch.changes.extend(batch.copy.changes())
+                    batch.copy = None
+            if await self._direct_copy(conn, batch.changes):
+                poison = []
+            elif await self._key_constraint(conn, mark.collection) is None:
+                # no key to merge on while the table lands empty: COPY, bisecting the poison
+                poison = await self._copy_isolating(conn, batch.changes)
+            else:
+                poison = await self._apply_isolating(conn, batch.changes)
+            dead = list(batch.dead)
+            bad = {id(ch) for ch, _ in poison}
+            dead.extend(_poison_letter(ch, exc) for ch, exc in poison)
+            await self._insert_dead(conn, dead)
+            _tally(batch.changes, bad, result)
+            if copied and batch.copy is not None:
+                result.applied[mark.collection] += copied
+                result.ops[(mark.collection, "snapshot")] += copied
+            await self._count_policies(conn, batch.policy)
+            status = await conn.execute(
+                f"UPDATE {self._cs}.snapshot_ranges SET done = true, rows = $5 "
+                "WHERE schema_name = $1 AND collection = $2 AND version = $3 AND seq = $4 "
+                "AND NOT done",
+                self.name,
+                mark.collection,
+                mark.version,
+                mark.seq,
+                sum(result.applied.values()),
+            )
+            if status != "UPDATE 1":
+                raise RangeLanded(
+                    f"range {mark.seq} of {mark.collection!r} is landed already (or not planned)"
+                )
         result.poisoned = len(poison)
         for d in dead:
             result.dead_letters[d.collection] += 1

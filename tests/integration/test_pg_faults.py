@@ -381,7 +381,8 @@ def test_kill9_mid_snapshot_resumes_after_the_last_range(
         "FROM generate_series(101, 40100) g",
     )
     slot = f"cartridge_f_{uuid.uuid4().hex[:10]}"
-    config = write_config(tmp_path / "cartridge.yaml", source, dest, slot)
+    # one writer: ranges in key order, the checkpoint's cursor (parallel ranges: below)
+    config = write_config(tmp_path / "cartridge.yaml", source, dest, slot, snapshot_writers=1)
     log = open(tmp_path / "warp.log", "ab")  # noqa: SIM115 - closed below
 
     async def copied() -> dict[str, Any] | None:
@@ -421,6 +422,119 @@ def test_kill9_mid_snapshot_resumes_after_the_last_range(
         final = spawn_warp(config, log, "--stop-when-idle", "1.5")
         assert final.wait(180) == 0, (tmp_path / "warp.log").read_text()[-3000:]
         await oracle(source, dest)
+
+    try:
+        run(go())
+    finally:
+        log.close()
+
+
+async def _landed_ranges(dest: str) -> list[tuple[str | None, str | None]]:
+    if not await _fetchval(
+        dest, "SELECT to_regclass('cartridge_warp.snapshot_ranges') IS NOT NULL"
+    ):
+        return []
+    conn = await asyncpg.connect(dest)
+    try:
+        rows = await conn.fetch("SELECT lo, hi FROM cartridge_warp.snapshot_ranges WHERE done")
+    finally:
+        await conn.close()
+    return [(r["lo"], r["hi"]) for r in rows]
+
+
+def _between(lo: str | None, hi: str | None) -> str:
+    parts = ([f"id > {int(lo)}"] if lo is not None else []) + (
+        [f"id <= {int(hi)}"] if hi is not None else []
+    )
+    return "(" + (" AND ".join(parts) or "true") + ")"
+
+
+def test_kill9_mid_parallel_snapshot_lands_every_row_once(
+    tmp_path: Path, dbs: tuple[str, str]
+) -> None:
+    """Three writers COPY key ranges side by side; kill -9 twice mid-snapshot: each time the
+    raw table holds exactly the source's rows of the ranges marked landed (none of the others,
+    none twice), and after the restart every source row is landed once, equal column by
+    column (rows changed and deleted between the runs converge through the stream)."""
+    source, dest = dbs
+    execute(
+        source,
+        "INSERT INTO app.items (id, n, g, w, note) SELECT g, 1, g % 8, 0, 'n' || g "
+        "FROM generate_series(101, 60100) g",
+    )
+    slot = f"cartridge_f_{uuid.uuid4().hex[:10]}"
+    config = write_config(tmp_path / "cartridge.yaml", source, dest, slot, snapshot_writers=3)
+    log = open(tmp_path / "warp.log", "ab")  # noqa: SIM115 - closed below
+
+    async def killed_partway(at_least: int) -> list[tuple[str | None, str | None]]:
+        proc = spawn_warp(config, log)
+        try:
+
+            async def partway() -> bool:
+                return len(await _landed_ranges(dest)) >= at_least
+
+            await wait_for(partway, timeout=120)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if await snapshot_done(dest):
+            pytest.fail("the snapshot finished before the kill: make the table larger")
+        return await _landed_ranges(dest)
+
+    async def check_exact(landed: list[tuple[str | None, str | None]]) -> None:
+        # the oracle: the source's keys in the landed ranges, selected by the source itself
+        conds = " OR ".join(_between(lo, hi) for lo, hi in landed)
+        conn = await asyncpg.connect(source)
+        try:
+            expected = sorted(
+                r[0] for r in await conn.fetch(f"SELECT id FROM app.items WHERE {conds}")
+            )
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(dest)
+        try:
+            got = [r[0] for r in await conn.fetch("SELECT _id::bigint FROM raw_chaos.items")]
+        finally:
+            await conn.close()
+        assert len(got) == len(set(got))
+        assert sorted(got) == expected
+        assert 0 < len(got) < 60100
+
+    async def go() -> None:
+        first = await killed_partway(8)
+        assert len(first) >= 8
+        await check_exact(first)
+        second = await killed_partway(len(first) + 8)
+        assert set(first) <= set(second)
+        await check_exact(second)
+        last = max(int(hi) for _lo, hi in second if hi is not None)
+        execute(
+            source,
+            f"UPDATE app.items SET n = n + 5, note = 'changed' WHERE id % 997 = 3 "
+            f"AND id <= {last + 3000}",
+            f"DELETE FROM app.items WHERE id IN ({last}, {last + 1}, 60100)",
+            "INSERT INTO app.items (id, n, g, w, note) VALUES (70001, 2, 1, 0, 'late')",
+        )
+        final = spawn_warp(config, log, "--stop-when-idle", "1.5")
+        assert final.wait(240) == 0, (tmp_path / "warp.log").read_text()[-3000:]
+        assert await snapshot_done(dest)
+        assert await _landed_ranges(dest) == []  # the plan goes with the copy's end
+        # the table landed without its key's index (no duplicate above); it has it again
+        assert (
+            await _fetchval(
+                dest,
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'raw_chaos.items'::regclass "
+                "AND contype = 'p'",
+            )
+            == 1
+        )
+        await oracle(source, dest)
+        live = await _fetchval(
+            dest, "SELECT count(*) FROM raw_chaos.items WHERE NOT _cartridge_deleted"
+        )
+        assert live == await _fetchval(source, "SELECT count(*) FROM app.items")
 
     try:
         run(go())

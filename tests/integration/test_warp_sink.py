@@ -14,7 +14,16 @@ from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.identifiers import qualified
 from cartridge_dagster.landing import raw_table_name
 from cartridge_dagster.warp.changes import Change
-from cartridge_dagster.warp.sink import Batch, Fenced, Sink, Wipe
+from cartridge_dagster.warp.sink import (
+    Batch,
+    Fenced,
+    KeyRange,
+    RangeLanded,
+    RangeMark,
+    RangePlan,
+    Sink,
+    Wipe,
+)
 from tests.conftest import run
 
 pytestmark = pytest.mark.integration
@@ -412,5 +421,129 @@ def test_real_cluster_times_in_versions_plans_and_checkpoints(pg_url: str) -> No
         got = await rows(pg_url, "c")
         assert got["a"] == ({"v": 1}, False, late)
         assert got["b"] == ({"v": 2}, False, late - 1)
+
+    run(go())
+
+
+def test_key_ranges_land_once_with_their_mark_and_the_key_comes_back(pg_url: str) -> None:
+    """A plan of key ranges for a table landing empty: the table has no primary key until the
+    copy ends; a range lands with its mark (poison bisected by COPY into dead letters), never
+    twice; range writers are fenced like the main one; the end adds the key and counts rows."""
+
+    async def go() -> None:
+        main = await open_sink(pg_url, schema_cfg())
+        ranger = Sink(pg_url, schema_cfg(), owner="test")
+        ranger.epoch = main.epoch
+        try:
+            plan = Batch(kind="snapshot")
+            plan.range_plan = RangePlan("c", 7, (KeyRange(0, None, "d3"), KeyRange(1, "d3", None)))
+            plan.snapshot = {"c": {"done": False, "ranges": True, "version": "7"}}
+            await main.apply(plan)
+            conn = await asyncpg.connect(pg_url)
+            try:
+                keys = "SELECT count(*) FROM pg_constraint WHERE conrelid = 'raw_shop.c'::regclass"
+                assert await conn.fetchval(keys + " AND contype = 'p'") == 0
+                await conn.execute(
+                    "ALTER TABLE raw_shop.c ADD CONSTRAINT no_poison "
+                    "CHECK (document IS NULL OR NOT (document ? 'poison'))"
+                )
+            finally:
+                await conn.close()
+            changes = [ch("c", f"d{i}", 7, {"_id": f"d{i}"}, "snapshot") for i in range(40)]
+            changes[5] = ch("c", "d5", 7, {"_id": "d5", "poison": 1}, "snapshot")
+            one = Batch(kind="snapshot", changes=changes, direct_copy=True, events=40)
+            one.key_range = RangeMark("c", 7, 1)
+            result = await ranger.apply_range(one)
+            assert result.poisoned == 1 and result.applied["c"] == 39
+            again = Batch(kind="snapshot", changes=[ch("c", "x", 7, {}, "snapshot")])
+            again.key_range = RangeMark("c", 7, 1)
+            with pytest.raises(RangeLanded):
+                await ranger.apply_range(again)
+            assert "x" not in await rows(pg_url, "c")  # rolled back with the refused mark
+            pending, landed = await main.pending_ranges("c", 7)
+            assert pending == [KeyRange(0, None, "d3")] and landed == 39
+            usurper = await open_sink(pg_url, schema_cfg())
+            zero = Batch(kind="snapshot", changes=[ch("c", "z", 7, {}, "snapshot")])
+            zero.key_range = RangeMark("c", 7, 0)
+            with pytest.raises(Fenced):
+                await ranger.apply_range(zero)
+            await usurper.close()
+            main.epoch = ranger.epoch = usurper.epoch
+            await ranger.apply_range(zero)
+            end = Batch(kind="snapshot", ranges_finished=("c", 7))
+            end.snapshot = {"c": {"done": True, "ranges": True, "version": "7"}}
+            await main.apply(end)
+            conn = await asyncpg.connect(pg_url)
+            try:
+                assert await conn.fetchval(keys + " AND contype = 'p'") == 1
+                assert (
+                    await conn.fetchval("SELECT count(*) FROM cartridge_warp.snapshot_ranges") == 0
+                )
+                assert (
+                    await conn.fetchval(
+                        "SELECT events_applied FROM cartridge_warp.name_map WHERE collection = 'c'"
+                    )
+                    == 40
+                )
+                dead = await conn.fetch("SELECT document_id FROM cartridge_warp.dead_letters")
+            finally:
+                await conn.close()
+            assert [r["document_id"] for r in dead] == ["d5"]
+            assert len(await rows(pg_url, "c")) == 40  # 39 + "z"
+        finally:
+            await main.close()
+            await ranger.close()
+
+    run(go())
+
+
+def test_a_range_plan_over_a_table_with_rows_keeps_its_key_and_merges(pg_url: str) -> None:
+    """Control rows removed by hand, raw table kept: the plan's table is "new" to the sink but
+    holds rows, so it keeps its key and a range meeting a landed row merges (newest wins)."""
+
+    async def go() -> None:
+        first = await open_sink(pg_url, schema_cfg())
+        try:
+            await first.apply(batch(ch("c", "a", 9, {"_id": "a", "v": "newer"}, "insert")))
+        finally:
+            await first.close()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("DELETE FROM cartridge_warp.name_map")
+        finally:
+            await conn.close()
+        main = await open_sink(pg_url, schema_cfg())
+        ranger = Sink(pg_url, schema_cfg(), owner="test")
+        ranger.epoch = main.epoch
+        try:
+            plan = Batch(kind="snapshot")
+            plan.range_plan = RangePlan("c", 7, (KeyRange(0, None, None),))
+            await main.apply(plan)
+            one = Batch(
+                kind="snapshot",
+                changes=[
+                    ch("c", "a", 7, {"_id": "a", "v": "older"}, "snapshot"),
+                    ch("c", "b", 7, {"_id": "b"}, "snapshot"),
+                ],
+                direct_copy=True,
+            )
+            one.key_range = RangeMark("c", 7, 0)
+            await ranger.apply_range(one)
+            got = await rows(pg_url, "c")
+            assert got["a"] == ({"_id": "a", "v": "newer"}, False, 9) and "b" in got
+            conn = await asyncpg.connect(pg_url)
+            try:
+                assert (
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_constraint "
+                        "WHERE conrelid = 'raw_shop.c'::regclass AND contype = 'p'"
+                    )
+                    == 1
+                )
+            finally:
+                await conn.close()
+        finally:
+            await main.close()
+            await ranger.close()
 
     run(go())

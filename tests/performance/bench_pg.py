@@ -12,15 +12,20 @@ this order:
 - **COPY of the landed rows**: the same rows as warp lands them (``_id``, JSON document,
   version, …), built beforehand, COPYed into a table of the raw landing shape
   (``copy_records_to_table``): what the landing contract itself costs the warehouse.
-- **warp snapshot**: ``WarpRunner`` in this process (imported before the clock), from its
-  start (slot and publication created, exported snapshot) to its last batch landed.
+- **warp snapshot, one writer**: ``WarpRunner`` in this process with
+  ``warp.snapshot_writers: 1`` (key ranges in order, one warehouse connection), into a schema
+  of its own, from its start (slot and publication created, exported snapshot) to its last
+  batch landed. Rounds alternate which of the two warp snapshots goes first.
+- **warp snapshot**: the same with ``warp.snapshot_writers`` at its default (or
+  ``BENCH_PG_WRITERS``): the plan of key ranges landed by that many connections.
 - **Sling**: ``sling run`` PostgreSQL → PostgreSQL, full refresh (the ``sling-linux-amd64``
   wheel's binary, called directly), launch to exit.
 - **warp streaming**: with warp stopped, the source commits a backlog of row changes (updates,
   inserts, deletes; 1,000 rows per transaction); then warp starts from its checkpoint and
   catches up: changes ÷ (start → last batch landed).
 
-``BENCH_PG_ROWS`` (200000), ``BENCH_PG_ROUNDS`` (3). Targets: snapshot ≥ 0.5 × the COPY
+``BENCH_PG_ROWS`` (200000), ``BENCH_PG_ROUNDS`` (3), ``BENCH_PG_WRITERS`` (the config's
+default). Targets: snapshot ≥ 0.5 × the COPY
 ceiling; streaming ≥ 20,000 row changes/s.
 """
 
@@ -42,6 +47,7 @@ from tests.support.pgsource import create_database, drop_database, execute, pg_s
 
 ROWS = int(os.environ.get("BENCH_PG_ROWS", "200000"))
 ROUNDS = max(1, int(os.environ.get("BENCH_PG_ROUNDS", "3")))
+WRITERS = os.environ.get("BENCH_PG_WRITERS")
 TABLE = """CREATE TABLE {name} (
     id bigint PRIMARY KEY, customer_id int NOT NULL, status text NOT NULL, amount numeric(12,2),
     created_at timestamptz NOT NULL, note text, data jsonb)"""
@@ -172,6 +178,25 @@ def sling(source: str, dest: str, table: str, home: Path) -> float:
     return elapsed
 
 
+async def one_writer(source: str, dest: str) -> float:
+    """Seconds of warp's snapshot with one warehouse writer (into a schema of its own)."""
+    from cartridge_dagster.config import BatchingConfig
+    from cartridge_dagster.observability import configure_logging
+    from cartridge_dagster.warp.runner import WarpRunner
+
+    configure_logging("console", "warning")
+    settings = pg_settings(
+        source,
+        dest,
+        name="bench1",
+        batching=BatchingConfig().model_dump(),
+        warp={"snapshot_writers": 1},
+    )
+    summary = await WarpRunner(settings, settings.schemas[0], stop_when_idle=0.5).run()
+    assert summary.snapshot_rows["orders"] == ROWS, summary.snapshot_rows
+    return summary.busy_seconds
+
+
 async def warp_round(source: str, dest: str) -> tuple[float, float, int]:
     """(snapshot seconds, streaming seconds, row changes streamed)."""
     from cartridge_dagster.observability import configure_logging
@@ -181,7 +206,10 @@ async def warp_round(source: str, dest: str) -> tuple[float, float, int]:
     from cartridge_dagster.config import BatchingConfig
 
     # the default batching (the test helper's is smaller)
-    settings = pg_settings(source, dest, name="bench", batching=BatchingConfig().model_dump())
+    warp = {"snapshot_writers": int(WRITERS)} if WRITERS else {}
+    settings = pg_settings(
+        source, dest, name="bench", batching=BatchingConfig().model_dump(), warp=warp
+    )
     runner = WarpRunner(settings, settings.schemas[0], stop_when_idle=0.5)
     summary = await runner.run()
     assert summary.snapshot_rows["orders"] == ROWS, summary.snapshot_rows
@@ -221,7 +249,7 @@ def main() -> int:
         return 2
     sling_binary()
     results: dict[str, list[float]] = {
-        k: [] for k in ("ceiling", "landed", "snap", "sling", "stream")
+        k: [] for k in ("ceiling", "landed", "snap1", "snap", "sling", "stream")
     }
     for r in range(ROUNDS):
         source = create_database(server, "bpsrc")
@@ -235,12 +263,17 @@ def main() -> int:
                 results["sling"].append(
                     ROWS / sling(source, dest, "public.sling_orders", Path(home))
                 )
+            if r % 2 == 0:
+                results["snap1"].append(ROWS / asyncio.run(one_writer(source, dest)))
             snap, stream, changes = asyncio.run(warp_round(source, dest))
+            if r % 2 == 1:
+                results["snap1"].append(ROWS / asyncio.run(one_writer(source, dest)))
             results["snap"].append(ROWS / snap)
             results["stream"].append(changes / stream)
             progress(
                 f"round {r + 1}: ceiling {results['ceiling'][-1]:,.0f}, landed COPY "
-                f"{results['landed'][-1]:,.0f}, warp snapshot {results['snap'][-1]:,.0f}, "
+                f"{results['landed'][-1]:,.0f}, warp snapshot one writer "
+                f"{results['snap1'][-1]:,.0f}, warp snapshot {results['snap'][-1]:,.0f}, "
                 f"Sling {results['sling'][-1]:,.0f} rows/s; streaming {results['stream'][-1]:,.0f}"
                 " changes/s"
             )
@@ -250,12 +283,18 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in results.items()}
     best = {k: max(v) for k, v in results.items()}
     per_round = [s / c for s, c in zip(results["snap"], results["ceiling"], strict=True)]
-    print(f"\nPostgreSQL → PostgreSQL, {ROWS:,} rows, {ROUNDS} rounds (median / best)")
+    per_round1 = [s / c for s, c in zip(results["snap1"], results["ceiling"], strict=True)]
+    writers = WRITERS or "default"
+    print(
+        f"\nPostgreSQL → PostgreSQL, {ROWS:,} rows, {ROUNDS} rounds (median / best), "
+        f"snapshot_writers {writers}, load {os.getloadavg()[0]:.1f}"
+    )
     print("| measure | median | best | target |")
     print("|---|---:|---:|---|")
     for label, key in (
         ("COPY ceiling, typed table (rows/s)", "ceiling"),
         ("COPY of the landed rows, raw shape (rows/s)", "landed"),
+        ("warp snapshot, one writer (rows/s)", "snap1"),
         ("warp snapshot (rows/s)", "snap"),
         ("Sling full refresh (rows/s)", "sling"),
         ("warp streaming (row changes/s)", "stream"),
@@ -265,6 +304,10 @@ def main() -> int:
     print(
         f"| warp snapshot ÷ COPY ceiling (median of rounds) | "
         f"{statistics.median(per_round):.2f} | {max(per_round):.2f} | ≥ 0.5 |"
+    )
+    print(
+        f"| warp snapshot, one writer ÷ COPY ceiling | "
+        f"{statistics.median(per_round1):.2f} | {max(per_round1):.2f} | |"
     )
     print(f"| warp snapshot ÷ COPY of the landed rows | {med['snap'] / med['landed']:.2f} | | |")
     print(f"| warp snapshot ÷ Sling | {med['snap'] / med['sling']:.2f} | | |")

@@ -100,6 +100,14 @@ def test_defaults_flow_down_to_schemas_and_tables(tmp_path: Path) -> None:
             lambda d: d["schemas"].append({"name": "shop", "source_database": "x"}),
             "schema name 'shop' is used twice",
         ),
+        (
+            lambda d: d["schemas"][0].update(warp={"snapshot_writers": 0}),
+            "schemas[0].warp.snapshot_writers: Input should be greater than or equal to 1",
+        ),
+        (
+            lambda d: d.update(defaults={"warp": {"snapshot_writers": 17}}),
+            "snapshot_writers: Input should be less than or equal to 16",
+        ),
     ],
 )
 def test_bad_values_name_file_and_dotted_path(tmp_path: Path, mutate, expected: str) -> None:
