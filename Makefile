@@ -3,6 +3,8 @@ SHELL := /bin/bash
 BIN := .venv/bin
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_DISABLE_TELEMETRY := 1
+# the bytecode cache is written by the first process that imports a module (scripts/bootstrap.sh)
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help install-dev format lint type-check test test-coverage demo bench soak services-up services-down docs clean
 

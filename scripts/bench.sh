@@ -3,6 +3,8 @@
 # a table of measured rates and ratios against baselines measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# write the bytecode cache (bootstrap.sh: modules are compiled by the first process importing them)
+unset PYTHONDONTWRITEBYTECODE
 CARTRIDGE_EXTRAS="dev demo bench" scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"  # dbt, dagster and cartridge from the project venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS=false DAGSTER_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1

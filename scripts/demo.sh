@@ -3,6 +3,8 @@
 # live traffic. Ctrl-C stops everything it started (PostgreSQL keeps running: `make services-down`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# write the bytecode cache (bootstrap.sh: modules are compiled by the first process importing them)
+unset PYTHONDONTWRITEBYTECODE
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"  # dbt, dagster and cartridge from the project venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS=false DAGSTER_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
@@ -17,15 +19,31 @@ $BIN/cartridge services up
 echo "==> demo source ($CARTRIDGE_CONFIG)"
 $BIN/cartridge demo seed --if-empty --scale "${CARTRIDGE_DEMO_SCALE:-1.0}"
 
-if [ ! -d dbt_project/models/generated ] || [ -z "$(ls -A dbt_project/models/generated 2>/dev/null)" ]; then
-  echo "==> first run: infer schemas and generate the dbt models (cartridge scan, generate)"
-  $BIN/cartridge scan
-  $BIN/cartridge generate --parse
-fi
-
 mkdir -p "$DAGSTER_HOME"
 # the local instance (not in the working directory: Dagster warns about a dagster.yaml there)
 cp deploy/local/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+
+SCHEMAS=(shop billing)
+first=0
+if [ ! -d dbt_project/models/generated ] || [ -z "$(ls -A dbt_project/models/generated 2>/dev/null)" ]; then
+  first=1
+  # Through Dagster, before the UI starts: the catalog, schema and dbt_models assets of every
+  # schema (scan the sources, record the schema versions, generate and parse the dbt models), in
+  # this one process, so the UI's first load has the whole graph and those assets are
+  # materialized once (not scanned here and again by a refresh run).
+  selection=""
+  for s in "${SCHEMAS[@]}"; do
+    selection+="${selection:+,}cartridge/$s/catalog,cartridge/$s/schema,cartridge/$s/dbt_models"
+  done
+  log=.cartridge/demo-first-refresh.log
+  echo "==> first run: scan the sources, generate the dbt models (${SCHEMAS[*]}; log: $log)"
+  if ! $BIN/dagster asset materialize -m cartridge_dagster.definitions --select "$selection" > "$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "error: the first scan and generation failed (whole log: $log)" >&2
+    exit 1
+  fi
+  grep -E "init.scan.collection|collections,|written," "$log" | sed -E 's/^.* - (INFO|DEBUG) - [^-]+ - [^-]+ - [^ ]+ - //' || true
+fi
 
 pids=()
 dev_pid=""
@@ -80,11 +98,13 @@ os.execv(sys.argv[1], sys.argv[1:])' "${DEV[@]}" -h 127.0.0.1 -p "$PORT" -w work
 pids+=($!)
 dev_pid=$!
 
-# Once the UI answers, materialize the source catalog, schema and models once through Dagster
-# (the refresh job), so every asset of the chain shows a materialization; sensors do the rest.
+# At a later start, once the UI answers, refresh the catalog, schema and models through Dagster
+# (the refresh jobs: what changed in the sources while the demo was down); sensors do the rest.
 for _ in $(seq 1 180); do
+  if [ "$first" = 1 ]; then break; fi
   if curl -sf -o /dev/null "http://127.0.0.1:$PORT/server_info"; then
-    for job in refresh_shop refresh_billing; do
+    for s in "${SCHEMAS[@]}"; do
+      job="refresh_$s"
       if $BIN/dagster job launch -w workspace.yaml -j "$job" >/dev/null 2>&1; then
         echo "==> launched $job (catalog → schema → dbt models)"
       else

@@ -4,6 +4,8 @@
 # with a PostgreSQL source (SOAK_PG_MINUTES, 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# write the bytecode cache (bootstrap.sh: modules are compiled by the first process importing them)
+unset PYTHONDONTWRITEBYTECODE
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH" DBT_SEND_ANONYMOUS_USAGE_STATS=false PYTHONUNBUFFERED=1
 BIN=.venv/bin

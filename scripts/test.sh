@@ -2,6 +2,8 @@
 # make test: set up, start a throwaway PostgreSQL, run lint, types and tests, stop what we started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# write the bytecode cache (bootstrap.sh: modules are compiled by the first process importing them)
+unset PYTHONDONTWRITEBYTECODE
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"  # dbt, dagster and cartridge from the project venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS=false DAGSTER_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
