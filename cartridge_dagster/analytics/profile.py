@@ -454,20 +454,27 @@ def leaves_cte(base: str, walk: str, recursive: bool) -> str:
     n AS (SELECT count(*) AS rows FROM sampled),
     {walk},
     vals AS MATERIALIZED (
-      SELECT path, jtype, txt, n,
-        CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
-        CASE WHEN jtype = 'string' AND length(txt) >= 10 AND substr(txt, 5, 1) = '-'
-                  AND txt ~ $1
-             THEN CASE WHEN txt ~ {_lit(SAFE_TIME_RE)} THEN txt::timestamptz
-                       ELSE {try_timestamptz_fn()}(txt) END END AS ts,
-        CASE WHEN jtype = 'string' THEN length(txt) ELSE alen END AS len
-      FROM (SELECT path, jtype, txt, alen, count(*) AS n
-            FROM (SELECT path, jtype,
-                    CASE WHEN jtype IN ('string', 'number', 'boolean')
-                         THEN value #>> '{{}}' END AS txt,
-                    CASE WHEN jtype = 'array' THEN jsonb_array_length(value) END AS alen
-                  FROM walk) w
-            GROUP BY path, jtype, txt, alen) g
+      -- x: the number or time on the histogram's float8 axis (float8 of the text is the
+      -- float8 of the numeric: PostgreSQL converts a numeric through its text)
+      SELECT path, jtype, txt, n, num, ts, len,
+        coalesce(numf, extract(epoch FROM ts)::float8) AS x
+      FROM (
+        SELECT path, jtype, txt, n,
+          CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
+          CASE WHEN jtype = 'number' THEN txt::float8 END AS numf,
+          CASE WHEN jtype = 'string' AND length(txt) >= 10 AND substr(txt, 5, 1) = '-'
+                    AND txt ~ $1
+               THEN CASE WHEN txt ~ {_lit(SAFE_TIME_RE)} THEN txt::timestamptz
+                         ELSE {try_timestamptz_fn()}(txt) END END AS ts,
+          CASE WHEN jtype = 'string' THEN length(txt) ELSE alen END AS len
+        FROM (SELECT path, jtype, txt, alen, count(*) AS n
+              FROM (SELECT path, jtype,
+                      CASE WHEN jtype IN ('string', 'number', 'boolean')
+                           THEN value #>> '{{}}' END AS txt,
+                      CASE WHEN jtype = 'array' THEN jsonb_array_length(value) END AS alen
+                    FROM walk) w
+              GROUP BY path, jtype, txt, alen) g
+        OFFSET 0) c
     ),
     in_arrays AS (
       SELECT DISTINCT path, jtype, rid FROM walk WHERE strpos(path, '[]') > 0
@@ -486,7 +493,7 @@ _STATS_SQL = """
       SELECT path, jtype,
         stddev_samp(num)::float8 AS stddev_num,
         percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]::float8[])
-          WITHIN GROUP (ORDER BY num::float8) AS pct,
+          WITHIN GROUP (ORDER BY x) FILTER (WHERE num IS NOT NULL) AS pct,
         percentile_disc(ARRAY[0.25, 0.5, 0.75]::float8[]) WITHIN GROUP (ORDER BY ts) AS tq
       FROM vals CROSS JOIN LATERAL generate_series(1, vals.n) AS g(i)
       WHERE num IS NOT NULL OR ts IS NOT NULL
@@ -511,7 +518,12 @@ _STATS_SQL = """
         (sum(v.len::bigint * v.n)::numeric
          / sum(v.n) FILTER (WHERE v.len IS NOT NULL))::float8 AS avg_length,
         coalesce(sum(v.n) FILTER (WHERE v.jtype = 'boolean' AND v.txt = 'true'), 0)::bigint
-          AS true_count
+          AS true_count,
+        -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
+        -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
+        NULLIF(count(*) FILTER (WHERE v.txt IS NOT NULL), 0) AS d,
+        count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n = 1) AS f1,
+        sum(v.n) FILTER (WHERE v.txt IS NOT NULL) AS nv
       FROM vals v
       LEFT JOIN spread sp ON sp.path = v.path AND sp.jtype = v.jtype
       LEFT JOIN array_rows ar ON ar.path = v.path AND ar.jtype = v.jtype
@@ -525,16 +537,17 @@ _STATS_SQL = """
         sum(s.value_count)::bigint AS value_total
       FROM stats s LEFT JOIN array_present a USING (path) GROUP BY s.path
     ), counted_values AS (
-      SELECT path, jtype, txt, n,
-        row_number() OVER (PARTITION BY path, jtype ORDER BY n DESC, txt) AS rn
-      FROM vals WHERE txt IS NOT NULL
-    ), distinct_values AS (
-      -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
-      -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
-      SELECT path, jtype, count(*) AS d, count(*) FILTER (WHERE n = 1) AS f1, sum(n) AS nv,
+      -- ranked only where top values are kept: not where every value is distinct
+      SELECT v.path, v.jtype, v.txt, v.n,
+        row_number() OVER (PARTITION BY v.path, v.jtype ORDER BY v.n DESC, v.txt) AS rn
+      FROM vals v JOIN stats s USING (path, jtype)
+      WHERE v.txt IS NOT NULL AND (s.d < s.value_count OR s.value_count <= $11)
+        AND NOT {sensitive}
+    ), top_values AS (
+      SELECT path, jtype,
         jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n) ORDER BY n DESC, txt)
-          FILTER (WHERE rn <= $11) AS top
-      FROM counted_values GROUP BY path, jtype
+          AS top
+      FROM counted_values WHERE rn <= $11 GROUP BY path, jtype
     ), ranges AS (
       -- min and max of the numbers (or times) of a path, as the histogram's float8 axis
       SELECT path, jtype, lo, hi, CASE WHEN hi > lo THEN $12::int ELSE 1 END AS n
@@ -545,11 +558,10 @@ _STATS_SQL = """
     ), bucketed AS (
       SELECT v.path, v.jtype,
         CASE WHEN r.n = 1 THEN 1
-             ELSE least(width_bucket(coalesce(v.num::float8, extract(epoch FROM v.ts)::float8),
-                                     r.lo, r.hi, r.n), r.n) END AS b,
+             ELSE least(width_bucket(v.x, r.lo, r.hi, r.n), r.n) END AS b,
         sum(v.n)::bigint AS cnt
       FROM vals v JOIN ranges r USING (path, jtype)
-      WHERE v.num IS NOT NULL OR v.ts IS NOT NULL GROUP BY 1, 2, 3
+      WHERE v.x IS NOT NULL GROUP BY 1, 2, 3
     ), histograms AS (
       SELECT r.path, r.jtype,
         jsonb_agg(jsonb_build_object(
@@ -560,13 +572,13 @@ _STATS_SQL = """
       LEFT JOIN bucketed bk ON bk.path = r.path AND bk.jtype = r.jtype AND bk.b = g.b
       GROUP BY r.path, r.jtype
     ), profiled AS (
-      SELECT s.*, p.rows_present, p.value_total, d.d, d.f1, d.nv, d.top, h.histogram,
+      SELECT s.*, p.rows_present, p.value_total, tv.top, h.histogram,
         {sensitive} AS sensitive,
         -- the population of values the sample stands for
         s.value_count::float8 * greatest($8::bigint, n.rows) / greatest(n.rows, 1)
           AS population, n.rows AS rows_profiled
       FROM stats s JOIN present p USING (path) CROSS JOIN n
-      LEFT JOIN distinct_values d USING (path, jtype)
+      LEFT JOIN top_values tv USING (path, jtype)
       LEFT JOIN histograms h USING (path, jtype)
     ), inserted AS (
     INSERT INTO {column_profiles} (
