@@ -523,7 +523,8 @@ _STATS_SQL = """
         -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
         NULLIF(count(*) FILTER (WHERE v.txt IS NOT NULL), 0) AS d,
         count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n = 1) AS f1,
-        sum(v.n) FILTER (WHERE v.txt IS NOT NULL) AS nv
+        sum(v.n) FILTER (WHERE v.txt IS NOT NULL) AS nv,
+        {sensitive_v} AS sensitive
       FROM vals v
       LEFT JOIN spread sp ON sp.path = v.path AND sp.jtype = v.jtype
       LEFT JOIN array_rows ar ON ar.path = v.path AND ar.jtype = v.jtype
@@ -542,7 +543,7 @@ _STATS_SQL = """
         row_number() OVER (PARTITION BY v.path, v.jtype ORDER BY v.n DESC, v.txt) AS rn
       FROM vals v JOIN stats s USING (path, jtype)
       WHERE v.txt IS NOT NULL AND (s.d < s.value_count OR s.value_count <= $11)
-        AND NOT {sensitive}
+        AND NOT s.sensitive
     ), top_values AS (
       SELECT path, jtype,
         jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n) ORDER BY n DESC, txt)
@@ -554,7 +555,7 @@ _STATS_SQL = """
       FROM (SELECT path, jtype,
               coalesce(min_num::float8, extract(epoch FROM min_time)::float8) AS lo,
               coalesce(max_num::float8, extract(epoch FROM max_time)::float8) AS hi
-            FROM stats WHERE min_num IS NOT NULL OR min_time IS NOT NULL) r
+            FROM stats WHERE (min_num IS NOT NULL OR min_time IS NOT NULL) AND NOT sensitive) r
     ), bucketed AS (
       SELECT v.path, v.jtype,
         CASE WHEN r.n = 1 THEN 1
@@ -573,7 +574,6 @@ _STATS_SQL = """
       GROUP BY r.path, r.jtype
     ), profiled AS (
       SELECT s.*, p.rows_present, p.value_total, tv.top, h.histogram,
-        {sensitive} AS sensitive,
         -- the population of values the sample stands for
         s.value_count::float8 * greatest($8::bigint, n.rows) / greatest(n.rows, 1)
           AS population, n.rows AS rows_profiled
@@ -662,9 +662,9 @@ def _lit(value: str) -> str:
 def columns_sql(leaves: str, *, column_profiles: str, table_profiles: str) -> str:
     """The one statement profiling every column of a ``leaves`` WITH clause (and counting the
     columns and rows profiled into the table's ``table_profiles`` row)."""
-    return leaves + _STATS_SQL.replace("{sensitive}", _sensitive_predicate("path", "$10")).replace(
-        "{column_profiles}", column_profiles
-    ).replace("{table_profiles}", table_profiles)
+    return leaves + _STATS_SQL.replace(
+        "{sensitive_v}", _sensitive_predicate("v.path", "$10")
+    ).replace("{column_profiles}", column_profiles).replace("{table_profiles}", table_profiles)
 
 
 async def _columns(
