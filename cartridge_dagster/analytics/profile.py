@@ -524,6 +524,7 @@ _STATS_SQL = """
         NULLIF(count(*) FILTER (WHERE v.txt IS NOT NULL), 0) AS d,
         count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n = 1) AS f1,
         sum(v.n) FILTER (WHERE v.txt IS NOT NULL) AS nv,
+        count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n > 1) AS repeated,
         {sensitive_v} AS sensitive
       FROM vals v
       LEFT JOIN spread sp ON sp.path = v.path AND sp.jtype = v.jtype
@@ -537,18 +538,34 @@ _STATS_SQL = """
         END::bigint AS rows_present,
         sum(s.value_count)::bigint AS value_total
       FROM stats s LEFT JOIN array_present a USING (path) GROUP BY s.path
+    ), kept AS (
+      -- the paths whose top values are kept: not where every value is distinct, not sensitive
+      SELECT path, jtype, repeated FROM stats
+      WHERE (d < value_count OR value_count <= $11) AND NOT sensitive
     ), counted_values AS (
-      -- ranked only where top values are kept: not where every value is distinct
+      -- the values seen more than once, ranked (few: sorting every value by count and text
+      -- costs more than the rest of the ranking)
       SELECT v.path, v.jtype, v.txt, v.n,
         row_number() OVER (PARTITION BY v.path, v.jtype ORDER BY v.n DESC, v.txt) AS rn
-      FROM vals v JOIN stats s USING (path, jtype)
-      WHERE v.txt IS NOT NULL AND (s.d < s.value_count OR s.value_count <= $11)
-        AND NOT s.sensitive
+      FROM vals v JOIN kept k USING (path, jtype)
+      WHERE v.txt IS NOT NULL AND v.n > 1
+    ), singles AS (
+      -- the values seen once, where fewer than $11 repeat: they follow, in text order
+      SELECT v.path, v.jtype, max(k.repeated) AS repeated, array_agg(v.txt) AS txts
+      FROM vals v JOIN kept k USING (path, jtype)
+      WHERE v.txt IS NOT NULL AND v.n = 1 AND k.repeated < $11
+      GROUP BY v.path, v.jtype
+    ), top_rows AS (
+      SELECT path, jtype, txt, n FROM counted_values WHERE rn <= $11
+      UNION ALL
+      SELECT g.path, g.jtype, f.txt, 1 FROM singles g
+      CROSS JOIN LATERAL (
+        SELECT t AS txt FROM unnest(g.txts) t ORDER BY t LIMIT $11 - g.repeated) f
     ), top_values AS (
       SELECT path, jtype,
         jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n) ORDER BY n DESC, txt)
           AS top
-      FROM counted_values WHERE rn <= $11 GROUP BY path, jtype
+      FROM top_rows GROUP BY path, jtype
     ), ranges AS (
       -- min and max of the numbers (or times) of a path, as the histogram's float8 axis
       SELECT path, jtype, lo, hi, CASE WHEN hi > lo THEN $12::int ELSE 1 END AS n

@@ -72,6 +72,9 @@ def _docs() -> list[dict[str, Any]]:
             "when": times[i % len(times)],
             SENSITIVE: f"secret{i}",
             "100%_\\": None if i % 2 else "x",
+            # two values repeated, the rest seen once: the top values are both, then the
+            # first of the singles in text order
+            "mostly_unique": "dup" if i < 2 else "twice" if i < 4 else f"u{i}",
         }
         if i % 4 != 3:
             doc['qu"ote'] = True if i % 4 == 0 else False if i % 4 == 1 else None
@@ -222,6 +225,8 @@ def test_profile_matches_a_value_by_value_computation(pg_url: str) -> None:
     for key in [("a.b", "null"), ("", "string"), ("x[][]", "number"), ('qu"ote', "boolean")]:
         assert key in got
     assert ("nested.arr[][]", "null") in got and ("items[].tags[]", "number") in got
+    top = json.loads(got[("mostly_unique", "string")]["top_values"])
+    assert [t["value"] for t in top] == ["dup", "twice", "u10", "u11"]
     assert got[("big", "number")]["max_num"] == Decimal("6234567890123456789.0123456788")
     approx = {"null_ratio", "type_share", "mean_num", "stddev_num", "avg_length"}
     approx |= {"p05", "p25", "p50", "p75", "p95"}
