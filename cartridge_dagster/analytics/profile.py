@@ -65,18 +65,6 @@ SAFE_TIME_RE = (
 #: Bucket widths for activity charts; the smallest that gives at most ~60 buckets is used.
 _BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
 
-RAW_META_COLUMNS = frozenset(
-    {
-        "_id",
-        "document",
-        "_cartridge_deleted",
-        "_cartridge_version",
-        "_cartridge_op",
-        "_cartridge_source_ts",
-        "_cartridge_synced_at",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Relation:
@@ -154,14 +142,57 @@ async def relation_exists(conn: asyncpg.Connection, schema: str, name: str) -> b
     return bool(found)
 
 
-async def _relation_columns(conn: asyncpg.Connection, rel: Relation) -> dict[str, str]:
-    rows = await conn.fetch(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS data_type "
-        "FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
-        "AND NOT a.attisdropped ORDER BY a.attnum",
+@dataclass(frozen=True)
+class _Catalog:
+    """What one catalog query says about a relation before it is profiled."""
+
+    columns: dict[str, str]  # name → SQL type, in table order
+    has_history: bool  # the collection keeps a history table (activity reads it)
+    has_counter: bool  # warp's name_map has the cumulative change counter
+
+
+async def _catalog_and_clear(
+    conn: asyncpg.Connection, rel: Relation, run_id: str
+) -> _Catalog | None:
+    """One round trip: the relation's columns, whether a history table and warp's change
+    counter exist, and the rows an earlier attempt of the same run wrote for the relation
+    deleted (a re-run of a run id is idempotent). None when the relation does not exist."""
+    exists = "to_regclass($1) IS NOT NULL"
+    mine = f"run_id = $4 AND relation_schema = $5 AND relation_name = $6 AND {exists}"
+    row = await conn.fetchrow(
+        f"WITH t AS (DELETE FROM {table('table_profiles')} WHERE {mine}), "
+        f"c AS (DELETE FROM {table('column_profiles')} WHERE {mine}), "
+        f"a AS (DELETE FROM {table('activity')} WHERE run_id = $4 AND schema_name = $7 "
+        f"AND collection = $8 AND $9 AND {exists}) "
+        f"SELECT {exists} AS found, "
+        "(SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a "
+        " WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped) AS names, "
+        "(SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) "
+        " FROM pg_attribute a "
+        " WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped) AS types, "
+        "to_regclass($2) IS NOT NULL AS history, "
+        "(SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = to_regclass($3) "
+        " AND attnum > 0 AND NOT attisdropped "
+        " AND attname IN ('schema_name', 'collection', 'events_applied')) AS counter",
         rel.qualified,
+        qualified(rel.relation_schema, history_table_name(rel.collection)),
+        qualified(CONTROL_SCHEMA, "name_map"),
+        run_id,
+        rel.relation_schema,
+        rel.relation_name,
+        rel.schema_name,
+        rel.collection,
+        rel.layer == "raw",
     )
-    return {str(r["attname"]): str(r["data_type"]) for r in rows}
+    assert row is not None
+    if not row["found"]:
+        return None
+    columns = dict(zip(row["names"] or [], row["types"] or [], strict=True))
+    return _Catalog(
+        {str(k): str(v) for k, v in columns.items()},
+        has_history=rel.layer == "raw" and bool(row["history"]),
+        has_counter=rel.layer == "raw" and bool(row["counter"]),
+    )
 
 
 def _sensitive_predicate(column: str, param: str) -> str:
@@ -185,7 +216,46 @@ def sensitive_names(paths: Iterable[str]) -> frozenset[str]:
 # --------------------------------------------------------------------------- table level
 
 
-async def _table_stats_raw(conn: asyncpg.Connection, rel: Relation, run_id: str) -> asyncpg.Record:
+def bucket_seconds(first: dt.datetime | None, last: dt.datetime | None) -> int:
+    """The activity bucket width for a time span (at most ~60 buckets)."""
+    if first is None or last is None:
+        return _BUCKETS[0]
+    span = max((last - first).total_seconds(), 1.0)
+    for width in _BUCKETS:
+        if span / width <= 60:
+            return width
+    return _BUCKETS[-1]
+
+
+def bucket_seconds_sql(lo: str, hi: str, widths: str) -> str:
+    """SQL of :func:`bucket_seconds` for the span ``lo``..``hi`` (timestamptz expressions) and
+    ``widths``, an int[] parameter holding ``_BUCKETS`` (the same float8 arithmetic)."""
+    return (
+        f"CASE WHEN {lo} IS NULL OR {hi} IS NULL THEN ({widths})[1] ELSE coalesce("
+        f"(SELECT min(w) FROM unnest({widths}) w "
+        f"WHERE greatest(extract(epoch FROM ({hi} - {lo}))::float8, 1.0) / w <= 60), "
+        f"({widths})[array_upper({widths}, 1)]) END"
+    )
+
+
+_PREV_SQL = """prev AS (
+      SELECT rows_live FROM {table_profiles}
+      WHERE relation_schema = $5 AND relation_name = $6 AND run_id <> $1
+      ORDER BY profiled_at DESC LIMIT 1
+    )"""
+
+_CHANGE_SQL = """prev.rows_live,
+      CASE WHEN prev.rows_live IS NULL THEN NULL
+           WHEN prev.rows_live = 0 THEN CASE WHEN s.rows_live = 0 THEN 0 ELSE 1 END
+           ELSE (s.rows_live - prev.rows_live)::float8 / prev.rows_live END"""
+
+
+async def _table_stats_raw(
+    conn: asyncpg.Connection, rel: Relation, run_id: str, cat: _Catalog
+) -> asyncpg.Record:
+    """One statement: the table's numbers into ``table_profiles`` and its changes per time
+    bucket into ``activity`` (from the history table when the collection keeps one, else from
+    the last operation of each row, the same scan as the numbers), warp's change counter."""
     t = rel.qualified
     deleted = quote_ident("_cartridge_deleted")
     op = quote_ident("_cartridge_op")
@@ -193,48 +263,83 @@ async def _table_stats_raw(conn: asyncpg.Connection, rel: Relation, run_id: str)
     source_ts = quote_ident("_cartridge_source_ts")
     lag = f"extract(epoch FROM ({synced} - {source_ts}))::float8"
     cdc = f"{op} = ANY($7::text[]) AND {source_ts} IS NOT NULL"
+    if cat.has_history:
+        history = qualified(rel.relation_schema, history_table_name(rel.collection))
+        changes = (
+            f"SELECT {op} AS op, {synced} AS synced, CASE WHEN {cdc} THEN {lag} END AS lag "
+            f"FROM {history}"
+        )
+        span = f"SELECT min({synced}) AS lo, max({synced}) AS hi FROM {history}"
+        origin = "history"
+    else:
+        changes = "SELECT op, synced, lag FROM base"
+        span = "SELECT first_synced_at AS lo, last_synced_at AS hi FROM s"
+        origin = "latest"
+    counter = (
+        f"(SELECT events_applied FROM {qualified(CONTROL_SCHEMA, 'name_map')} "
+        "WHERE schema_name = $2 AND collection = $4)"
+        if cat.has_counter
+        else "NULL::bigint"
+    )
     sql = f"""
-    WITH s AS (
-      SELECT count(*) AS rows_total,
-             count(*) FILTER (WHERE NOT {deleted}) AS rows_live,
-             count(*) FILTER (WHERE {deleted}) AS rows_deleted,
-             count(*) FILTER (WHERE {op} = 'insert') AS last_inserts,
-             count(*) FILTER (WHERE {op} IN ('update', 'replace')) AS last_updates,
-             count(*) FILTER (WHERE {op} = 'delete') AS last_deletes,
-             min({synced}) AS first_synced_at,
-             max({synced}) AS last_synced_at,
-             max({source_ts}) AS last_source_ts,
-             extract(epoch FROM (now() - max({synced})))::float8 AS freshness_seconds,
-             -- one sort for both percentiles
-             percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY {lag})
-               FILTER (WHERE {cdc}) AS lag_pct,
-             max({lag}) FILTER (WHERE {cdc}) AS lag_max_seconds,
-             percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag})
-               FILTER (WHERE {cdc} AND {synced} > now() - interval '15 minutes')
-               AS recent_lag_p95_seconds
+    WITH base AS (
+      -- each row's lag computed once (a numeric extract), for every aggregate that reads it
+      SELECT {deleted} AS deleted, {op} AS op, {synced} AS synced, {source_ts} AS source_ts,
+        CASE WHEN {cdc} THEN {lag} END AS lag
       FROM {t}
-    ), prev AS (
-      SELECT rows_live FROM {table("table_profiles")}
-      WHERE relation_schema = $5 AND relation_name = $6 AND run_id <> $1
-      ORDER BY profiled_at DESC LIMIT 1
+    ), s AS (
+      SELECT count(*) AS rows_total,
+             count(*) FILTER (WHERE NOT deleted) AS rows_live,
+             count(*) FILTER (WHERE deleted) AS rows_deleted,
+             count(*) FILTER (WHERE op = 'insert') AS last_inserts,
+             count(*) FILTER (WHERE op IN ('update', 'replace')) AS last_updates,
+             count(*) FILTER (WHERE op = 'delete') AS last_deletes,
+             min(synced) AS first_synced_at,
+             max(synced) AS last_synced_at,
+             max(source_ts) AS last_source_ts,
+             extract(epoch FROM (now() - max(synced)))::float8 AS freshness_seconds,
+             -- one sort for both percentiles; lag is NULL outside the change stream
+             percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY lag) AS lag_pct,
+             max(lag) AS lag_max_seconds,
+             percentile_cont(0.95) WITHIN GROUP (ORDER BY lag)
+               FILTER (WHERE synced > now() - interval '15 minutes') AS recent_lag_p95_seconds
+      FROM base
+    ), {_PREV_SQL}, span AS ({span}
+    ), width AS (
+      SELECT ({bucket_seconds_sql("lo", "hi", "$8::int[]")})::int AS secs FROM span
+    ), act AS (
+      INSERT INTO {table("activity")} (
+        run_id, schema_name, collection, bucket, bucket_seconds,
+        inserts, updates, deletes, other, lag_p50_seconds, lag_p95_seconds)
+      SELECT $1, $2, $4, b.bucket, width.secs, b.inserts, b.updates, b.deletes, b.other,
+        b.pct[1], b.pct[2]
+      FROM (
+        SELECT date_bin(make_interval(secs => (SELECT secs FROM width)::float8), c.synced,
+                        timestamptz '2000-01-01 00:00:00+00') AS bucket,
+          count(*) FILTER (WHERE c.op = 'insert') AS inserts,
+          count(*) FILTER (WHERE c.op IN ('update', 'replace')) AS updates,
+          count(*) FILTER (WHERE c.op = 'delete') AS deletes,
+          count(*) FILTER (WHERE NOT (c.op = ANY($7::text[]))) AS other,
+          -- one sort for both percentiles
+          percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY c.lag) AS pct
+        FROM ({changes}) c
+        GROUP BY 1
+      ) b CROSS JOIN width
     )
     INSERT INTO {table("table_profiles")} (
       run_id, schema_name, layer, collection, relation_schema, relation_name,
       rows_total, rows_live, rows_deleted, last_inserts, last_updates, last_deletes,
       first_synced_at, last_synced_at, last_source_ts, freshness_seconds,
       lag_p50_seconds, lag_p95_seconds, lag_max_seconds, recent_lag_p95_seconds,
-      rows_live_previous, row_count_change)
+      rows_live_previous, row_count_change, activity_source, events_applied)
     SELECT $1, $2, $3, $4, $5, $6,
       s.rows_total, s.rows_live, s.rows_deleted, s.last_inserts, s.last_updates, s.last_deletes,
       s.first_synced_at, s.last_synced_at, s.last_source_ts, s.freshness_seconds,
       s.lag_pct[1], s.lag_pct[2], s.lag_max_seconds, s.recent_lag_p95_seconds,
-      prev.rows_live,
-      CASE WHEN prev.rows_live IS NULL THEN NULL
-           WHEN prev.rows_live = 0 THEN CASE WHEN s.rows_live = 0 THEN 0 ELSE 1 END
-           ELSE (s.rows_live - prev.rows_live)::float8 / prev.rows_live END
+      {_CHANGE_SQL}, {_lit(origin)}, {counter}
     FROM s LEFT JOIN prev ON true
     RETURNING *
-    """
+    """.replace("{table_profiles}", table("table_profiles"))
     row = await conn.fetchrow(
         sql,
         run_id,
@@ -244,6 +349,7 @@ async def _table_stats_raw(conn: asyncpg.Connection, rel: Relation, run_id: str)
         rel.relation_schema,
         rel.relation_name,
         list(CDC_OPS),
+        list(_BUCKETS),
     )
     assert row is not None
     return row
@@ -269,24 +375,17 @@ async def _table_stats_model(
              count(*) FILTER (WHERE {deleted}) AS rows_deleted,
              {synced} AS last_synced_at
       FROM {t}
-    ), prev AS (
-      SELECT rows_live FROM {table("table_profiles")}
-      WHERE relation_schema = $5 AND relation_name = $6 AND run_id <> $1
-      ORDER BY profiled_at DESC LIMIT 1
-    )
+    ), {_PREV_SQL}
     INSERT INTO {table("table_profiles")} (
       run_id, schema_name, layer, collection, relation_schema, relation_name,
       rows_total, rows_live, rows_deleted, last_synced_at, freshness_seconds,
       rows_live_previous, row_count_change)
     SELECT $1, $2, $3, $4, $5, $6, s.rows_total, s.rows_live, s.rows_deleted,
       s.last_synced_at, extract(epoch FROM (now() - s.last_synced_at))::float8,
-      prev.rows_live,
-      CASE WHEN prev.rows_live IS NULL THEN NULL
-           WHEN prev.rows_live = 0 THEN CASE WHEN s.rows_live = 0 THEN 0 ELSE 1 END
-           ELSE (s.rows_live - prev.rows_live)::float8 / prev.rows_live END
+      {_CHANGE_SQL}
     FROM s LEFT JOIN prev ON true
     RETURNING *
-    """
+    """.replace("{table_profiles}", table("table_profiles"))
     row = await conn.fetchrow(
         sql,
         run_id,
@@ -298,75 +397,6 @@ async def _table_stats_model(
     )
     assert row is not None
     return row
-
-
-def bucket_seconds(first: dt.datetime | None, last: dt.datetime | None) -> int:
-    """The activity bucket width for a time span (at most ~60 buckets)."""
-    if first is None or last is None:
-        return _BUCKETS[0]
-    span = max((last - first).total_seconds(), 1.0)
-    for width in _BUCKETS:
-        if span / width <= 60:
-            return width
-    return _BUCKETS[-1]
-
-
-async def _activity(
-    conn: asyncpg.Connection,
-    rel: Relation,
-    run_id: str,
-    span: tuple[dt.datetime | None, dt.datetime | None],
-) -> str:
-    """Changes per time bucket; from the history table when the collection keeps one.
-
-    Returns where the activity came from: ``history`` (every change) or ``latest`` (the last
-    operation of each row, all a raw table without history knows).
-    """
-    source = rel.qualified
-    origin = "latest"
-    history = history_table_name(rel.collection)
-    if await relation_exists(conn, rel.relation_schema, history):
-        source = qualified(rel.relation_schema, history)
-        origin = "history"
-    op = quote_ident("_cartridge_op")
-    synced = quote_ident("_cartridge_synced_at")
-    source_ts = quote_ident("_cartridge_source_ts")
-    if origin == "history":  # else the table's own span, from its stats
-        found = await conn.fetchrow(
-            f"SELECT min({synced}) AS lo, max({synced}) AS hi FROM {source}"
-        )
-        span = (found["lo"], found["hi"]) if found else (None, None)
-    width = bucket_seconds(*span)
-    lag = f"extract(epoch FROM ({synced} - {source_ts}))::float8"
-    cdc = f"{op} = ANY($6::text[]) AND {source_ts} IS NOT NULL"
-    await conn.execute(
-        f"""
-        INSERT INTO {table("activity")} (
-          run_id, schema_name, collection, bucket, bucket_seconds,
-          inserts, updates, deletes, other, lag_p50_seconds, lag_p95_seconds)
-        SELECT $1, $2, $3, bucket, $5, inserts, updates, deletes, other, pct[1], pct[2]
-        FROM (
-          SELECT date_bin(make_interval(secs => $4::float8), {synced},
-                          timestamptz '2000-01-01 00:00:00+00') AS bucket,
-            count(*) FILTER (WHERE {op} = 'insert') AS inserts,
-            count(*) FILTER (WHERE {op} IN ('update', 'replace')) AS updates,
-            count(*) FILTER (WHERE {op} = 'delete') AS deletes,
-            count(*) FILTER (WHERE NOT ({op} = ANY($6::text[]))) AS other,
-            -- one sort for both percentiles
-            percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY {lag})
-              FILTER (WHERE {cdc}) AS pct
-          FROM {source}
-          GROUP BY bucket
-        ) b
-        """,
-        run_id,
-        rel.schema_name,
-        rel.collection,
-        float(width),
-        width,
-        list(CDC_OPS),
-    )
-    return origin
 
 
 # --------------------------------------------------------------------------- column level
@@ -424,20 +454,27 @@ def leaves_cte(base: str, walk: str, recursive: bool) -> str:
     n AS (SELECT count(*) AS rows FROM sampled),
     {walk},
     vals AS MATERIALIZED (
-      SELECT path, jtype, txt, n,
-        CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
-        CASE WHEN jtype = 'string' AND length(txt) >= 10 AND substr(txt, 5, 1) = '-'
-                  AND txt ~ $1
-             THEN CASE WHEN txt ~ {_lit(SAFE_TIME_RE)} THEN txt::timestamptz
-                       ELSE {try_timestamptz_fn()}(txt) END END AS ts,
-        CASE WHEN jtype = 'string' THEN length(txt) ELSE alen END AS len
-      FROM (SELECT path, jtype, txt, alen, count(*) AS n
-            FROM (SELECT path, jtype,
-                    CASE WHEN jtype IN ('string', 'number', 'boolean')
-                         THEN value #>> '{{}}' END AS txt,
-                    CASE WHEN jtype = 'array' THEN jsonb_array_length(value) END AS alen
-                  FROM walk) w
-            GROUP BY path, jtype, txt, alen) g
+      -- x: the number or time on the histogram's float8 axis (float8 of the text is the
+      -- float8 of the numeric: PostgreSQL converts a numeric through its text)
+      SELECT path, jtype, txt, n, num, ts, len,
+        coalesce(numf, extract(epoch FROM ts)::float8) AS x
+      FROM (
+        SELECT path, jtype, txt, n,
+          CASE WHEN jtype = 'number' THEN txt::numeric END AS num,
+          CASE WHEN jtype = 'number' THEN txt::float8 END AS numf,
+          CASE WHEN jtype = 'string' AND length(txt) >= 10 AND substr(txt, 5, 1) = '-'
+                    AND txt ~ $1
+               THEN CASE WHEN txt ~ {_lit(SAFE_TIME_RE)} THEN txt::timestamptz
+                         ELSE {try_timestamptz_fn()}(txt) END END AS ts,
+          CASE WHEN jtype = 'string' THEN length(txt) ELSE alen END AS len
+        FROM (SELECT path, jtype, txt, alen, count(*) AS n
+              FROM (SELECT path, jtype,
+                      CASE WHEN jtype IN ('string', 'number', 'boolean')
+                           THEN value #>> '{{}}' END AS txt,
+                      CASE WHEN jtype = 'array' THEN jsonb_array_length(value) END AS alen
+                    FROM walk) w
+              GROUP BY path, jtype, txt, alen) g
+        OFFSET 0) c
     ),
     in_arrays AS (
       SELECT DISTINCT path, jtype, rid FROM walk WHERE strpos(path, '[]') > 0
@@ -456,7 +493,7 @@ _STATS_SQL = """
       SELECT path, jtype,
         stddev_samp(num)::float8 AS stddev_num,
         percentile_cont(ARRAY[0.05, 0.25, 0.5, 0.75, 0.95]::float8[])
-          WITHIN GROUP (ORDER BY num::float8) AS pct,
+          WITHIN GROUP (ORDER BY x) FILTER (WHERE num IS NOT NULL) AS pct,
         percentile_disc(ARRAY[0.25, 0.5, 0.75]::float8[]) WITHIN GROUP (ORDER BY ts) AS tq
       FROM vals CROSS JOIN LATERAL generate_series(1, vals.n) AS g(i)
       WHERE num IS NOT NULL OR ts IS NOT NULL
@@ -481,7 +518,14 @@ _STATS_SQL = """
         (sum(v.len::bigint * v.n)::numeric
          / sum(v.n) FILTER (WHERE v.len IS NOT NULL))::float8 AS avg_length,
         coalesce(sum(v.n) FILTER (WHERE v.jtype = 'boolean' AND v.txt = 'true'), 0)::bigint
-          AS true_count
+          AS true_count,
+        -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
+        -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
+        NULLIF(count(*) FILTER (WHERE v.txt IS NOT NULL), 0) AS d,
+        count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n = 1) AS f1,
+        sum(v.n) FILTER (WHERE v.txt IS NOT NULL) AS nv,
+        count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n > 1) AS repeated,
+        {sensitive_v} AS sensitive
       FROM vals v
       LEFT JOIN spread sp ON sp.path = v.path AND sp.jtype = v.jtype
       LEFT JOIN array_rows ar ON ar.path = v.path AND ar.jtype = v.jtype
@@ -494,32 +538,48 @@ _STATS_SQL = """
         END::bigint AS rows_present,
         sum(s.value_count)::bigint AS value_total
       FROM stats s LEFT JOIN array_present a USING (path) GROUP BY s.path
+    ), kept AS (
+      -- the paths whose top values are kept: not where every value is distinct, not sensitive
+      SELECT path, jtype, repeated FROM stats
+      WHERE (d < value_count OR value_count <= $11) AND NOT sensitive
     ), counted_values AS (
-      SELECT path, jtype, txt, n,
-        row_number() OVER (PARTITION BY path, jtype ORDER BY n DESC, txt) AS rn
-      FROM vals WHERE txt IS NOT NULL
-    ), distinct_values AS (
-      -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
-      -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
-      SELECT path, jtype, count(*) AS d, count(*) FILTER (WHERE n = 1) AS f1, sum(n) AS nv,
+      -- the values seen more than once, ranked (few: sorting every value by count and text
+      -- costs more than the rest of the ranking)
+      SELECT v.path, v.jtype, v.txt, v.n,
+        row_number() OVER (PARTITION BY v.path, v.jtype ORDER BY v.n DESC, v.txt) AS rn
+      FROM vals v JOIN kept k USING (path, jtype)
+      WHERE v.txt IS NOT NULL AND v.n > 1
+    ), singles AS (
+      -- the values seen once, where fewer than $11 repeat: they follow, in text order
+      SELECT v.path, v.jtype, max(k.repeated) AS repeated, array_agg(v.txt) AS txts
+      FROM vals v JOIN kept k USING (path, jtype)
+      WHERE v.txt IS NOT NULL AND v.n = 1 AND k.repeated < $11
+      GROUP BY v.path, v.jtype
+    ), top_rows AS (
+      SELECT path, jtype, txt, n FROM counted_values WHERE rn <= $11
+      UNION ALL
+      SELECT g.path, g.jtype, f.txt, 1 FROM singles g
+      CROSS JOIN LATERAL (
+        SELECT t AS txt FROM unnest(g.txts) t ORDER BY t LIMIT $11 - g.repeated) f
+    ), top_values AS (
+      SELECT path, jtype,
         jsonb_agg(jsonb_build_object('value', left(txt, 120), 'count', n) ORDER BY n DESC, txt)
-          FILTER (WHERE rn <= $11) AS top
-      FROM counted_values GROUP BY path, jtype
+          AS top
+      FROM top_rows GROUP BY path, jtype
     ), ranges AS (
       -- min and max of the numbers (or times) of a path, as the histogram's float8 axis
       SELECT path, jtype, lo, hi, CASE WHEN hi > lo THEN $12::int ELSE 1 END AS n
       FROM (SELECT path, jtype,
               coalesce(min_num::float8, extract(epoch FROM min_time)::float8) AS lo,
               coalesce(max_num::float8, extract(epoch FROM max_time)::float8) AS hi
-            FROM stats WHERE min_num IS NOT NULL OR min_time IS NOT NULL) r
+            FROM stats WHERE (min_num IS NOT NULL OR min_time IS NOT NULL) AND NOT sensitive) r
     ), bucketed AS (
       SELECT v.path, v.jtype,
         CASE WHEN r.n = 1 THEN 1
-             ELSE least(width_bucket(coalesce(v.num::float8, extract(epoch FROM v.ts)::float8),
-                                     r.lo, r.hi, r.n), r.n) END AS b,
+             ELSE least(width_bucket(v.x, r.lo, r.hi, r.n), r.n) END AS b,
         sum(v.n)::bigint AS cnt
       FROM vals v JOIN ranges r USING (path, jtype)
-      WHERE v.num IS NOT NULL OR v.ts IS NOT NULL GROUP BY 1, 2, 3
+      WHERE v.x IS NOT NULL GROUP BY 1, 2, 3
     ), histograms AS (
       SELECT r.path, r.jtype,
         jsonb_agg(jsonb_build_object(
@@ -530,13 +590,12 @@ _STATS_SQL = """
       LEFT JOIN bucketed bk ON bk.path = r.path AND bk.jtype = r.jtype AND bk.b = g.b
       GROUP BY r.path, r.jtype
     ), profiled AS (
-      SELECT s.*, p.rows_present, p.value_total, d.d, d.f1, d.nv, d.top, h.histogram,
-        {sensitive} AS sensitive,
+      SELECT s.*, p.rows_present, p.value_total, tv.top, h.histogram,
         -- the population of values the sample stands for
         s.value_count::float8 * greatest($8::bigint, n.rows) / greatest(n.rows, 1)
           AS population, n.rows AS rows_profiled
       FROM stats s JOIN present p USING (path) CROSS JOIN n
-      LEFT JOIN distinct_values d USING (path, jtype)
+      LEFT JOIN top_values tv USING (path, jtype)
       LEFT JOIN histograms h USING (path, jtype)
     ), inserted AS (
     INSERT INTO {column_profiles} (
@@ -581,6 +640,11 @@ _STATS_SQL = """
     RETURNING column_path, json_type, data_type, null_ratio, distinct_estimate, rows_with_type,
       type_share
     )
+    , counted AS (
+      UPDATE {table_profiles} SET rows_profiled = (SELECT rows FROM n),
+        columns_profiled = (SELECT count(DISTINCT column_path) FROM inserted)
+      WHERE run_id = $2 AND relation_schema = $3 AND relation_name = $4
+    )
     SELECT n.rows AS rows_profiled, i.* FROM n LEFT JOIN inserted i ON true
     ORDER BY i.column_path, i.json_type
 """
@@ -612,11 +676,12 @@ def _lit(value: str) -> str:
     return quote_literal(value)
 
 
-def columns_sql(leaves: str, *, column_profiles: str) -> str:
-    """The one statement profiling every column of a ``leaves`` WITH clause."""
-    return leaves + _STATS_SQL.replace("{sensitive}", _sensitive_predicate("path", "$10")).replace(
-        "{column_profiles}", column_profiles
-    )
+def columns_sql(leaves: str, *, column_profiles: str, table_profiles: str) -> str:
+    """The one statement profiling every column of a ``leaves`` WITH clause (and counting the
+    columns and rows profiled into the table's ``table_profiles`` row)."""
+    return leaves + _STATS_SQL.replace(
+        "{sensitive_v}", _sensitive_predicate("v.path", "$10")
+    ).replace("{column_profiles}", column_profiles).replace("{table_profiles}", table_profiles)
 
 
 async def _columns(
@@ -633,75 +698,30 @@ async def _columns(
     """Fill ``column_profiles`` for ``rel`` in one statement; returns the rows profiled and
     the columns written (path, type, null ratio, distinct estimate, rows and share of the type),
     by path and type."""
-    sql = columns_sql(leaves, column_profiles=table("column_profiles"))
-    async with conn.transaction():
-        # the planner's guesses for the walk are huge: JIT would compile for seconds
-        await conn.execute("SET LOCAL timezone = 'UTC'; SET LOCAL jit = off")
-        rows = await conn.fetch(
-            sql,
-            ISO_TIME_RE,
-            run_id,
-            rel.relation_schema,
-            rel.relation_name,
-            rel.schema_name,
-            rel.layer,
-            rel.collection,
-            rows_live,
-            _json(data_types),
-            sorted(rel.sensitive_paths),
-            top_values,
-            histogram_buckets,
-        )
+    sql = columns_sql(
+        leaves, column_profiles=table("column_profiles"), table_profiles=table("table_profiles")
+    )
+    rows = await conn.fetch(
+        sql,
+        ISO_TIME_RE,
+        run_id,
+        rel.relation_schema,
+        rel.relation_name,
+        rel.schema_name,
+        rel.layer,
+        rel.collection,
+        rows_live,
+        _json(data_types),
+        sorted(rel.sensitive_paths),
+        top_values,
+        histogram_buckets,
+    )
     assert rows
     return int(rows[0]["rows_profiled"]), [r for r in rows if r["column_path"] is not None]
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
-
-
-async def _record_events_applied(conn: asyncpg.Connection, rel: Relation, run_id: str) -> None:
-    """Copy warp's cumulative change counter for the table (its deltas are volume over time)."""
-    name_map = qualified(CONTROL_SCHEMA, "name_map")
-    has = await conn.fetchval(
-        "SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = to_regclass($1) "
-        "AND attnum > 0 AND NOT attisdropped "
-        "AND attname IN ('schema_name', 'collection', 'events_applied')",
-        name_map,
-    )
-    if not has:
-        return
-    await conn.execute(
-        f"UPDATE {table('table_profiles')} SET events_applied = ("
-        f"SELECT events_applied FROM {name_map} WHERE schema_name = $4 AND collection = $5) "
-        "WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3",
-        run_id,
-        rel.relation_schema,
-        rel.relation_name,
-        rel.schema_name,
-        rel.collection,
-    )
-
-
-async def _clear(conn: asyncpg.Connection, rel: Relation, run_id: str) -> None:
-    """Make a re-run of the same run id idempotent."""
-    activity = (
-        f"DELETE FROM {table('activity')} WHERE run_id = $1 AND schema_name = $4 "
-        "AND collection = $5"
-        if rel.layer == "raw"
-        else "SELECT $4::text, $5::text"
-    )
-    await conn.execute(
-        f"WITH t AS (DELETE FROM {table('table_profiles')} WHERE run_id = $1 "
-        "AND relation_schema = $2 AND relation_name = $3), "
-        f"c AS (DELETE FROM {table('column_profiles')} WHERE run_id = $1 "
-        f"AND relation_schema = $2 AND relation_name = $3) {activity}",
-        run_id,
-        rel.relation_schema,
-        rel.relation_name,
-        rel.schema_name,
-        rel.collection,
-    )
 
 
 async def profile_relation(
@@ -717,59 +737,47 @@ async def profile_relation(
     """Profile one table into the analytics tables; None when the table does not exist.
 
     Table-level numbers are exact (one pass over the table); column statistics come from one
-    statement over a random sample of at most ``sample_rows`` live rows."""
-    if not await relation_exists(conn, rel.relation_schema, rel.relation_name):
-        return None
-    await _clear(conn, rel, run_id)
-    columns = await _relation_columns(conn, rel)
-    if rel.layer == "raw":
-        missing = {"_id", "document", "_cartridge_deleted"} - set(columns)
-        if missing:
-            raise TerminalError(
-                f"{rel.display} does not follow the raw landing contract: missing columns "
-                f"{', '.join(sorted(missing))}"
+    statement over a random sample of at most ``sample_rows`` live rows. Three statements in
+    one transaction: the catalog (and clearing an earlier attempt of the run), the table's
+    numbers and activity, the column statistics."""
+    async with conn.transaction():
+        # the planner's guesses for the walk are huge: JIT would compile for seconds
+        await conn.execute("SET LOCAL timezone = 'UTC'; SET LOCAL jit = off")
+        cat = await _catalog_and_clear(conn, rel, run_id)
+        if cat is None:
+            return None
+        columns = cat.columns
+        if rel.layer == "raw":
+            missing = {"_id", "document", "_cartridge_deleted"} - set(columns)
+            if missing:
+                raise TerminalError(
+                    f"{rel.display} does not follow the raw landing contract: missing columns "
+                    f"{', '.join(sorted(missing))}"
+                )
+            row = await _table_stats_raw(conn, rel, run_id, cat)
+        else:
+            row = await _table_stats_model(conn, rel, run_id, columns)
+        rows_live = int(row["rows_live"])
+        fraction = 1.0 if rows_live <= sample_rows else sample_rows / rows_live
+        if rel.layer == "raw":
+            leaves = leaves_cte(_raw_base(rel, fraction), _walk_sql(max_depth), recursive=True)
+            types: dict[str, str] = {}
+        else:
+            names = [c for c in columns if not c.startswith("_cartridge_")]
+            leaves = leaves_cte(
+                _model_base(rel, names, columns, fraction), _unpivot_sql(names), recursive=False
             )
-        row = await _table_stats_raw(conn, rel, run_id)
-        activity_source = await _activity(
-            conn, rel, run_id, (row["first_synced_at"], row["last_synced_at"])
+            types = columns
+        rows_profiled, cols = await _columns(
+            conn,
+            rel,
+            run_id,
+            leaves=leaves,
+            rows_live=rows_live,
+            data_types=types,
+            top_values=top_values,
+            histogram_buckets=histogram_buckets,
         )
-    else:
-        row = await _table_stats_model(conn, rel, run_id, columns)
-        activity_source = None
-    rows_live = int(row["rows_live"])
-    fraction = 1.0 if rows_live <= sample_rows else sample_rows / rows_live
-    if rel.layer == "raw":
-        leaves = leaves_cte(_raw_base(rel, fraction), _walk_sql(max_depth), recursive=True)
-        types: dict[str, str] = {}
-    else:
-        names = [c for c in columns if not c.startswith("_cartridge_")]
-        leaves = leaves_cte(
-            _model_base(rel, names, columns, fraction), _unpivot_sql(names), recursive=False
-        )
-        types = columns
-    rows_profiled, cols = await _columns(
-        conn,
-        rel,
-        run_id,
-        leaves=leaves,
-        rows_live=rows_live,
-        data_types=types,
-        top_values=top_values,
-        histogram_buckets=histogram_buckets,
-    )
-    if rel.layer == "raw":
-        await _record_events_applied(conn, rel, run_id)
-    await conn.execute(
-        f"UPDATE {table('table_profiles')} SET columns_profiled = $4, rows_profiled = $5, "
-        "activity_source = $6 "
-        "WHERE run_id = $1 AND relation_schema = $2 AND relation_name = $3",
-        run_id,
-        rel.relation_schema,
-        rel.relation_name,
-        len({c["column_path"] for c in cols}),
-        rows_profiled,
-        activity_source,
-    )
     profile = TableProfile(
         relation=rel,
         rows_total=int(row["rows_total"]),

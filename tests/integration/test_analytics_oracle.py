@@ -1,9 +1,10 @@
-"""Column profiles of a hostile raw table against a straightforward Python computation.
+"""Profiles of hostile raw tables against a straightforward Python computation.
 
 The profile statement works from the distinct values of the walked documents (weighted sums,
 values expanded back for percentiles); this computes every statistic value by value in Python
 from the documents as PostgreSQL stores them, and compares. The table is small enough to be
-profiled whole (no sampling), so every number is exact.
+profiled whole (no sampling), so every number is exact. The table's own numbers and its
+activity (lag percentiles, changes per time bucket) are checked row by row the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ import asyncpg
 import pytest
 from bson import Decimal128
 
-from cartridge_dagster.analytics.profile import Relation, profile_relation
+from cartridge_dagster.analytics.profile import (
+    _BUCKETS,
+    Relation,
+    bucket_seconds,
+    bucket_seconds_sql,
+    profile_relation,
+)
 from cartridge_dagster.analytics.store import ensure_analytics_schema
+from cartridge_dagster.landing import RAW_COLUMNS, raw_table_ddl
 from tests.conftest import run
 from tests.support.raw_tables import land
 
@@ -64,6 +72,9 @@ def _docs() -> list[dict[str, Any]]:
             "when": times[i % len(times)],
             SENSITIVE: f"secret{i}",
             "100%_\\": None if i % 2 else "x",
+            # two values repeated, the rest seen once: the top values are both, then the
+            # first of the singles in text order
+            "mostly_unique": "dup" if i < 2 else "twice" if i < 4 else f"u{i}",
         }
         if i % 4 != 3:
             doc['qu"ote'] = True if i % 4 == 0 else False if i % 4 == 1 else None
@@ -214,6 +225,8 @@ def test_profile_matches_a_value_by_value_computation(pg_url: str) -> None:
     for key in [("a.b", "null"), ("", "string"), ("x[][]", "number"), ('qu"ote', "boolean")]:
         assert key in got
     assert ("nested.arr[][]", "null") in got and ("items[].tags[]", "number") in got
+    top = json.loads(got[("mostly_unique", "string")]["top_values"])
+    assert [t["value"] for t in top] == ["dup", "twice", "u10", "u11"]
     assert got[("big", "number")]["max_num"] == Decimal("6234567890123456789.0123456788")
     approx = {"null_ratio", "type_share", "mean_num", "stddev_num", "avg_length"}
     approx |= {"p05", "p25", "p50", "p75", "p95"}
@@ -238,3 +251,154 @@ def test_profile_matches_a_value_by_value_computation(pg_url: str) -> None:
         else:
             assert sum(b["count"] for b in histogram) == total, key
             assert len(histogram) in (1, 5), key
+
+
+# --------------------------------------------------------------------------- table level
+
+OPS = ("insert", "update", "replace", "delete", "snapshot")
+
+
+def _table_rows(now: dt.datetime) -> list[tuple[Any, ...]]:
+    """Rows in landing order (RAW_COLUMNS): every operation, tombstones, rows without a source
+    time, lags from negative to over a day, landed over two hours (some in the last 15 min)."""
+    rows = []
+    for i in range(97):
+        op = OPS[i % len(OPS)]
+        deleted = op == "delete"
+        synced = now - dt.timedelta(seconds=7_200 - 73 * i, microseconds=i * 7_919)
+        if i % 11 == 0:
+            source = None
+        elif i % 13 == 0:
+            source = synced - dt.timedelta(days=1, hours=i % 5, microseconds=3)  # over a day
+        elif i % 17 == 0:
+            source = synced + dt.timedelta(seconds=2.5)  # a clock ahead of the warehouse
+        else:
+            source = synced - dt.timedelta(seconds=(i * 37 % 101) / 7, microseconds=i)
+        doc = None if deleted else json.dumps({"_id": f"t-{i}", "n": i})
+        rows.append((f"t-{i}", doc, deleted, i + 1, op, source, synced))
+    return rows
+
+
+def _lag(r: tuple[Any, ...]) -> float | None:
+    op, source, synced = r[4], r[5], r[6]
+    if op not in ("insert", "update", "replace", "delete") or source is None:
+        return None
+    delta = synced - source
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return float(Decimal(micros) / Decimal(1_000_000))
+
+
+def _bin(t: dt.datetime, width: int) -> dt.datetime:
+    origin = dt.datetime(2000, 1, 1, tzinfo=UTC)
+    micros = (t - origin) // dt.timedelta(microseconds=1)
+    step = width * 1_000_000
+    return origin + dt.timedelta(microseconds=micros // step * step)
+
+
+async def _profile_table(pg_url: str) -> tuple[list[tuple[Any, ...]], dict[str, Any], list[Any]]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await ensure_analytics_schema(conn)
+        for stmt in raw_table_ddl("raw_shop", "timed"):
+            await conn.execute(stmt)
+        now = await conn.fetchval("SELECT now()")
+        rows = _table_rows(now)
+        await conn.copy_records_to_table(
+            "timed", schema_name="raw_shop", records=rows, columns=list(RAW_COLUMNS)
+        )
+        rel = Relation("shop", "raw", "timed", "raw_shop", "timed")
+        profile = await profile_relation(conn, rel, "oracle-table")
+        assert profile is not None
+        table = dict(
+            await conn.fetchrow(
+                "SELECT *, now() AS now FROM cartridge_analytics.table_profiles "
+                "WHERE run_id = 'oracle-table'"
+            )
+        )
+        activity = await conn.fetch(
+            "SELECT * FROM cartridge_analytics.activity WHERE run_id = 'oracle-table' "
+            "ORDER BY bucket"
+        )
+        return rows, table, list(activity)
+    finally:
+        await conn.close()
+
+
+def test_table_numbers_and_activity_match_a_row_by_row_computation(pg_url: str) -> None:
+    rows, got, activity = run(_profile_table(pg_url))
+    live = [r for r in rows if not r[2]]
+    lags = [x for x in (_lag(r) for r in rows) if x is not None]
+    recent = [
+        x
+        for r in rows
+        if (x := _lag(r)) is not None and r[6] > got["now"] - dt.timedelta(minutes=15)
+    ]
+    assert len(lags) > 40 and 0 < len(recent) < len(lags)
+    synced = [r[6] for r in rows]
+    want = {
+        "rows_total": len(rows),
+        "rows_live": len(live),
+        "rows_deleted": len(rows) - len(live),
+        "last_inserts": sum(r[4] == "insert" for r in rows),
+        "last_updates": sum(r[4] in ("update", "replace") for r in rows),
+        "last_deletes": sum(r[4] == "delete" for r in rows),
+        "first_synced_at": min(synced),
+        "last_synced_at": max(synced),
+        "last_source_ts": max(r[5] for r in rows if r[5] is not None),
+        "lag_max_seconds": max(lags),
+        "activity_source": "latest",
+    }
+    for name, value in want.items():
+        assert got[name] == value, name
+    # percentile_cont interpolates in float8, as PostgreSQL does: exact to the last bit here
+    for name, values, p in (
+        ("lag_p50_seconds", lags, 0.5),
+        ("lag_p95_seconds", lags, 0.95),
+        ("recent_lag_p95_seconds", recent, 0.95),
+    ):
+        assert got[name] == pytest.approx(_pct_cont(values, p), rel=1e-15), name
+    width = bucket_seconds(min(synced), max(synced))
+    assert width == 300  # two hours: 24 buckets of 5 minutes
+    buckets: dict[dt.datetime, list[tuple[Any, ...]]] = defaultdict(list)
+    for r in rows:
+        buckets[_bin(r[6], width)].append(r)
+    assert [a["bucket"] for a in activity] == sorted(buckets)
+    for a in activity:
+        these = buckets[a["bucket"]]
+        assert a["bucket_seconds"] == width
+        assert a["inserts"] == sum(r[4] == "insert" for r in these)
+        assert a["updates"] == sum(r[4] in ("update", "replace") for r in these)
+        assert a["deletes"] == sum(r[4] == "delete" for r in these)
+        assert a["other"] == sum(
+            r[4] not in ("insert", "update", "replace", "delete") for r in these
+        )
+        bucket_lags = [x for x in (_lag(r) for r in these) if x is not None]
+        for name, p in (("lag_p50_seconds", 0.5), ("lag_p95_seconds", 0.95)):
+            if bucket_lags:
+                assert a[name] == pytest.approx(_pct_cont(bucket_lags, p), rel=1e-15), name
+            else:
+                assert a[name] is None, name
+
+
+async def _widths_in_sql(pg_url: str, spans: list[dt.timedelta | None]) -> list[int]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        t0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
+        out = []
+        for span in spans:
+            hi = None if span is None else t0 + span
+            sql = bucket_seconds_sql("$1::timestamptz", "$2::timestamptz", "$3::int[]")
+            out.append(await conn.fetchval(f"SELECT {sql}", t0, hi, list(_BUCKETS)))
+        return out
+    finally:
+        await conn.close()
+
+
+def test_bucket_width_in_sql_is_the_python_width(pg_url: str) -> None:
+    seconds = [0, 0.4, 1, 59.999999, 60, 60.000001, 300, 301, 1_800, 3_600, 3_600.5, 18_000]
+    seconds += [54_000, 86_400, 216_000, 1_296_000, 10**7, 10**8, 10**9]
+    spans: list[dt.timedelta | None] = [None] + [dt.timedelta(seconds=s) for s in seconds]
+    t0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    want = [bucket_seconds(t0, None if s is None else t0 + s) for s in spans]
+    assert len(set(want)) >= 8  # most widths, and the widest, are reached
+    assert run(_widths_in_sql(pg_url, spans)) == want

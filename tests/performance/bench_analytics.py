@@ -45,7 +45,7 @@ from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.demo.seed import DemoGenerator, DemoSizes, seed_demo
 from cartridge_dagster.documents import canonical_id, document_json
 from cartridge_dagster.identifiers import qualified, quote_ident
-from cartridge_dagster.landing import raw_table_ddl
+from cartridge_dagster.landing import RAW_COLUMNS, raw_table_ddl
 from cartridge_dagster.observability import configure_logging
 
 RAW = "raw_shop"
@@ -111,7 +111,7 @@ async def _land(conn: asyncpg.Connection, collection: str, docs: list[dict[str, 
     for stmt in raw_table_ddl(RAW, collection):
         await conn.execute(stmt)
     now = dt.datetime.now(dt.UTC)
-    records = [
+    records = [  # in RAW_COLUMNS order
         (
             canonical_id(d["_id"]),
             document_json(d).decode(),
@@ -127,15 +127,7 @@ async def _land(conn: asyncpg.Connection, collection: str, docs: list[dict[str, 
         collection,
         schema_name=RAW,
         records=records,
-        columns=[
-            "_id",
-            "document",
-            "_cartridge_deleted",
-            "_cartridge_version",
-            "_cartridge_op",
-            "_cartridge_source_ts",
-            "_cartridge_synced_at",
-        ],
+        columns=list(RAW_COLUMNS),
     )
     await conn.execute(f"ANALYZE {qualified(RAW, collection)}")
 

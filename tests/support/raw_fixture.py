@@ -28,7 +28,7 @@ from cartridge_dagster.connectors.mongo import mongo_session
 from cartridge_dagster.connectors.postgres import pg_connection
 from cartridge_dagster.documents import ConversionStats, ValuePolicy, canonical_id, document_json
 from cartridge_dagster.identifiers import qualified, quote_ident
-from cartridge_dagster.landing import raw_table_ddl, raw_table_name
+from cartridge_dagster.landing import RAW_COLUMNS, raw_table_ddl, raw_table_name
 
 __all__ = [
     "delete_documents",
@@ -49,15 +49,7 @@ def next_version(cluster_seconds: int | None = None) -> int:
 
 def _upsert_sql(raw_schema: str, collection: str) -> str:
     table = qualified(raw_schema, raw_table_name(collection))
-    cols = [
-        "_id",
-        "document",
-        "_cartridge_deleted",
-        "_cartridge_version",
-        "_cartridge_op",
-        "_cartridge_source_ts",
-        "_cartridge_synced_at",
-    ]
+    cols = list(RAW_COLUMNS)
     names = ", ".join(quote_ident(c) for c in cols)
     params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
     updates = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in cols[1:])
@@ -89,7 +81,7 @@ async def land_documents(
     now = dt.datetime.now(dt.UTC)
     rows = []
     for doc in documents:
-        rows.append(
+        rows.append(  # in RAW_COLUMNS order
             (
                 canonical_id(doc["_id"]),
                 document_json(dict(doc), policy, stats).decode("utf-8"),
