@@ -85,6 +85,24 @@ class DocumentReader:
             self._usable = {"db_name", "coll_name", "storage_key", "document"} <= columns
         return self._usable
 
+    def ids(self, database: str, collection: str) -> list[Any] | None:
+        """Every document's ``_id`` in the collection, decoded as the engine does (None when the
+        file has another layout). One query over the ids alone: the engine's own
+        ``find({}, {"_id": 1})`` decodes every whole document first (~0.4 ms each)."""
+        with self._lock:
+            if not self._check():
+                return None
+            rows = self._conn.execute(
+                "SELECT document -> '$._id' FROM documents WHERE db_name = ? AND coll_name = ?",
+                (database, collection),
+            ).fetchall()
+        out: list[Any] = []
+        for (text,) in rows:
+            if text is None:
+                return None  # a document without an _id: not this layout
+            out.append(_decode('{"_id":' + str(text) + "}")["_id"])
+        return out
+
     def read(self, database: str, collection: str, keys: Iterable[str]) -> list[dict[str, Any]]:
         """The documents stored under ``keys`` (those found), decoded as the engine does."""
         wanted = list(dict.fromkeys(keys))

@@ -42,6 +42,7 @@ from bson import ObjectId
 
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection
+from cartridge_dagster.connectors.mongoeco_documents import DocumentReader, storage_key
 from cartridge_dagster.documents import canonical_id
 from cartridge_dagster.errors import CartridgeError, TransientError, classify
 from cartridge_dagster.identifiers import assign_names, qualified, quote_ident
@@ -126,10 +127,18 @@ def sample_rank(_id: Any) -> tuple[bytes, str, str]:
     return digest.digest(), type(_id).__name__, text
 
 
-async def _lowest_ranks(coll: Any, name: str, cap: int) -> list[tuple[tuple[bytes, str, str], Any]]:
+async def _lowest_ranks(
+    coll: Any, name: str, cap: int, reader: DocumentReader | None = None
+) -> list[tuple[tuple[bytes, str, str], Any]]:
     """The ``cap`` documents of lowest rank, as (rank, ``_id``), lowest first; reads only the
-    ``_id``s and keeps at most about ``2 * cap`` of them."""
+    ``_id``s and keeps at most about ``2 * cap`` of them (on the embedded engine, ``reader``:
+    from its file in one query)."""
     ranked: list[tuple[tuple[bytes, str, str], Any]] = []
+    if reader is not None:
+        database = str(getattr(getattr(coll, "database", None), "name", ""))
+        stored = await asyncio.to_thread(reader.ids, database, name)
+        if stored is not None:
+            return heapq.nsmallest(cap, ((sample_rank(i), i) for i in stored), key=_first)
     ids = find_documents(coll, {}, name=name, projection={"_id": 1}, batch_size=ID_BATCH)
     async for doc in ids:
         _id = doc.get("_id")
@@ -144,13 +153,19 @@ def _first(item: tuple[tuple[bytes, str, str], Any]) -> tuple[bytes, str, str]:
 
 
 async def _sampled(
-    coll: Any, name: str, ranked: list[tuple[tuple[bytes, str, str], Any]]
+    coll: Any,
+    name: str,
+    ranked: list[tuple[tuple[bytes, str, str], Any]],
+    reader: DocumentReader | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """The documents of ``ranked`` (a round), in rank order (those deleted meanwhile skipped).
 
     Each is read by its ``_id`` (``limit 1``: an index look-up on any MongoDB), a few at a time.
     Not ``$in``: the embedded engine evaluates ``$in`` by scanning the whole collection once
-    per query (≈ 30 ms per ``_id`` at 15k documents) and refuses more than ≈ 500 values."""
+    per query (≈ 30 ms per ``_id`` at 15k documents) and refuses more than ≈ 500 values. On the
+    embedded engine (``reader``) the round is read from its file in batches of keys first
+    (:mod:`~cartridge_dagster.connectors.mongoeco_documents`: ~1 ms per look-up otherwise);
+    what is not found there is looked up one by one as on a server."""
 
     async def one(_id: Any) -> dict[str, Any] | None:
         found = None
@@ -158,11 +173,31 @@ async def _sampled(
             found = dict(doc)  # limit 1: the loop ends after it, and closes the cursor
         return found
 
+    stored: dict[str, dict[str, Any]] = {}
+    if reader is not None:
+        keys = [k for _rank, _id in ranked if (k := storage_key(_id)) is not None]
+        database = str(getattr(getattr(coll, "database", None), "name", ""))
+        for stored_doc in await asyncio.to_thread(reader.read, database, name, keys):
+            stored[canonical_id(stored_doc["_id"])] = stored_doc
+
+    def from_file(_id: Any) -> dict[str, Any] | None:
+        doc = stored.get(canonical_id(_id))
+        # the id asked for, of its type (an ObjectId and its hex string are two documents)
+        if doc is not None and type(doc["_id"]) is type(_id) and doc["_id"] == _id:
+            return doc
+        return None
+
     for start in range(0, len(ranked), LOOKUP_CONCURRENCY):
         chunk = ranked[start : start + LOOKUP_CONCURRENCY]
-        for doc in await asyncio.gather(*(one(_id) for _rank, _id in chunk)):
-            if doc is not None:
-                yield doc
+        docs: list[dict[str, Any] | None] = [from_file(_id) for _rank, _id in chunk]
+        missing = [i for i, found in enumerate(docs) if found is None]
+        if missing:
+            looked_up = await asyncio.gather(*(one(chunk[i][1]) for i in missing))
+            for i, found in zip(missing, looked_up, strict=True):
+                docs[i] = found
+        for found in docs:
+            if found is not None:
+                yield found
 
 
 def _query_error(exc: BaseException, db: Any, collection: str, what: str) -> CartridgeError:
@@ -181,6 +216,7 @@ async def scan_collection(
     *,
     full_scan: bool = False,
     progress: ScanProgress | None = None,
+    reader: DocumentReader | None = None,
 ) -> tuple[dict[str, Any], Profiler]:
     """Profile one collection; returns its schema JSON and the profiler (for references)."""
     what = "count its documents"
@@ -188,7 +224,7 @@ async def scan_collection(
         coll = db[collection]
         total = await count_documents(coll, {}, name=collection)
         what = "read it"
-        return await _profile(coll, schema, collection, total, full_scan, progress)
+        return await _profile(coll, schema, collection, total, full_scan, progress, reader)
     except (pymongo.errors.PyMongoError, sqlite3.Error) as exc:
         raise _query_error(exc, db, collection, what) from None
 
@@ -200,6 +236,7 @@ async def _profile(
     total: int,
     full_scan: bool,
     progress: ScanProgress | None,
+    reader: DocumentReader | None = None,
 ) -> tuple[dict[str, Any], Profiler]:
     sampling = schema.sampling
     profiler = Profiler(_options(schema, collection))
@@ -220,12 +257,13 @@ async def _profile(
     else:
         method = "sample"
         cap = min(sampling.max_sample_size, total)
-        ranked = await _lowest_ranks(coll, collection, cap)
+        ranked = await _lowest_ranks(coll, collection, cap, reader)
         taken = 0
         while taken < len(ranked):
             size = min(sampling.sample_size, len(ranked) - taken)
             before = profiler.novelty
-            batch = [doc async for doc in _sampled(coll, collection, ranked[taken : taken + size])]
+            round_ = ranked[taken : taken + size]
+            batch = [doc async for doc in _sampled(coll, collection, round_, reader)]
             taken += size
             profiler.add_many(batch)
             rounds += 1
@@ -331,7 +369,7 @@ async def scan_mongo(
     profilers: dict[str, Profiler] = {}
     for name in names:
         results[name], profilers[name] = await scan_collection(
-            db, schema, name, full_scan=full_scan, progress=progress
+            db, schema, name, full_scan=full_scan, progress=progress, reader=conn.document_reader()
         )
     await _detect_references(db, results, profilers)
     return ScanResult(

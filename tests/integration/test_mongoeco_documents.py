@@ -88,3 +88,45 @@ def test_storage_keys_only_for_plain_ids() -> None:
     assert storage_key(oid) is not None and str(oid) in str(storage_key(oid))
     assert storage_key("x") != storage_key(oid)
     assert storage_key(42) is None and storage_key({"a": 1}) is None
+
+
+def test_scan_reads_ids_and_sample_from_the_file_with_the_same_result(tmp_path: Path) -> None:
+    """The scan's seeded sample on the embedded engine reads the ids and the sampled documents
+    from its file: the same ranks, the same documents and the same schema, byte for byte, as
+    through the engine's own find (mixed id types, ids only find_one can read)."""
+    import json
+
+    from cartridge_dagster.config import SchemaConfig
+    from cartridge_dagster.init import scan
+
+    schema = SchemaConfig.model_validate(
+        {
+            "name": "shop",
+            "source_database": "shop",
+            "target_schema": "raw_shop",
+            "sampling": {"full_scan_below": 10, "sample_size": 200, "max_sample_size": 400},
+        }
+    )
+
+    async def go() -> None:
+        async with mongo_session(f"mongoeco://{tmp_path / 'src.sqlite'}") as mongo:
+            db = mongo.database("shop")
+            await db["orders"].insert_many(_docs())
+            reader = mongo.document_reader()
+            assert reader is not None
+            stored = reader.ids("shop", "orders")
+            assert stored is not None
+            found = [d["_id"] async for d in db["orders"].find({}, {"_id": 1})]
+            key = [(type(i).__name__, canonical_id(i)) for i in found]
+            assert sorted((type(i).__name__, canonical_id(i)) for i in stored) == sorted(key)
+            by_file = await scan._lowest_ranks(db["orders"], "orders", 400, reader)
+            by_find = await scan._lowest_ranks(db["orders"], "orders", 400)
+            assert by_file == by_find
+            with_reader, prof_r = await scan.scan_collection(db, schema, "orders", reader=reader)
+            without, prof_f = await scan.scan_collection(db, schema, "orders")
+            assert with_reader["sampling"]["method"] == "sample"
+            assert prof_r.documents == prof_f.documents == 400
+            text = json.dumps(with_reader, sort_keys=True, default=str)
+            assert text == json.dumps(without, sort_keys=True, default=str)
+
+    run(go())
