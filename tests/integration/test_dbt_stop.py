@@ -159,7 +159,9 @@ def test_runs_stopped_inside_dbt_end_canceled(tmp_path: Path, pg_url: str) -> No
                 time.sleep(0.5)
         log = dev.log.read_text(errors="replace")
 
-    for needle in ("Traceback", "KeyboardInterrupt", "DagsterExecutionInterruptedError"):
+    # no Dagster traceback (dbt itself prints its KeyboardInterrupt traceback on its stdout,
+    # which dagster-dbt re-emits: not checked here, see docs/analytics.md)
+    for needle in ("DagsterExecutionInterruptedError", "dagster/_core/execution", "STEP_FAILURE"):
         assert needle not in log, log[-5000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for how, why in stops:

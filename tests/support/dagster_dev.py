@@ -137,7 +137,9 @@ def dagster_dev(
 ) -> Iterator[DagsterDev]:
     """Start `dagster dev` on a free port with ``config``; stop its whole process group after."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(instance_yaml or (REPO / "deploy" / "local" / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text(
+        instance_yaml or (REPO / "deploy" / "local" / "dagster.yaml").read_text()
+    )
     port = free_port()
     log = home / "dagster-dev.log"
     full_env = {
