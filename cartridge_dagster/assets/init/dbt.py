@@ -16,8 +16,11 @@ and folder of the project (models, macros, tests, YAML, ``dbt_project.yml``: see
 location reload shows new models. No manifest (nothing generated yet) → no dbt assets.
 """
 
+import contextlib
 import functools
 import os
+import signal
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,12 @@ from dagster_dbt import (
 )
 
 from cartridge_dagster.assets.keys import dbt_models_key, raw_key, staging_key
+from cartridge_dagster.assets.stopping import (
+    end_canceled,
+    report_canceling,
+    run_stopping,
+    signals_taken,
+)
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.init.dbtcli import profiles_dir, settings_dbt_env
 from cartridge_dagster.resources import CartridgeResource, PostgresResource
@@ -194,6 +203,57 @@ def build_dbt_assets(settings: CartridgeSettings) -> list[dg.AssetsDefinition]:
         # The committed profile reads the connection from the environment; fill it from the
         # Cartridge config (the password goes to a DBT_ENV_SECRET_ variable dbt scrubs).
         os.environ.update(settings_dbt_env(cartridge.settings(), postgres.url()))
-        yield from dbt.cli(["build"], context=context).stream()
+        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        stop = _DbtStop(invocation.process)
+        # Dagster puts its interrupting handler back each time it resumes this generator, so
+        # the signals are taken around each wait for dbt's next event (and dbt's exit), not
+        # across the yields. The models dbt finishes before a stop keep their
+        # materializations: dbt's events are read to the end of its output after the stop.
+        events = iter(invocation.stream())
+        while True:
+            with signals_taken(stop.signaled):
+                event = next(events, _END)
+                if event is _END:
+                    invocation.process.wait()
+                    break
+            yield event
+        stopped = stop.signal is not None or not invocation.is_successful()
+        terminated = stopped and run_stopping(context)
+        if stop.signal is not None or terminated:
+            why = "run termination requested" if terminated else f"{stop.signal} received"
+            context.log.info(
+                f"{why}: dbt build stopped (exit code {invocation.process.returncode}); the "
+                "models it finished are materialized"
+            )
+            if not terminated:
+                report_canceling(context, f"{why} by the run worker: dbt build stopped cleanly")
+            return
+        error = invocation.get_error()
+        if error is not None:
+            raise error
 
-    return [cartridge_dbt_models]
+    return [cartridge_dbt_models.with_hooks({end_canceled})]
+
+
+_END = object()
+
+
+class _DbtStop:
+    """A stop signal (or a termination, which reaches the worker as SIGINT) during ``dbt
+    build``: dbt is asked to stop as on Ctrl-C (SIGINT: it cancels its queries, writes its
+    results and exits); a second signal kills it."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.signal: str | None = None
+
+    def signaled(self, signame: str) -> None:
+        first = self.signal is None
+        self.signal = self.signal or signame
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if first:
+                self.process.send_signal(signal.SIGINT)
+            else:
+                self.process.kill()
