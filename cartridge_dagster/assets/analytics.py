@@ -26,6 +26,12 @@ from cartridge_dagster.analytics.runner import (
     source_or_reason,
 )
 from cartridge_dagster.assets.keys import analytics_key, group_name, raw_key, staging_key
+from cartridge_dagster.assets.stopping import (
+    end_canceled,
+    report_canceling,
+    run_stopping,
+    signals_taken,
+)
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.connectors.postgres import pg_connection
 from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
@@ -262,7 +268,7 @@ def analytics_assets_for(
 
         async def run() -> tuple[SchemaAnalysis, dict[str, Path]]:
             async with (
-                pg_connection(postgres.url()) as conn,
+                pg_connection(postgres.url(), application_name="cartridge-analytics") as conn,
                 source_or_reason(
                     mongo.url(schema.name), cfg.source_for(schema.name).connect_timeout_seconds
                 ) as (src, why),
@@ -280,7 +286,36 @@ def analytics_assets_for(
                 paths = await write_reports(conn, cfg, report_dir, schemas=[schema.name])
             return result, paths
 
-        result, paths = asyncio.run(run())
+        stop: list[str] = []
+
+        async def until_stopped() -> tuple[SchemaAnalysis, dict[str, Path]] | None:
+            # SIGINT/SIGTERM (a termination reaches the worker as SIGINT) cancel the analysis
+            # (asyncpg cancels the query in progress) instead of failing the step
+            task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            assert task is not None
+
+            def on_signal(name: str) -> None:
+                stop.append(name)
+                loop.call_soon_threadsafe(task.cancel)
+
+            with signals_taken(on_signal):
+                try:
+                    return await run()
+                except asyncio.CancelledError:
+                    if not stop:
+                        raise
+                    return None
+
+        analysed = asyncio.run(until_stopped())
+        if analysed is None:
+            terminated = run_stopping(context)
+            why = "run termination requested" if terminated else f"{stop[0]} received"
+            context.log.info(f"{why}: analytics of {schema.name} stopped; nothing written")
+            if not terminated:
+                report_canceling(context, f"{why} by the run worker: analytics stopped cleanly")
+            return
+        result, paths = analysed
         report = paths.get(schema.name)
         context.log.info(
             f"analytics {schema.name}: {len(wanted)} collections profiled; report {report} "
@@ -297,7 +332,7 @@ def analytics_assets_for(
                 if check_key in context.selected_asset_check_keys:
                     yield _check_result(keys[c], outcome)
 
-    return analytics
+    return analytics.with_hooks({end_canceled})
 
 
 def build_analytics_asset_defs(settings: CartridgeSettings) -> dg.Definitions:

@@ -3,9 +3,8 @@
 Dagster's run worker turns SIGINT and SIGTERM (and a termination requested from the UI or
 GraphQL, which reaches the worker as a SIGINT sent by its cancellation thread) into an
 exception raised wherever the op is: the step fails ("Execution was interrupted"), with a
-traceback. An op that is stopped this way in practice (a dbt build; warp has its own copy of
-this in ``assets/warp.py``) instead takes the signals while it works, stops its work cleanly,
-and returns; the
+traceback. An op that is stopped this way in practice (warp, a dbt build, the analytics) instead
+takes the signals while it works, stops its work cleanly, and returns; the
 :data:`end_canceled` success hook, attached to their op in every job (``with_hooks`` on an
 asset applies to implicit asset jobs too), then reports the run CANCELED and ends its execution
 with the interrupt Dagster itself uses for cancellation: no failure event, no traceback.

@@ -34,6 +34,7 @@ from typing import Any
 import dagster as dg
 
 from cartridge_dagster.assets.keys import group_name, raw_key, schema_key
+from cartridge_dagster.assets.stopping import end_canceled, report_canceling
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.deploy.k8s import warp_run_tags as deploy_warp_run_tags
 from cartridge_dagster.errors import CartridgeError, redact_url
@@ -274,39 +275,6 @@ async def _run_until_signaled(runner: WarpRunner, observer: DagsterObserver) -> 
             signal.signal(sig, previous)
 
 
-def _canceled_message(run: dg.DagsterRun) -> str:
-    return f"warp stopped cleanly on request (checkpoint committed); run {run.run_id} canceled"
-
-
-@dg.success_hook(name="warp_end_canceled")
-def _end_canceled(context: dg.HookContext) -> None:
-    """End a warp run that stopped because it was canceled (or signaled) as CANCELED.
-
-    The op returns normally once warp has stopped, and a returning op would make Dagster mark
-    the run SUCCESS. Here, after the step's success, a run in CANCELING is reported CANCELED
-    and the run's execution is ended by the interrupt Dagster itself uses for cancellation;
-    for a run already CANCELED Dagster records only that its resources were cleaned up, so the
-    run shows no failure and no traceback."""
-    run = context.instance.get_run_by_id(context.run_id)
-    if run is None or run.status != dg.DagsterRunStatus.CANCELING:
-        return
-    context.instance.report_run_canceled(run, message=_canceled_message(run))
-    raise dg.DagsterExecutionInterruptedError(_canceled_message(run))
-
-
-def _report_canceling(context: dg.OpExecutionContext, signame: str) -> None:
-    """A run whose worker was signaled (make demo stopped, a pod evicted) is canceled, not
-    successful: it did not finish its work, it was stopped, and it stopped cleanly."""
-    run = context.instance.get_run_by_id(context.run_id)
-    if run is not None and run.status not in (
-        dg.DagsterRunStatus.CANCELING,
-        dg.DagsterRunStatus.CANCELED,
-    ):
-        context.instance.report_run_canceling(
-            run, message=f"{signame} received by the run worker: warp stopped cleanly"
-        )
-
-
 def _redacted_failure(exc: Exception) -> dg.Failure:
     """``exc`` as a ``dg.Failure`` that carries no credentials into the event log: Dagster
     stores an op's exception with its whole cause chain, and a driver's message can hold a URL
@@ -426,13 +394,15 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
             f"{cp.version if cp else '-'}"
         )
         if observer.signal is not None:
-            _report_canceling(context, observer.signal)
+            report_canceling(
+                context, f"{observer.signal} received by the run worker: warp stopped cleanly"
+            )
 
     @dg.job(
         name=name,
         tags=warp_run_tags(schema),
         executor_def=dg.in_process_executor,
-        hooks={_end_canceled},
+        hooks={end_canceled},
         description=f"Long-lived CDC run for schema `{schema.name}` (one per schema).",
     )
     def warp_job() -> None:

@@ -57,9 +57,15 @@ async def create_pool(
 
 
 @contextlib.asynccontextmanager
-async def pg_connection(url: str, *, timeout: float = 10.0) -> AsyncIterator[asyncpg.Connection]:
-    """``async with pg_connection(url) as conn:`` — always closed."""
-    conn = await connect(url, timeout=timeout)
+async def pg_connection(
+    url: str, *, timeout: float = 10.0, application_name: str | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    """``async with pg_connection(url) as conn:`` — always closed. ``application_name``
+    names the session in ``pg_stat_activity`` (unless the URL names it)."""
+    kwargs: dict[str, Any] = {}
+    if application_name is not None and "application_name=" not in url:
+        kwargs["server_settings"] = {"application_name": application_name}
+    conn = await connect(url, timeout=timeout, **kwargs)
     try:
         yield conn
     finally:

@@ -170,3 +170,71 @@ def test_runs_stopped_inside_dbt_end_canceled(tmp_path: Path, pg_url: str) -> No
             records = list(instance.all_logs(runs[how]))
             assert_clean(records, why)
             assert materialized(records) == {"stop_fast"}, (how, materialized(records))
+
+
+def test_runs_stopped_inside_analytics_end_canceled(tmp_path: Path, pg_url: str) -> None:
+    """The analytics step stopped while it waits on PostgreSQL (its raw table locked by this
+    test): SIGTERM to the worker and a GraphQL termination end the run CANCELED, with no
+    failure event, and its query is canceled (the lock is still held when the run ends)."""
+    import psycopg2
+
+    from tests.support.raw_fixture import land_from_mongo
+
+    config = seeded_demo_config(
+        tmp_path,
+        pg_url,
+        sizes=DemoSizes.scaled(0.002),
+        schema={"include": ["customers"]},
+        defaults={"warp": {"metrics_port": 0}},
+    )
+    source = f"mongoeco://{tmp_path / 'shop.sqlite'}"
+    asyncio.run(land_from_mongo(pg_url, source, "shop", "raw_shop", ["customers"]))
+    locker = psycopg2.connect(pg_url)
+    cur = locker.cursor()
+    cur.execute('LOCK TABLE raw_shop."customers" IN ACCESS EXCLUSIVE MODE')
+
+    def waiting() -> int:
+        with psycopg2.connect(pg_url) as probe, probe.cursor() as c:
+            c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND application_name = 'cartridge-analytics'"
+            )
+            row = c.fetchone()
+        return int(row[0]) if row else 0
+
+    home = tmp_path / "home"
+    runs: dict[str, str] = {}
+    try:
+        with dagster_dev(config, home, timeout=300) as dev:
+            for how in ("SIGTERM", "terminate"):
+                run_id = dev.launch(assets=[["analytics", "shop", "customers"]])
+                runs[how] = run_id
+                deadline = time.monotonic() + 240
+                while waiting() == 0:
+                    assert dev.run_status(run_id) in ("QUEUED", "STARTING", "STARTED"), dev.log
+                    assert time.monotonic() < deadline, f"analytics never waited; {dev.log}"
+                    time.sleep(1)
+                if how == "terminate":
+                    dev.graphql(TERMINATE, {"ids": [run_id]})
+                else:
+                    os.kill(worker_pid(dev, run_id), signal.SIGTERM)
+                assert dev.wait_run(run_id, timeout=120) == "CANCELED", (how, dev.log)
+                for event in events(dev, run_id):
+                    assert event["__typename"] not in FAILURES, (how, event)
+                    assert event.get("error") is None, (how, event)
+                deadline = time.monotonic() + 30
+                while waiting():  # the worker's query was canceled, not left waiting
+                    assert time.monotonic() < deadline, "the analytics query is still waiting"
+                    time.sleep(0.5)
+            log = dev.log.read_text(errors="replace")
+    finally:
+        locker.rollback()
+        locker.close()
+    for needle in ("DagsterExecutionInterruptedError", "dagster/_core/execution", "STEP_FAILURE"):
+        assert needle not in log, log[-5000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for how, why in (("SIGTERM", "SIGTERM received"), ("terminate", "run termination")):
+            records = list(instance.all_logs(runs[how]))
+            assert not materialized(records), (how, materialized(records))
+            messages = [rec.message or "" for rec in records]
+            assert any(m.startswith(why) and "analytics of shop stopped" in m for m in messages)
