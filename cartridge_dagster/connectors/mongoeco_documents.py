@@ -92,16 +92,32 @@ class DocumentReader:
         with self._lock:
             if not self._check():
                 return None
-            rows = self._conn.execute(
-                "SELECT document -> '$._id' FROM documents WHERE db_name = ? AND coll_name = ?",
-                (database, collection),
-            ).fetchall()
+            try:
+                rows = self._conn.execute(
+                    "SELECT document -> '$._id' FROM documents WHERE db_name = ? AND coll_name = ?",
+                    (database, collection),
+                ).fetchall()
+            except sqlite3.OperationalError:
+                return None  # a document SQLite's JSON cannot parse (NaN, Infinity): find it is
         out: list[Any] = []
         for (text,) in rows:
             if text is None:
                 return None  # a document without an _id: not this layout
             out.append(_decode('{"_id":' + str(text) + "}")["_id"])
         return out
+
+    def sample(self, database: str, collection: str, size: int) -> list[dict[str, Any]] | None:
+        """Up to ``size`` documents picked at random, decoded as the engine does (None when the
+        file has another layout): the engine's ``$sample`` decodes the whole collection first."""
+        with self._lock:
+            if not self._check():
+                return None
+            rows = self._conn.execute(
+                "SELECT document FROM documents WHERE db_name = ? AND coll_name = ? "
+                "ORDER BY random() LIMIT ?",
+                (database, collection, int(size)),
+            ).fetchall()
+        return [_decode(str(r[0])) for r in rows]
 
     def read(self, database: str, collection: str, keys: Iterable[str]) -> list[dict[str, Any]]:
         """The documents stored under ``keys`` (those found), decoded as the engine does."""

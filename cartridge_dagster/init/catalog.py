@@ -5,6 +5,7 @@ Plain core code (no dagster): used by the ``cartridge/<S>/catalog`` asset and th
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import bson
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import MongoConnection, aggregate, bson_options
+from cartridge_dagster.connectors.mongoeco_documents import DocumentReader
 
 __all__ = ["CollectionInfo", "SourceCatalog", "read_catalog", "read_pg_catalog"]
 
@@ -71,9 +73,19 @@ class SourceCatalog:
         return "\n".join(lines)
 
 
-async def _avg_size(coll: Any) -> int:
+async def _avg_size(coll: Any, reader: DocumentReader | None = None) -> int:
+    """The average BSON size of up to :data:`SIZE_SAMPLE` documents picked at random (on the
+    embedded engine, ``reader``, picked in its file: its ``$sample`` decodes every document)."""
     total = 0
     n = 0
+    picked = None
+    if reader is not None:
+        picked = await asyncio.to_thread(reader.sample, coll.database.name, coll.name, SIZE_SAMPLE)
+    if picked is not None:
+        for doc in picked:
+            total += len(bson.encode(doc, codec_options=bson_options()))
+            n += 1
+        return total // n if n else 0
     cursor = await aggregate(coll, [{"$sample": {"size": SIZE_SAMPLE}}])
     async for doc in cursor:
         total += len(bson.encode(doc, codec_options=bson_options()))
@@ -89,7 +101,7 @@ async def read_catalog(conn: MongoConnection, schema: SchemaConfig) -> SourceCat
         in_scope = schema.selects(name)
         coll = db[name]
         count = int(await coll.count_documents({})) if in_scope else 0
-        avg = await _avg_size(coll) if in_scope and count else 0
+        avg = await _avg_size(coll, conn.document_reader()) if in_scope and count else 0
         infos[name] = CollectionInfo(name, count, avg, avg * count, in_scope)
     return SourceCatalog(schema.name, schema.source_database, infos)
 

@@ -241,7 +241,8 @@ def automation_sensor(settings: CartridgeSettings) -> dg.AutomationConditionSens
         AUTOMATION_SENSOR,
         target=target,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        # landed rows start their staging models within ~15 s (30 s: up to half a minute)
+        minimum_interval_seconds=15,
         run_tags={"cartridge/trigger": "automation"},
         description=(
             "Declarative automation of Cartridge's assets: new schema versions regenerate the "

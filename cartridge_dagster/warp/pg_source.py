@@ -828,17 +828,10 @@ class PgSource:
             copy_sql, python_sql, oversized_sql = self._range_sqls(
                 info, lo, hi if count == size else None, version, now
             )
-            parts: list[bytes] = []
-
-            async def out(chunk: bytes) -> None:
-                parts.append(bytes(chunk))
-
-            status = await conn.copy_from_query(copy_sql, output=out, format="binary")
-            copied = int(str(status).rsplit(" ", 1)[-1])
-            rest = list(await conn.fetch(python_sql)) if python_sql is not None else []
-            if copied + len(rest) < count:
-                rest += await conn.fetch(oversized_sql)
-            return hi, count, b"".join(parts), copied, rest, now
+            data, copied, rest = await _copy_binary(
+                conn, copy_sql, python_sql, oversized_sql, count
+            )
+            return hi, count, data, copied, rest, now
 
         return await self._in_snapshot(read)
 
@@ -939,17 +932,10 @@ class PgSource:
             conn: asyncpg.Connection,
         ) -> tuple[int, bytes, int, list[asyncpg.Record], dt.datetime]:
             count = int(await conn.fetchval(count_sql))
-            parts: list[bytes] = []
-
-            async def out(chunk: bytes) -> None:
-                parts.append(bytes(chunk))
-
-            status = await conn.copy_from_query(copy_sql, output=out, format="binary")
-            copied = int(str(status).rsplit(" ", 1)[-1])
-            rest = list(await conn.fetch(python_sql)) if python_sql is not None else []
-            if copied + len(rest) < count:
-                rest += await conn.fetch(oversized_sql)
-            return count, b"".join(parts), copied, rest, now
+            data, copied, rest = await _copy_binary(
+                conn, copy_sql, python_sql, oversized_sql, count
+            )
+            return count, data, copied, rest, now
 
         return await self._in_snapshot(read)
 
@@ -1686,3 +1672,26 @@ async def drop_slot(url: str, schema: SchemaConfig) -> list[str]:
     finally:
         await conn.close()
     return lines
+
+
+async def _copy_binary(
+    conn: asyncpg.Connection,
+    copy_sql: str,
+    python_sql: str | None,
+    oversized_sql: str,
+    count: int,
+) -> tuple[bytes, int, list[asyncpg.Record]]:
+    """One snapshot read of ``count`` rows: the binary COPY (``copy_sql``), then the rows it
+    leaves to Python (``python_sql``) and, when rows are still missing, the oversized ones.
+    Returns the COPY's bytes, how many rows it carried, and the other rows."""
+    parts: list[bytes] = []
+
+    async def out(chunk: bytes) -> None:
+        parts.append(bytes(chunk))
+
+    status = await conn.copy_from_query(copy_sql, output=out, format="binary")
+    copied = int(str(status).rsplit(" ", 1)[-1])
+    rest = list(await conn.fetch(python_sql)) if python_sql is not None else []
+    if copied + len(rest) < count:
+        rest += await conn.fetch(oversized_sql)
+    return b"".join(parts), copied, rest

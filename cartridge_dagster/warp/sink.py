@@ -33,7 +33,7 @@ import datetime as dt
 import struct
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
@@ -610,20 +610,7 @@ class Sink:
         self, conn: asyncpg.Connection, changes: list[Change]
     ) -> list[tuple[Change, BaseException]]:
         """Apply ``changes``; bisect to find the rows PostgreSQL rejects. Returns the poison."""
-        if not changes:
-            return []
-        try:
-            async with conn.transaction():  # a savepoint inside the batch transaction
-                await self._stage_and_merge(conn, changes)
-            return []
-        except asyncpg.PostgresError as exc:
-            if not _is_data_error(exc):
-                raise
-            if len(changes) == 1:
-                return [(changes[0], exc)]
-            mid = len(changes) // 2
-            first = await self._apply_isolating(conn, changes[:mid])
-            return first + await self._apply_isolating(conn, changes[mid:])
+        return await _isolating(conn, changes, lambda part: self._stage_and_merge(conn, part))
 
     async def _direct_copy(self, conn: asyncpg.Connection, changes: Sequence[Change]) -> bool:
         """COPY rows straight into their raw tables (no staging, no merge) under a savepoint.
@@ -662,28 +649,19 @@ class Sink:
     ) -> list[tuple[Change, BaseException]]:
         """COPY ``changes`` (rows that cannot exist yet) under savepoints, bisecting to find
         the rows PostgreSQL rejects. Returns the poison."""
-        if not changes:
-            return []
-        try:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    raw_table_name(changes[0].collection),
-                    schema_name=self.raw_schema,
-                    records=[
-                        (ch.id, ch.document, ch.document is None, ch.version, ch.op, ch.source_ts)
-                        for ch in changes
-                    ],
-                    columns=list(COPY_COLUMNS),
-                )
-            return []
-        except asyncpg.PostgresError as exc:
-            if not _is_data_error(exc):
-                raise
-            if len(changes) == 1:
-                return [(changes[0], exc)]
-            mid = len(changes) // 2
-            first = await self._copy_isolating(conn, changes[:mid])
-            return first + await self._copy_isolating(conn, changes[mid:])
+
+        async def copy(part: list[Change]) -> None:
+            await conn.copy_records_to_table(
+                raw_table_name(part[0].collection),
+                schema_name=self.raw_schema,
+                records=[
+                    (ch.id, ch.document, ch.document is None, ch.version, ch.op, ch.source_ts)
+                    for ch in part
+                ],
+                columns=list(COPY_COLUMNS),
+            )
+
+        return await _isolating(conn, changes, copy)
 
     async def _copy_in(self, conn: asyncpg.Connection, rows: CopyRows) -> bool:
         """COPY a source's rows into their raw table as they are, under a savepoint (only
@@ -1091,3 +1069,26 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         return "connection" in str(exc).lower() or "closed" in str(exc).lower()
     return classify(exc) is TransientError
+
+
+async def _isolating(
+    conn: asyncpg.Connection,
+    changes: list[Change],
+    write: Callable[[list[Change]], Awaitable[Any]],
+) -> list[tuple[Change, BaseException]]:
+    """``write(changes)`` under a savepoint; on a data error, bisect (each half under its own
+    savepoint) down to the rows PostgreSQL rejects. Returns those rows with their errors."""
+    if not changes:
+        return []
+    try:
+        async with conn.transaction():  # a savepoint inside the batch transaction
+            await write(changes)
+        return []
+    except asyncpg.PostgresError as exc:
+        if not _is_data_error(exc):
+            raise
+        if len(changes) == 1:
+            return [(changes[0], exc)]
+        mid = len(changes) // 2
+        first = await _isolating(conn, changes[:mid], write)
+        return first + await _isolating(conn, changes[mid:], write)

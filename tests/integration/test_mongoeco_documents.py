@@ -130,3 +130,32 @@ def test_scan_reads_ids_and_sample_from_the_file_with_the_same_result(tmp_path: 
             assert text == json.dumps(without, sort_keys=True, default=str)
 
     run(go())
+
+
+def test_random_sample_from_the_file_decodes_as_the_engine(tmp_path: Path) -> None:
+    """The catalog's size sample on the embedded engine is picked in its file: every document
+    it returns is the engine's own (``find``), and a sample as large as the collection is it."""
+    import bson
+
+    from cartridge_dagster.connectors.mongo import bson_options
+    from cartridge_dagster.init.catalog import _avg_size
+
+    def key(doc: dict[str, Any]) -> bytes:
+        return bson.encode(doc, codec_options=bson_options())
+
+    async def go() -> None:
+        async with mongo_session(f"mongoeco://{tmp_path / 'src.sqlite'}") as mongo:
+            coll = mongo.database("shop")["orders"]
+            await coll.insert_many(_docs())
+            reader = mongo.document_reader()
+            assert reader is not None
+            everything = sorted([key(d) async for d in coll.find({})])
+            whole = reader.sample("shop", "orders", len(everything) + 10)
+            assert whole is not None and sorted(key(d) for d in whole) == everything
+            few = reader.sample("shop", "orders", 7)
+            assert few is not None and len(few) == 7 and {key(d) for d in few} <= set(everything)
+            exact = sum(len(b) for b in everything) // len(everything)
+            assert abs(await _avg_size(coll, reader) - exact) <= exact  # 200 of 525, same scale
+            assert await _avg_size(mongo.database("shop")["empty"], reader) == 0
+
+    run(go())
