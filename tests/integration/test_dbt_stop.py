@@ -21,7 +21,7 @@ import pytest
 from cartridge_dagster.config import load_settings
 from cartridge_dagster.demo.seed import DemoSizes
 from cartridge_dagster.init.dbtcli import settings_dbt_env
-from tests.integration.test_warp_stop import FAILURES, events, worker_pid
+from tests.integration.test_warp_stop import FAILURES, assert_no_failure, events, worker_pid
 from tests.support.dagster_dev import DagsterDev, dagster_dev
 from tests.support.demo_env import seeded_demo_config
 
@@ -95,18 +95,7 @@ def materialized(records: list[dg.EventLogEntry]) -> set[str]:
 
 
 def assert_clean(records: list[dg.EventLogEntry], why: str) -> None:
-    for rec in records:
-        ev = rec.dagster_event
-        if ev is None:
-            continue
-        assert ev.event_type not in (
-            dg.DagsterEventType.STEP_FAILURE,
-            dg.DagsterEventType.RUN_FAILURE,
-            dg.DagsterEventType.HOOK_ERRORED,
-        ), rec.message
-        data = ev.event_specific_data
-        error = getattr(data, "error", None) or getattr(data, "error_info", None)
-        assert error is None, f"{ev.event_type_value}: {rec.message}\n{error}"
+    assert_no_failure(records)
     messages = [rec.message or "" for rec in records]
     assert any(m.startswith(f"{why}: dbt build stopped") for m in messages), messages
 

@@ -85,8 +85,8 @@ def wait_landed(url: str, table: str, n: int, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-def assert_clean_cancel(records: list[dg.EventLogEntry]) -> None:
-    """No failure event, nothing carrying an error (a traceback), warp said why it stopped."""
+def assert_no_failure(records: list[dg.EventLogEntry]) -> None:
+    """No failure event, nothing carrying an error (a traceback)."""
     for rec in records:
         ev = rec.dagster_event
         if ev is None:
@@ -99,6 +99,11 @@ def assert_clean_cancel(records: list[dg.EventLogEntry]) -> None:
         data = ev.event_specific_data
         error = getattr(data, "error", None) or getattr(data, "error_info", None)
         assert error is None, f"{ev.event_type_value}: {rec.message}\n{error}"
+
+
+def assert_clean_cancel(records: list[dg.EventLogEntry]) -> None:
+    """No failure event, nothing carrying an error (a traceback), warp said why it stopped."""
+    assert_no_failure(records)
     messages = [rec.message or "" for rec in records]
     assert any("SIGTERM received: stopping warp cleanly" in m for m in messages), messages
     assert any(m.startswith("warp shop stopped (requested)") for m in messages), messages
