@@ -34,7 +34,7 @@ from typing import Any
 import dagster as dg
 
 from cartridge_dagster.assets.keys import group_name, raw_key, schema_key
-from cartridge_dagster.assets.stopping import end_canceled, report_canceling
+from cartridge_dagster.assets.stopping import end_canceled, report_canceling, signals_taken
 from cartridge_dagster.config import CartridgeSettings, SchemaConfig
 from cartridge_dagster.deploy.k8s import warp_run_tags as deploy_warp_run_tags
 from cartridge_dagster.errors import CartridgeError, redact_url
@@ -345,6 +345,27 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
 
     @dg.op(name=f"{name}_run", description=f"Run warp for schema `{schema.name}` until stopped.")
     def run_warp(context: dg.OpExecutionContext, config: WarpRunConfig, warp: WarpResource) -> None:
+        # a stop signal while warp starts (before its event loop takes the signals) is kept
+        # and handed to the observer: warp then stops at once, cleanly, instead of the step
+        # being interrupted wherever it is
+        early: list[str] = []
+        started: list[DagsterObserver] = []
+
+        def on_signal(name: str) -> None:
+            early.append(name)
+            for observer in started:
+                observer.interrupted(name)
+
+        with signals_taken(on_signal):
+            observer, runner, server, counts = _start_warp(context, config, warp)
+            started.append(observer)
+            if early:
+                observer.interrupted(early[0])
+            _drive_warp(context, schema, observer, runner, server, counts)
+
+    def _start_warp(
+        context: dg.OpExecutionContext, config: WarpRunConfig, warp: WarpResource
+    ) -> tuple[DagsterObserver, Any, MetricsServer | None, DeadLetterCounts]:
         settings = warp.settings()
         cfg = settings.get_schema(schema.name)
         counts = DeadLetterCounts(settings.destination_url(), schema.name)
@@ -372,6 +393,16 @@ def _warp_job(schema: SchemaConfig) -> dg.JobDefinition:
                 context.log.warning(
                     f"metrics disabled: port {cfg.warp.metrics_port} is busy ({exc.strerror})"
                 )
+        return observer, runner, server, counts
+
+    def _drive_warp(
+        context: dg.OpExecutionContext,
+        schema: SchemaConfig,
+        observer: DagsterObserver,
+        runner: Any,
+        server: MetricsServer | None,
+        counts: DeadLetterCounts,
+    ) -> None:
         try:
             if server is not None:
                 server.health.watch(f"warp/{schema.name}", runner.health.probe)
