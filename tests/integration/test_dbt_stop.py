@@ -100,14 +100,19 @@ def assert_clean(records: list[dg.EventLogEntry], why: str) -> None:
     assert any(m.startswith(f"{why}: dbt build stopped") for m in messages), messages
 
 
-def test_runs_stopped_inside_dbt_end_canceled(tmp_path: Path, pg_url: str) -> None:
-    config = seeded_demo_config(
+def customers_config(tmp_path: Path, pg_url: str) -> Path:
+    """A seeded demo source with one collection in scope (a small, quick code location)."""
+    return seeded_demo_config(
         tmp_path,
         pg_url,
         sizes=DemoSizes.scaled(0.002),
         schema={"include": ["customers"]},
         defaults={"warp": {"metrics_port": 0}},
     )
+
+
+def test_runs_stopped_inside_dbt_end_canceled(tmp_path: Path, pg_url: str) -> None:
+    config = customers_config(tmp_path, pg_url)
     project = (tmp_path / "dbt_project").resolve()
     models = project / "models" / "stop_test"
     models.mkdir(parents=True)
@@ -169,13 +174,7 @@ def test_runs_stopped_inside_analytics_end_canceled(tmp_path: Path, pg_url: str)
 
     from tests.support.raw_fixture import land_from_mongo
 
-    config = seeded_demo_config(
-        tmp_path,
-        pg_url,
-        sizes=DemoSizes.scaled(0.002),
-        schema={"include": ["customers"]},
-        defaults={"warp": {"metrics_port": 0}},
-    )
+    config = customers_config(tmp_path, pg_url)
     source = f"mongoeco://{tmp_path / 'shop.sqlite'}"
     asyncio.run(land_from_mongo(pg_url, source, "shop", "raw_shop", ["customers"]))
     locker = psycopg2.connect(pg_url)
