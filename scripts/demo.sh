@@ -16,9 +16,6 @@ export DAGSTER_WEBSERVER_URL="http://127.0.0.1:$PORT"  # assets reload the code 
 
 echo "==> PostgreSQL"
 $BIN/cartridge services up
-echo "==> demo source ($CARTRIDGE_CONFIG)"
-$BIN/cartridge demo seed --if-empty --scale "${CARTRIDGE_DEMO_SCALE:-1.0}"
-
 mkdir -p "$DAGSTER_HOME"
 # the local instance (not in the working directory: Dagster warns about a dagster.yaml there)
 cp deploy/local/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
@@ -27,22 +24,20 @@ SCHEMAS=(shop billing)
 first=0
 if [ ! -d dbt_project/models/generated ] || [ -z "$(ls -A dbt_project/models/generated 2>/dev/null)" ]; then
   first=1
-  # Through Dagster, before the UI starts: the catalog, schema and dbt_models assets of every
-  # schema (scan the sources, record the schema versions, generate and parse the dbt models), in
-  # this one process, so the UI's first load has the whole graph and those assets are
-  # materialized once (not scanned here and again by a refresh run).
-  selection=""
-  for s in "${SCHEMAS[@]}"; do
-    selection+="${selection:+,}cartridge/$s/catalog,cartridge/$s/schema,cartridge/$s/dbt_models"
-  done
-  log=.cartridge/demo-first-refresh.log
-  echo "==> first run: scan the sources, generate the dbt models (${SCHEMAS[*]}; log: $log)"
-  if ! $BIN/dagster asset materialize -m cartridge_dagster.definitions --select "$selection" > "$log" 2>&1; then
+  # Before the UI starts, through Dagster, in one process (cartridge_dagster/demo/first_run.py):
+  # every source seeded (one process each, at once), then each schema scanned and its dbt
+  # models generated as its seed ends, warp's snapshot, the staging models, the summaries and
+  # every check. The UI's first load has the whole graph, materialized.
+  log=.cartridge/demo-first-run.log
+  echo "==> first start: seed the demo sources, build the whole graph through Dagster (log: $log)"
+  if ! $BIN/python -m cartridge_dagster.demo.first_run --scale "${CARTRIDGE_DEMO_SCALE:-1.0}" 2> "$log"; then
     tail -n 40 "$log" >&2
-    echo "error: the first scan and generation failed (whole log: $log)" >&2
+    echo "error: the demo's first build failed (whole log: $log)" >&2
     exit 1
   fi
-  grep -E "init.scan.collection|collections,|written," "$log" | sed -E 's/^.* - (INFO|DEBUG) - [^-]+ - [^-]+ - [^ ]+ - //' || true
+else
+  echo "==> demo source ($CARTRIDGE_CONFIG)"
+  $BIN/cartridge demo seed --if-empty --scale "${CARTRIDGE_DEMO_SCALE:-1.0}"
 fi
 
 pids=()
