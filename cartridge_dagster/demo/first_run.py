@@ -194,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     schemas = [s.name for s in _settings().schemas]
     _progress_only()
+    # no webserver yet: the generation steps have no code location to reload
+    os.environ["CARTRIDGE_CODE_LOCATION_RELOAD"] = "off"
     run(schemas, args.scale, args.log_dir)
 
 

@@ -136,6 +136,21 @@ def test_an_unreachable_webserver_is_said_so(monkeypatch: pytest.MonkeyPatch) ->
     assert outcome.startswith("skipped: webserver not reachable"), outcome
 
 
+def test_a_reload_turned_off_is_not_attempted(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as server:  # a webserver that would hang: never asked
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("DAGSTER_WEBSERVER_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv("CARTRIDGE_CODE_LOCATION_RELOAD", "off")
+        started = time.monotonic()
+        outcome = reload.reload_code_location("cartridge")
+        assert outcome.startswith("not needed: CARTRIDGE_CODE_LOCATION_RELOAD=off"), outcome
+        assert time.monotonic() - started < 1.0
+        server.settimeout(0.1)
+        with pytest.raises(TimeoutError):
+            server.accept()  # no connection was made
+
+
 def test_generated_models_appear_after_reload(
     webserver: tuple[InitEnv, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,9 @@ A reload takes as long as loading the location (importing it, building the dbt a
 a short timeout and then the location's entry is polled (``loadStatus``, ``updatedTimestamp``,
 the load error) until it is loaded again, or ``$CARTRIDGE_RELOAD_TIMEOUT_SECONDS`` (default 300)
 pass. The result says which: reloaded, failed (with the location's error), still loading, or the
-webserver not reachable at all.
+webserver not reachable at all. ``CARTRIDGE_CODE_LOCATION_RELOAD=off`` turns it off (the demo's
+first start, which builds the graph in process before any webserver runs): the result is then
+``not needed: …``.
 """
 
 import os
@@ -86,6 +88,11 @@ def reload_code_location(
     import requests
 
     name = location or run_location or DEFAULT_LOCATION
+    if os.environ.get("CARTRIDGE_CODE_LOCATION_RELOAD", "").lower() in ("off", "0", "false"):
+        off = "not needed: CARTRIDGE_CODE_LOCATION_RELOAD=off (no webserver to tell)"
+        if log is not None:
+            log.info(f"code location {name!r} reload: {off}")
+        return off
     host, port, https = webserver_address()
     url = f"{'https' if https else 'http'}://{host}:{port}/graphql"
     timeout = _timeout()
