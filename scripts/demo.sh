@@ -22,7 +22,8 @@ cp deploy/local/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 SCHEMAS=(shop billing)
 first=0
-if [ ! -d dbt_project/models/generated ] || [ -z "$(ls -A dbt_project/models/generated 2>/dev/null)" ]; then
+done_marker=.cartridge/demo-first-run.done  # written by first_run once the whole graph is built
+if [ ! -f "$done_marker" ]; then
   first=1
   # Before the UI starts, through Dagster, in one process (cartridge_dagster/demo/first_run.py):
   # every source seeded (one process each, at once), then each schema scanned and its dbt
@@ -30,11 +31,14 @@ if [ ! -d dbt_project/models/generated ] || [ -z "$(ls -A dbt_project/models/gen
   # every check. The UI's first load has the whole graph, materialized.
   log=.cartridge/demo-first-run.log
   echo "==> first start: seed the demo sources, build the whole graph through Dagster (log: $log)"
+  # Ctrl-C here stops the first build (it starts again at the next make demo)
+  trap 'echo "stopped during the first start; the next make demo builds the graph again" >&2; exit 0' INT TERM
   if ! $BIN/python -m cartridge_dagster.demo.first_run --scale "${CARTRIDGE_DEMO_SCALE:-1.0}" 2> "$log"; then
     tail -n 40 "$log" >&2
     echo "error: the demo's first build failed (whole log: $log)" >&2
     exit 1
   fi
+  trap - INT TERM
 else
   echo "==> demo source ($CARTRIDGE_CONFIG)"
   $BIN/cartridge demo seed --if-empty --scale "${CARTRIDGE_DEMO_SCALE:-1.0}"

@@ -47,18 +47,23 @@ def _progress_only() -> None:
 
 
 class _Seeds:
-    """One ``cartridge demo seed`` process per schema, started together."""
+    """One ``cartridge demo seed`` process per schema, started together. A schema whose seed has
+    not completed before (no ``demo-seeded-<schema>`` marker: a first start, or one stopped
+    mid-seed) is emptied and seeded again (``--reset``: the seed is deterministic), so a seed
+    cut short is never taken for the whole dataset."""
 
     def __init__(self, schemas: Sequence[str], scale: float, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).with_name("cartridge")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cartridge_dagster"]
         self.logs = {s: log_dir / f"demo-seed-{s}.log" for s in schemas}
+        self.markers = {s: log_dir / f"demo-seeded-{s}" for s in schemas}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for schema in schemas:
+            mode = "--if-empty" if self.markers[schema].exists() else "--reset"
             with self.logs[schema].open("wb") as out:
                 self.procs[schema] = subprocess.Popen(
-                    [*cmd, "demo", "seed", "--if-empty", "--schema", schema, "--scale", str(scale)],
+                    [*cmd, "demo", "seed", mode, "--schema", schema, "--scale", str(scale)],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
@@ -74,9 +79,10 @@ class _Seeds:
                 if code != 0:
                     sys.stderr.write(text[-2000:])
                     raise SystemExit(f"error: seeding {schema!r} failed (log: {self.logs[schema]})")
+                self.markers[schema].write_text("seeded\n")
                 for line in text.splitlines():
-                    if "seeded" in line and "━" not in line:  # the summary, not the progress bar
-                        print(f"    {line.strip()}", file=_out, flush=True)
+                    if ("seeded" in line or "emptied" in line) and "━" not in line:
+                        print(f"    {line.strip()}", file=_out, flush=True)  # not the progress bar
                 return schema
             time.sleep(0.1)
 
@@ -107,6 +113,8 @@ def run(schemas: Sequence[str], scale: float, log_dir: Path) -> None:
         _build(seeds, schemas)
     finally:
         seeds.stop()
+    # what `make demo` looks for: the next start is a later start (refresh what changed)
+    (log_dir / "demo-first-run.done").write_text("the demo's first build completed\n")
 
 
 def _build(seeds: _Seeds, schemas: Sequence[str]) -> None:
@@ -196,7 +204,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     _progress_only()
     # no webserver yet: the generation steps have no code location to reload
     os.environ["CARTRIDGE_CODE_LOCATION_RELOAD"] = "off"
-    run(schemas, args.scale, args.log_dir)
+    try:
+        run(schemas, args.scale, args.log_dir)
+    except KeyboardInterrupt:
+        raise SystemExit(
+            "stopped (interrupted): the next make demo builds the graph again"
+        ) from None
 
 
 if __name__ == "__main__":

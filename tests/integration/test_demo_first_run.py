@@ -79,7 +79,9 @@ def test_first_run_materializes_every_asset_and_executes_every_check(
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
     # stdout holds the progress lines only (dbt's and Dagster's output go to stderr, the log)
     lines = proc.stdout.splitlines()
-    assert lines and all(ln.startswith(("==> ", "    seeded ")) for ln in lines), lines
+    assert lines and all(ln.startswith(("==> ", "    seeded ", "    emptied ")) for ln in lines), (
+        lines
+    )
     for schema in ("shop", "billing"):
         for step in ("scan and generate", "warp snapshot", "staging models, summaries"):
             assert any(ln.startswith(f"==> {schema}: {step}") for ln in lines), (schema, step)
