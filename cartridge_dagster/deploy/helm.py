@@ -16,6 +16,11 @@ What each part is for:
   (the instance's ``concurrency:``) allows one run per value of ``cartridge/warp_schema`` and one
   run at a time in each of Cartridge's pools (dbt, analytics, init: ``pools.default_limit: 1``
   with ``granularity: run``), so automation, jobs and manual launches never overlap;
+- ``defsStateStorage`` keeps the Cartridge component's state versions (the collections each
+  scan run records) in Dagster's run storage, so the code server pod reads what a run pod
+  recorded (:mod:`cartridge_dagster.deploy.defs_state`; the default is each pod's own disk);
+  every pod that loads the instance imports that class, so the webserver and daemon run the
+  Cartridge image too (it has ``dagster-webserver``);
 - run monitoring resumes a run whose pod died (the K8s launcher supports resume), and run retries
   re-launch a failed run.
 
@@ -39,6 +44,7 @@ from cartridge_dagster.deploy.k8s import (
 
 __all__ = [
     "DAGSTER_PG_SCHEME",
+    "DEFS_STATE_STORAGE",
     "POOL_DEFAULT_LIMIT",
     "POOL_GRANULARITY",
     "chart_version",
@@ -53,6 +59,12 @@ DAGSTER_PG_SCHEME = "postgresql+psycopg2"
 #: ``cartridge_init``) admits one run at a time; a queued run waits until its pools are free.
 POOL_DEFAULT_LIMIT = 1
 POOL_GRANULARITY = "run"
+#: The instance's ``defs_state_storage``: state blobs in the run storage's key-value table,
+#: which every pod of a deployment reaches (no bucket needed).
+DEFS_STATE_STORAGE = {
+    "module": "cartridge_dagster.deploy.defs_state",
+    "class": "RunStorageDefsStateStorage",
+}
 
 
 def chart_version() -> str:
@@ -78,15 +90,19 @@ def tag_concurrency_limits() -> list[dict[str, Any]]:
     ]
 
 
+def _image(options: DeployOptions) -> dict[str, str]:
+    return {
+        "repository": options.image_repository,
+        "tag": options.image_tag,
+        "pullPolicy": options.image_pull_policy,
+    }
+
+
 def _user_deployment(settings: CartridgeSettings, options: DeployOptions) -> dict[str, Any]:
     volumes, mounts = state_volumes(options, dbt_project_path(settings.dbt.project_dir))
     return {
         "name": options.location_name,
-        "image": {
-            "repository": options.image_repository,
-            "tag": options.image_tag,
-            "pullPolicy": options.image_pull_policy,
-        },
+        "image": _image(options),
         # `dagster code-server start` (not `api grpc`): a reload from the UI re-imports the
         # definitions, so newly generated dbt models appear without a restart.
         "codeServerArgs": ["--module-name", "cartridge_dagster.definitions"],
@@ -138,6 +154,9 @@ def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str
         "global": {"postgresqlSecretName": options.dagster_pg_secret_name},
         "dagsterWebserver": {
             "replicaCount": 1,
+            # The Cartridge image (it has dagster-webserver): every pod loading the instance
+            # imports its defs_state_storage class, which Dagster's own image lacks.
+            "image": _image(options),
             "resources": _resources("250m", "512Mi", "1", "1Gi"),
             # The chart's check-db-ready init container waits for the metadata database.
             "initContainerResources": _resources("50m", "64Mi", "100m", "128Mi"),
@@ -188,6 +207,7 @@ def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str
         "generatePostgresqlPasswordSecret": False,
         "dagsterDaemon": {
             "enabled": True,
+            "image": _image(options),  # the instance's defs_state_storage class is in it
             "resources": _resources("250m", "512Mi", "1", "1Gi"),
             # The chart's check-db-ready init container waits for the metadata database.
             "initContainerResources": _resources("50m", "64Mi", "100m", "128Mi"),
@@ -220,6 +240,11 @@ def helm_values(settings: CartridgeSettings, options: DeployOptions) -> dict[str
                 "tagConcurrencyLimits": tag_concurrency_limits(),
             },
             "pools": {"defaultLimit": POOL_DEFAULT_LIMIT, "granularity": POOL_GRANULARITY},
+        },
+        # The component's state versions: recorded by scan runs, read by the code server.
+        "defsStateStorage": {
+            "type": "CustomDefsStateStorage",
+            "config": {"customDefsStateStorage": dict(DEFS_STATE_STORAGE)},
         },
         "telemetry": {"enabled": False},
     }

@@ -3,8 +3,10 @@
 With the chart, the same settings come from the values (:mod:`cartridge_dagster.deploy.helm`)
 and the chart writes the instance ConfigMap itself. Both use the same concurrency limits (the
 ``concurrency:`` block: the run queue and the pools), run monitoring and retries, declarative
-automation, and the ``postgresql+psycopg2`` scheme. Classes are named by public modules only
-(``dagster.QueuedRunCoordinator``, ``dagster_k8s.launcher``, ``dagster_postgres.*``).
+automation, the ``postgresql+psycopg2`` scheme, and the defs state storage (the Cartridge
+component's recorded collections, kept in the run storage so the code server reads what a scan
+run recorded: :mod:`cartridge_dagster.deploy.defs_state`). Classes are named by public modules
+only (``dagster.QueuedRunCoordinator``, ``dagster_k8s.launcher``, ``dagster_postgres.*``).
 
 This module never imports dagster.
 """
@@ -16,6 +18,7 @@ from typing import Any
 from cartridge_dagster.config import CartridgeSettings
 from cartridge_dagster.deploy.helm import (
     DAGSTER_PG_SCHEME,
+    DEFS_STATE_STORAGE,
     POOL_DEFAULT_LIMIT,
     POOL_GRANULARITY,
     tag_concurrency_limits,
@@ -93,6 +96,8 @@ def instance_config(settings: CartridgeSettings, options: DeployOptions) -> dict
             },
         },
         "run_coordinator": {"module": "dagster", "class": "QueuedRunCoordinator"},
+        # the component's state versions, readable by every pod (not $DAGSTER_HOME's disk)
+        "defs_state_storage": dict(DEFS_STATE_STORAGE),
         "concurrency": {
             "runs": {
                 "max_concurrent_runs": len(settings.schemas) + options.extra_concurrent_runs,

@@ -10,48 +10,20 @@ file), because no cluster is reachable here.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy
-import yaml
 
 from cartridge_dagster.deploy.k8s import WARP_SCHEMA_TAG
-from tests.support.services import REPO
+from tests.support.production_instance import production_config, set_dagster_pg_env, write_home
 
 pytestmark = pytest.mark.integration
-
-SHIPPED = REPO / "deploy" / "dagster-instance.yaml"
 
 
 @pytest.fixture
 def dagster_home(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    parts = urlsplit(pg_url)
-    monkeypatch.setenv("DAGSTER_PG_USERNAME", parts.username or "postgres")
-    monkeypatch.setenv("DAGSTER_PG_PASSWORD", parts.password or "")
-    monkeypatch.setenv("DAGSTER_PG_HOST", parts.hostname or "127.0.0.1")
-    monkeypatch.setenv("DAGSTER_PG_PORT", str(parts.port or 5432))
-    monkeypatch.setenv("DAGSTER_PG_DB", parts.path.lstrip("/"))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-                "users": [{"name": "u", "user": {"token": "not-a-token"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    config = yaml.safe_load(SHIPPED.read_text())
-    launcher = config["run_launcher"]["config"]
-    assert launcher.pop("load_incluster_config") is True
-    launcher.update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    set_dagster_pg_env(monkeypatch, pg_url)
+    home = write_home(tmp_path / "dagster_home", production_config(tmp_path / "kubeconfig"))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
 

@@ -140,7 +140,11 @@ CHART_KEYS = {
     "": {
         "global", "dagsterWebserver", "dagster-user-deployments", "runLauncher", "postgresql",
         "generatePostgresqlPasswordSecret", "dagsterDaemon", "telemetry", "concurrency",
+        "defsStateStorage",
     },
+    "defsStateStorage": {"type", "config"},
+    "defsStateStorage.config": {"blobStorageStateStorage", "customDefsStateStorage"},
+    "customDefsStateStorage": {"module", "class", "config"},
     "concurrency": {"enabled", "pools", "runs"},
     "concurrency.pools": {"defaultLimit", "granularity", "opGranularityRunBuffer"},
     "concurrency.runs": {"maxConcurrentRuns", "tagConcurrencyLimits"},
@@ -211,12 +215,16 @@ def test_helm_values_use_only_keys_of_dagsters_chart(rendered: tuple[str, Path])
         "concurrency": values["concurrency"],
         "concurrency.pools": values["concurrency"]["pools"],
         "concurrency.runs": values["concurrency"]["runs"],
+        "defsStateStorage": values["defsStateStorage"],
+        "defsStateStorage.config": values["defsStateStorage"]["config"],
+        "customDefsStateStorage": values["defsStateStorage"]["config"]["customDefsStateStorage"],
     }
     for name, section in sections.items():
         unknown = set(section) - CHART_KEYS[name]
         assert not unknown, f"{name or 'top level'}: keys the chart does not know: {unknown}"
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert values["defsStateStorage"]["type"] == "CustomDefsStateStorage"
 
 
 # --------------------------------------------------------------------------- invariants
