@@ -504,41 +504,32 @@ _STATS_SQL = """
       SELECT path, count(DISTINCT rid) AS rows_present
       FROM in_arrays WHERE jtype <> 'null' GROUP BY path
     ), stats AS (
-      -- every (path, type) from its distinct values first; the spread and the array rows
-      -- joined to the one row per (path, type), not to every distinct value
       SELECT v.path, v.jtype,
-        coalesce(ar.rows_with_type, v.value_count)::bigint AS rows_with_type,
-        v.value_count, v.min_num, v.max_num, v.mean_num,
-        sp.stddev_num, sp.pct,
-        v.time_values, v.min_time, v.max_time, sp.tq, v.mean_time,
-        v.min_length, v.max_length, v.avg_length, v.true_count,
-        v.d, v.f1, v.nv, v.repeated,
+        coalesce(max(ar.rows_with_type), sum(v.n))::bigint AS rows_with_type,
+        sum(v.n)::bigint AS value_count,
+        min(v.num) AS min_num, max(v.num) AS max_num,
+        (sum(v.num * v.n) / sum(v.n) FILTER (WHERE v.num IS NOT NULL))::float8 AS mean_num,
+        max(sp.stddev_num) AS stddev_num, max(sp.pct) AS pct,
+        coalesce(sum(v.n) FILTER (WHERE v.ts IS NOT NULL), 0)::bigint AS time_values,
+        min(v.ts) AS min_time, max(v.ts) AS max_time, max(sp.tq) AS tq,
+        to_timestamp(sum(extract(epoch FROM v.ts) * v.n)
+                     / sum(v.n) FILTER (WHERE v.ts IS NOT NULL)) AS mean_time,
+        min(v.len) AS min_length, max(v.len) AS max_length,
+        (sum(v.len::bigint * v.n)::numeric
+         / sum(v.n) FILTER (WHERE v.len IS NOT NULL))::float8 AS avg_length,
+        coalesce(sum(v.n) FILTER (WHERE v.jtype = 'boolean' AND v.txt = 'true'), 0)::bigint
+          AS true_count,
+        -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
+        -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE makes it
+        NULLIF(count(*) FILTER (WHERE v.txt IS NOT NULL), 0) AS d,
+        count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n = 1) AS f1,
+        sum(v.n) FILTER (WHERE v.txt IS NOT NULL) AS nv,
+        count(*) FILTER (WHERE v.txt IS NOT NULL AND v.n > 1) AS repeated,
         {sensitive_v} AS sensitive
-      FROM (
-        SELECT path, jtype,
-          sum(n)::bigint AS value_count,
-          min(num) AS min_num, max(num) AS max_num,
-          (sum(num * n) / sum(n) FILTER (WHERE num IS NOT NULL))::float8 AS mean_num,
-          coalesce(sum(n) FILTER (WHERE ts IS NOT NULL), 0)::bigint AS time_values,
-          min(ts) AS min_time, max(ts) AS max_time,
-          to_timestamp(sum(extract(epoch FROM ts) * n)
-                       / sum(n) FILTER (WHERE ts IS NOT NULL)) AS mean_time,
-          min(len) AS min_length, max(len) AS max_length,
-          (sum(len::bigint * n)::numeric
-           / sum(n) FILTER (WHERE len IS NOT NULL))::float8 AS avg_length,
-          coalesce(sum(n) FILTER (WHERE jtype = 'boolean' AND txt = 'true'), 0)::bigint
-            AS true_count,
-          -- d distinct of n sampled values, f1 of them seen once: the Haas-Stokes (Duj1)
-          -- estimate n*d / (n - f1 + f1*n/N) of the distinct values among N, as ANALYZE
-          -- makes it
-          NULLIF(count(*) FILTER (WHERE txt IS NOT NULL), 0) AS d,
-          count(*) FILTER (WHERE txt IS NOT NULL AND n = 1) AS f1,
-          sum(n) FILTER (WHERE txt IS NOT NULL) AS nv,
-          count(*) FILTER (WHERE txt IS NOT NULL AND n > 1) AS repeated
-        FROM vals GROUP BY path, jtype
-      ) v
+      FROM vals v
       LEFT JOIN spread sp ON sp.path = v.path AND sp.jtype = v.jtype
       LEFT JOIN array_rows ar ON ar.path = v.path AND ar.jtype = v.jtype
+      GROUP BY v.path, v.jtype
     ), present AS (
       -- outside arrays a row holds one value per path: its rows are its values
       SELECT s.path,
@@ -560,13 +551,10 @@ _STATS_SQL = """
       WHERE v.txt IS NOT NULL AND v.n > 1
     ), singles AS (
       -- the values seen once, where fewer than $11 repeat: they follow, in text order
-      -- (a semi-join: the few kept paths hashed, not every single sorted to merge with them)
-      SELECT g.path, g.jtype, k.repeated, g.txts
-      FROM (SELECT v.path, v.jtype, array_agg(v.txt) AS txts FROM vals v
-            WHERE v.txt IS NOT NULL AND v.n = 1
-              AND (v.path, v.jtype) IN (SELECT path, jtype FROM kept WHERE repeated < $11)
-            GROUP BY v.path, v.jtype) g
-      JOIN kept k USING (path, jtype)
+      SELECT v.path, v.jtype, max(k.repeated) AS repeated, array_agg(v.txt) AS txts
+      FROM vals v JOIN kept k USING (path, jtype)
+      WHERE v.txt IS NOT NULL AND v.n = 1 AND k.repeated < $11
+      GROUP BY v.path, v.jtype
     ), top_rows AS (
       SELECT path, jtype, txt, n FROM counted_values WHERE rn <= $11
       UNION ALL
