@@ -35,6 +35,7 @@ from cartridge_dagster.documents import (
     canonical_id,
     decode_raw,
     document_json,
+    raw_copy_rows,
     raw_document_json,
 )
 
@@ -184,6 +185,18 @@ class Transformer:
             found = [p.split(".") for p in self.schema.table(collection).exclude_fields]
             self._excludes[collection] = found
         return found
+
+    def copy_rows(
+        self, collection: str, docs: Sequence[bytes], tail: bytes
+    ) -> tuple[bytes, int, list[int]] | None:
+        """Snapshot documents (BSON bytes) straight into binary COPY rows, in C (see
+        :func:`~cartridge_dagster.documents.raw_copy_rows`; ``tail``: the rows' other fields):
+        the rows, their number, and the indexes of the documents :meth:`document` must take
+        (the ones the C conversion leaves to Python, oversized ones). ``None`` when the C path
+        does not apply (no extension, ``exclude_fields``)."""
+        if self._excluded(collection):
+            return None
+        return raw_copy_rows(docs, tail, self.max_bytes)
 
     def document(
         self,

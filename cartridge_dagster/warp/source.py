@@ -23,7 +23,7 @@ import base64
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,14 @@ from cartridge_dagster.warp.changes import (
     make_version,
     split_version,
 )
-from cartridge_dagster.warp.sink import Batch, Wipe
+from cartridge_dagster.warp.sink import (
+    COPY_HEADER,
+    COPY_TRAILER,
+    Batch,
+    CopyRows,
+    Wipe,
+    copy_tail,
+)
 from cartridge_dagster.warp.sources import Position
 
 __all__ = [
@@ -60,6 +67,8 @@ __all__ = [
 
 #: Documents read between two explicit yields to the event loop (the writer shares it).
 YIELD_EVERY = 100
+#: Documents converted to COPY rows in one call to C (between two yields to the event loop).
+COPY_CHUNK = 1000
 #: The first page of a server's natural-order scan (the next ones are full pages).
 FIRST_PAGE = 1000
 
@@ -556,6 +565,29 @@ class SchemaSource:
         if page:
             yield page, {"after": encode_after(page[-1]["_id"])}
 
+    async def _copy_rows(
+        self, collection: str, docs: list[bytes], version: int, now: dt.datetime
+    ) -> tuple[CopyRows, list[int]] | None:
+        """A page of BSON documents as binary COPY rows (in C, :data:`COPY_CHUNK` documents
+        at a time, yielding to the event loop in between), and the indexes of the documents
+        the Python conversion must take; None when the C path does not apply."""
+        tail = copy_tail(version, "snapshot", now)
+        parts = [COPY_HEADER]
+        rows = 0
+        rest: list[int] = []
+        for start in range(0, len(docs), COPY_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
+            out = self.transformer.copy_rows(collection, docs[start : start + COPY_CHUNK], tail)
+            if out is None:
+                return None
+            data, n, left = out
+            parts.append(data)
+            rows += n
+            rest += [start + i for i in left] if start else left
+        parts.append(COPY_TRAILER)
+        return CopyRows(collection, b"".join(parts), rows, version), rest
+
     async def snapshot(
         self, collection: str, state: Mapping[str, Any], stop: asyncio.Event | None = None
     ) -> AsyncIterator[Batch]:
@@ -583,16 +615,24 @@ class SchemaSource:
 
         if stop is not None and stop.is_set():
             return
+        # rows that go straight into the raw table (not a sweep, no history) land as binary
+        # COPY rows written in C from the reply's BSON; the rest through Change objects
+        copy_in = not sweep and not self.schema.table(collection).history
         pages = self._pages(collection, state, size)
         try:
             async for docs, position in pages:
                 now = dt.datetime.now(dt.UTC)
                 batch = Batch(kind="snapshot", version=None)
-                for i, doc in enumerate(docs, 1):
+                rest: Sequence[int] = range(len(docs))
+                if copy_in and docs and type(docs[0]) is bytes:
+                    page = await self._copy_rows(collection, docs, version, now)
+                    if page is not None:
+                        batch.copy, rest = page
+                for i, at in enumerate(rest, 1):
                     if i % YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
                     out = self.transformer.document(
-                        collection, doc, op="snapshot", version=version, source_ts=now
+                        collection, docs[at], op="snapshot", version=version, source_ts=now
                     )
                     (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
                 copied += len(docs)
