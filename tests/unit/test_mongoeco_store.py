@@ -123,3 +123,38 @@ def test_nan_literals_and_nested_markers() -> None:
     )
     assert text is not None and "NaN" in text
     same_bson(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "206.43",
+        "-206.430",
+        "0",
+        "-0",
+        "-0.00",
+        "007.50",
+        "9" * 34,
+        "0." + "0" * 33 + "1",
+        "1" * 35,  # past 34 digits: PyMongo's parse (which refuses it)
+        "1E+3",
+        "1.0E-7",
+        "NaN",
+        "-Infinity",
+        ".5",
+    ],
+)
+def test_stored_decimals_decode_to_the_bits_pymongo_gives(text: str) -> None:
+    """The stored ``decimal128_public`` text → the same ``Decimal128`` (bits, so exponent and
+    sign) as ``Decimal128(text)``, or the same refusal."""
+    from cartridge_dagster.connectors.mongoeco_store import _decimal128
+
+    try:
+        expected = bson.Decimal128(text)
+    except Exception as exc:  # whatever PyMongo raises, the decoder raises
+        with pytest.raises(type(exc)):
+            _decimal128(text)
+        return
+    got = _decimal128(text)
+    assert type(got) is bson.Decimal128
+    assert got.bid == expected.bid and str(got) == str(expected)
