@@ -566,9 +566,9 @@ class SchemaSource:
             yield page, {"after": encode_after(page[-1]["_id"])}
 
     async def _copy_rows(
-        self, collection: str, docs: list[bytes], version: int, now: dt.datetime
+        self, collection: str, docs: list[Any], version: int, now: dt.datetime
     ) -> tuple[CopyRows, list[int]] | None:
-        """A page of BSON documents as binary COPY rows (in C, :data:`COPY_CHUNK` documents
+        """A page of documents as binary COPY rows (in C, :data:`COPY_CHUNK` documents
         at a time, yielding to the event loop in between), and the indexes of the documents
         the Python conversion must take; None when the C path does not apply."""
         tail = copy_tail(version, "snapshot", now)
@@ -616,7 +616,7 @@ class SchemaSource:
         if stop is not None and stop.is_set():
             return
         # rows that go straight into the raw table (not a sweep, no history) land as binary
-        # COPY rows written in C from the reply's BSON; the rest through Change objects
+        # COPY rows written in C from the documents' BSON; the rest through Change objects
         copy_in = not sweep and not self.schema.table(collection).history
         pages = self._pages(collection, state, size)
         try:
@@ -624,7 +624,7 @@ class SchemaSource:
                 now = dt.datetime.now(dt.UTC)
                 batch = Batch(kind="snapshot", version=None)
                 rest: Sequence[int] = range(len(docs))
-                if copy_in and docs and type(docs[0]) is bytes:
+                if copy_in and docs:
                     page = await self._copy_rows(collection, docs, version, now)
                     if page is not None:
                         batch.copy, rest = page
