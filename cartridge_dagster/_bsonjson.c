@@ -2,6 +2,7 @@
  *
  * convert(raw: bytes) -> (canonical _id, JSON bytes) | None
  * document(raw: bytes) -> JSON bytes | None   (the same walk, no _id required)
+ * documents(array: bytes) -> [BSON bytes, ...] | None   (a cursor reply's batch, cut)
  * copy_rows(docs, tail: bytes, max_bytes: int) -> (COPY data, rows, [index, ...])
  *     a page of documents straight into PostgreSQL's binary COPY format (see copy_rows)
  *
@@ -783,7 +784,50 @@ done:
     return result;
 }
 
+/* documents(array) -> [bytes, ...] | None
+ * The documents of a BSON array (a cursor reply's batch) as their own BSON bytes, in order;
+ * elements that are not documents are skipped. None when the array does not frame exactly. */
+static PyObject *documents(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *p = view.buf;
+    size_t n = (size_t)view.len;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) goto done;
+    if (n < 5 || (size_t)rd_i32(p) != n || p[n - 1] != 0) goto fallback;
+    const uint8_t *end = p + n - 1, *q = p + 4;
+    while (q < end) {
+        uint8_t t = *q++;
+        Py_ssize_t klen = cstr_len(q, end);
+        if (klen < 0) goto fallback;
+        q += klen + 1;
+        Py_ssize_t used = value_size(t, q, (size_t)(end - q));
+        if (used < 0) goto fallback;
+        if (t == 0x03) {
+            PyObject *doc = PyBytes_FromStringAndSize((const char *)q, used);
+            if (doc == NULL || PyList_Append(out, doc) < 0) {
+                Py_XDECREF(doc);
+                Py_CLEAR(out);
+                goto done;
+            }
+            Py_DECREF(doc);
+        }
+        q += used;
+    }
+    if (q == end) goto done;
+fallback:
+    Py_XDECREF(out);
+    out = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"documents", documents, METH_O,
+     "documents(array) -> [bytes, ...] | None: the documents of a BSON array as their own "
+     "BSON, in order (other elements skipped); None when the array does not frame exactly."},
     {"copy_rows", copy_rows, METH_VARARGS,
      "copy_rows(docs, tail, max_bytes) -> (data, rows, rest): a page of BSON documents as "
      "PostgreSQL binary COPY rows (_id, jsonb document, then tail); rest: the indexes left to "

@@ -83,6 +83,7 @@ __all__ = [
     "landed_names",
     "raw_copy_rows",
     "raw_document_json",
+    "split_documents",
     "split_event",
     "to_jsonable",
 ]
@@ -620,6 +621,15 @@ def raw_copy_rows(
     if _bsonjson is None:
         return None
     return _bsonjson.copy_rows(docs, tail, max_bytes)
+
+
+def split_documents(array: bytes) -> list[bytes] | None:
+    """The documents of a BSON array (a cursor reply's batch) as their own BSON bytes, in
+    order, cut in C (elements that are not documents skipped); ``None`` without the extension
+    or when the array does not frame exactly."""
+    if _bsonjson is None:
+        return None
+    return _bsonjson.documents(array)
 
 
 def split_event(raw: bytes | memoryview) -> tuple[bytes, bytes | None, bytes | None] | None:

@@ -35,7 +35,7 @@ from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, raw_database
 from cartridge_dagster.connectors.mongoeco_log import decode_token
 from cartridge_dagster.connectors.mongoeco_store import StoreScan, decode_stored_text
-from cartridge_dagster.documents import ConversionStats
+from cartridge_dagster.documents import ConversionStats, split_documents
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.observability import get_logger
 from cartridge_dagster.safe_reads import find_documents
@@ -110,12 +110,18 @@ def _cursor_reply(reply: Any, key: str) -> tuple[list[Any], int, Any]:
     out: list[bytes] = []
     if array is not None and array[0] == 4:
         data = array[1]
-        pos, end = 4, len(data) - 1
+        cut = split_documents(data)  # in C; the loop below for an array it cannot frame
+        if cut is not None:
+            out = cut
+        pos, end = (4, len(data) - 1) if cut is None else (0, 0)
         while pos < end:
             kind = data[pos]
             name_end = data.index(0, pos + 1)
             start = name_end + 1
-            size = int.from_bytes(data[start : start + 4], "little")
+            if kind in (3, 4):
+                size = int.from_bytes(data[start : start + 4], "little")
+            else:  # not a document (no server sends one): skipped by its size
+                size = _value_size(kind, data, start)
             if kind == 3:
                 out.append(data[start : start + size])
             pos = start + size
