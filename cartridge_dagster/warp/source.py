@@ -23,7 +23,7 @@ import base64
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, raw_database
 from cartridge_dagster.connectors.mongoeco_log import decode_token
 from cartridge_dagster.connectors.mongoeco_store import StoreScan, decode_stored_text
-from cartridge_dagster.documents import ConversionStats
+from cartridge_dagster.documents import ConversionStats, split_documents
 from cartridge_dagster.errors import TerminalError
 from cartridge_dagster.observability import get_logger
 from cartridge_dagster.safe_reads import find_documents
@@ -47,7 +47,14 @@ from cartridge_dagster.warp.changes import (
     make_version,
     split_version,
 )
-from cartridge_dagster.warp.sink import Batch, Wipe
+from cartridge_dagster.warp.sink import (
+    COPY_HEADER,
+    COPY_TRAILER,
+    Batch,
+    CopyRows,
+    Wipe,
+    copy_tail,
+)
 from cartridge_dagster.warp.sources import Position
 
 __all__ = [
@@ -60,6 +67,8 @@ __all__ = [
 
 #: Documents read between two explicit yields to the event loop (the writer shares it).
 YIELD_EVERY = 100
+#: Documents converted to COPY rows in one call to C (between two yields to the event loop).
+COPY_CHUNK = 1000
 #: The first page of a server's natural-order scan (the next ones are full pages).
 FIRST_PAGE = 1000
 
@@ -101,12 +110,18 @@ def _cursor_reply(reply: Any, key: str) -> tuple[list[Any], int, Any]:
     out: list[bytes] = []
     if array is not None and array[0] == 4:
         data = array[1]
-        pos, end = 4, len(data) - 1
+        cut = split_documents(data)  # in C; the loop below for an array it cannot frame
+        if cut is not None:
+            out = cut
+        pos, end = (4, len(data) - 1) if cut is None else (0, 0)
         while pos < end:
             kind = data[pos]
             name_end = data.index(0, pos + 1)
             start = name_end + 1
-            size = int.from_bytes(data[start : start + 4], "little")
+            if kind in (3, 4):
+                size = int.from_bytes(data[start : start + 4], "little")
+            else:  # not a document (no server sends one): skipped by its size
+                size = _value_size(kind, data, start)
             if kind == 3:
                 out.append(data[start : start + size])
             pos = start + size
@@ -556,6 +571,29 @@ class SchemaSource:
         if page:
             yield page, {"after": encode_after(page[-1]["_id"])}
 
+    async def _copy_rows(
+        self, collection: str, docs: list[Any], version: int, now: dt.datetime
+    ) -> tuple[CopyRows, list[int]] | None:
+        """A page of documents as binary COPY rows (in C, :data:`COPY_CHUNK` documents
+        at a time, yielding to the event loop in between), and the indexes of the documents
+        the Python conversion must take; None when the C path does not apply."""
+        tail = copy_tail(version, "snapshot", now)
+        parts = [COPY_HEADER]
+        rows = 0
+        rest: list[int] = []
+        for start in range(0, len(docs), COPY_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
+            out = self.transformer.copy_rows(collection, docs[start : start + COPY_CHUNK], tail)
+            if out is None:
+                return None
+            data, n, left = out
+            parts.append(data)
+            rows += n
+            rest += [start + i for i in left] if start else left
+        parts.append(COPY_TRAILER)
+        return CopyRows(collection, b"".join(parts), rows, version), rest
+
     async def snapshot(
         self, collection: str, state: Mapping[str, Any], stop: asyncio.Event | None = None
     ) -> AsyncIterator[Batch]:
@@ -583,16 +621,24 @@ class SchemaSource:
 
         if stop is not None and stop.is_set():
             return
+        # rows that go straight into the raw table (not a sweep, no history) land as binary
+        # COPY rows written in C from the documents' BSON; the rest through Change objects
+        copy_in = not sweep and not self.schema.table(collection).history
         pages = self._pages(collection, state, size)
         try:
             async for docs, position in pages:
                 now = dt.datetime.now(dt.UTC)
                 batch = Batch(kind="snapshot", version=None)
-                for i, doc in enumerate(docs, 1):
+                rest: Sequence[int] = range(len(docs))
+                if copy_in and docs:
+                    page = await self._copy_rows(collection, docs, version, now)
+                    if page is not None:
+                        batch.copy, rest = page
+                for i, at in enumerate(rest, 1):
                     if i % YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # let the writer's I/O progress meanwhile
                     out = self.transformer.document(
-                        collection, doc, op="snapshot", version=version, source_ts=now
+                        collection, docs[at], op="snapshot", version=version, source_ts=now
                     )
                     (batch.changes if isinstance(out, Change) else batch.dead).append(out)  # type: ignore[arg-type]
                 copied += len(docs)

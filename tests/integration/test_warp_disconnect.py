@@ -156,6 +156,8 @@ class SnapshotLog:
             # the initial copy may COPY straight in; a live copy merges (streamed changes)
             rows = self.rows if batch.direct_copy else self.live
             rows.update((c.collection, c.id) for c in batch.changes)
+            if batch.copy is not None:  # rows COPYed as the source's conversion wrote them
+                rows.update((c.collection, c.id) for c in batch.copy.changes())
 
     def twice(self) -> list[tuple[str, str]]:
         return [k for k, n in (self.rows + self.live).items() if n > 1]

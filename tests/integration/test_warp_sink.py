@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import bson
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,9 +14,12 @@ from hypothesis import strategies as st
 from cartridge_dagster.config import SchemaConfig
 from cartridge_dagster.identifiers import qualified
 from cartridge_dagster.landing import raw_table_name
-from cartridge_dagster.warp.changes import Change
+from cartridge_dagster.warp.changes import Change, Transformer
 from cartridge_dagster.warp.sink import (
+    COPY_HEADER,
+    COPY_TRAILER,
     Batch,
+    CopyRows,
     Fenced,
     KeyRange,
     RangeLanded,
@@ -23,6 +27,7 @@ from cartridge_dagster.warp.sink import (
     RangePlan,
     Sink,
     Wipe,
+    copy_tail,
 )
 from tests.conftest import run
 
@@ -545,5 +550,66 @@ def test_a_range_plan_over_a_table_with_rows_keeps_its_key_and_merges(pg_url: st
         finally:
             await main.close()
             await ranger.close()
+
+    run(go())
+
+
+def test_c_copy_rows_land_and_a_row_postgresql_refuses_is_a_dead_letter(pg_url: str) -> None:
+    """A wire snapshot page as C writes it (binary COPY rows straight from BSON) lands as the
+    Python conversion's changes would; a row PostgreSQL refuses rolls the COPY back, and the
+    page goes through the staged merge in the same transaction, which dead-letters that row
+    alone."""
+    cfg = schema_cfg()
+    transformer = Transformer(cfg)
+
+    def page(docs: list[dict[str, Any]], version: int) -> Batch:
+        out = transformer.copy_rows(
+            "c", [bson.encode(d) for d in docs], copy_tail(version, "snapshot", None)
+        )
+        assert out is not None and out[2] == []
+        data, n, _ = out
+        return Batch(
+            kind="snapshot",
+            copy=CopyRows("c", COPY_HEADER + data + COPY_TRAILER, n, version),
+            direct_copy=True,
+            snapshot={"c": {"done": False, "version": str(version), "copied": n}},
+            events=n,
+        )
+
+    async def go() -> None:
+        sink = await open_sink(pg_url, cfg)
+        try:
+            first = [{"_id": f"a{i}", "n": i, "s": "é\n", "f": 1.5} for i in range(30)]
+            result = await sink.apply(page(first, 5))
+            assert result.applied["c"] == 30
+            got = await rows(pg_url, "c")
+            assert got == {d["_id"]: (d, False, 5) for d in first}
+            conn = await asyncpg.connect(pg_url)
+            await conn.execute(
+                "ALTER TABLE raw_shop.c ADD CONSTRAINT no_poison "
+                "CHECK (document IS NULL OR NOT (document ? 'poison'))"
+            )
+            await conn.close()
+            second = [{"_id": f"b{i}", "n": i} for i in range(40)]
+            second[17]["poison"] = 1
+            result = await sink.apply(page(second, 6))
+            assert result.poisoned == 1 and result.applied["c"] == 39
+            got = await rows(pg_url, "c")
+            assert set(got) == {d["_id"] for d in first + second} - {"b17"}
+            assert got["b3"] == ({"_id": "b3", "n": 3}, False, 6)
+            conn = await asyncpg.connect(pg_url)
+            try:
+                dead = await conn.fetch(
+                    "SELECT document_id, error_class FROM cartridge_warp.dead_letters"
+                )
+            finally:
+                await conn.close()
+            assert [(r["document_id"], r["error_class"]) for r in dead] == [
+                ("b17", "CheckViolationError")
+            ]
+            cp = await sink.checkpoint()
+            assert cp is not None and cp.snapshot["c"]["copied"] == 40
+        finally:
+            await sink.close()
 
     run(go())

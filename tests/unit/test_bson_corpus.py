@@ -36,10 +36,12 @@ from cartridge_dagster.documents import (
     canonical_id,
     decode_raw,
     document_json,
+    raw_copy_rows,
     raw_document_json,
     to_jsonable,
 )
 from cartridge_dagster.warp.changes import DeadLetter, Transformer
+from cartridge_dagster.warp.sink import COPY_HEADER, COPY_TRAILER, CopyRows, copy_tail
 from tests.support.bson_corpus import (
     Case,
     DecodeError,
@@ -137,6 +139,24 @@ def test_decode_error_becomes_a_dead_letter(case: DecodeError) -> None:
         assert out.collection == "hostile" and out.error_class == "UnlandableDocument"
         assert out.error_message.startswith("the document is not valid BSON")
         assert out.raw_event == raw
+
+
+def test_the_corpus_as_copy_rows() -> None:
+    """Every valid case (with an _id) and every decode error in one snapshot page through C's
+    binary COPY rows: a row for exactly the documents :func:`raw_document_json` converts, with
+    its bytes; every decode error left to Python (which dead-letters it)."""
+    valid = [c.bson if "_id" in json.loads(c.extjson) else with_id(c.bson) for c in VALID]
+    broken = [e.bson for e in ERRORS] + [with_id(e.bson) for e in ERRORS]
+    page = valid + broken
+    out = raw_copy_rows(page, copy_tail(5, "snapshot", None), 10**9)
+    assert out is not None
+    data, n, rest = out
+    changes = CopyRows("c", COPY_HEADER + data + COPY_TRAILER, n, 5).changes()
+    converted = [(i, raw_document_json(raw)) for i, raw in enumerate(page)]
+    assert rest == [i for i, fast in converted if fast is None]
+    assert set(rest) >= set(range(len(valid), len(page)))
+    assert [(c.id, c.document) for c in changes] == [fast for _, fast in converted if fast]
+    assert n > 300  # (336: the cases of the types C writes itself)
 
 
 @settings(max_examples=1500, deadline=None)

@@ -33,6 +33,7 @@ from cartridge_dagster.documents import (
     raw_document_json,
 )
 from cartridge_dagster.warp.changes import Change, DeadLetter, Transformer
+from cartridge_dagster.warp.sink import COPY_HEADER, COPY_TRAILER, CopyRows, copy_tail
 from tests.support.raw_source import RAW_OPTIONS, as_raw
 
 
@@ -116,6 +117,40 @@ def test_common_types_convert_in_c_exactly_like_python(doc: dict[str, Any]) -> N
     expected_id, expected = python_path(raw)
     assert fast[0] == expected_id
     assert fast[1] == expected  # the same bytes, floats included
+
+
+def copy_rows_of(raws: list[bytes], max_bytes: int) -> tuple[list[Change], list[int]]:
+    """``raw_copy_rows`` of a page, read back as changes, and the indexes left to Python."""
+    tail = copy_tail(99, "snapshot", None)
+    out = documents.raw_copy_rows(raws, tail, max_bytes)
+    assert out is not None
+    data, n, rest = out
+    changes = CopyRows("c", COPY_HEADER + data + COPY_TRAILER, n, 99).changes()
+    assert len(changes) == n == len(raws) - len(rest)
+    return changes, rest
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(documents_of(st.one_of(fast_scalars, other_scalars)), max_size=6),
+    st.integers(2, 400),
+)
+def test_copy_rows_hold_exactly_what_c_converts(docs: list[dict[str, Any]], limit: int) -> None:
+    """A page as C's binary COPY rows: one row per document C converts within ``limit`` bytes
+    of JSON (its canonical _id and JSON, as raw_document_json gives them), in order; every
+    other document is named for the Python conversion."""
+    raws = [bson.encode(d, codec_options=RAW_OPTIONS) for d in docs]
+    changes, rest = copy_rows_of(raws, limit)
+    expected = []
+    for i, raw in enumerate(raws):
+        fast = raw_document_json(raw)
+        if fast is None or len(fast[1]) > limit:
+            assert i in rest
+        else:
+            assert i not in rest
+            expected.append(fast)
+    assert [(c.id, c.document) for c in changes] == expected
+    assert all((c.op, c.version, c.source_ts) == ("snapshot", 99, None) for c in changes)
 
 
 @settings(max_examples=2000, deadline=None)

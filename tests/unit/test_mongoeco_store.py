@@ -123,3 +123,85 @@ def test_nan_literals_and_nested_markers() -> None:
     )
     assert text is not None and "NaN" in text
     same_bson(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "206.43",
+        "-206.430",
+        "0",
+        "-0",
+        "-0.00",
+        "007.50",
+        "9" * 34,
+        "0." + "0" * 33 + "1",
+        "1" * 35,  # past 34 digits: PyMongo's parse (which refuses it)
+        "1E+3",
+        "1.0E-7",
+        "NaN",
+        "-Infinity",
+        ".5",
+    ],
+)
+def test_stored_decimals_decode_to_the_bits_pymongo_gives(text: str) -> None:
+    """The stored ``decimal128_public`` text → the same ``Decimal128`` (bits, so exponent and
+    sign) as ``Decimal128(text)``, or the same refusal."""
+    from cartridge_dagster.connectors.mongoeco_store import _decimal128
+
+    try:
+        expected = bson.Decimal128(text)
+    except Exception as exc:  # whatever PyMongo raises, the decoder raises
+        with pytest.raises(type(exc)):
+            _decimal128(text)
+        return
+    got = _decimal128(text)
+    assert type(got) is bson.Decimal128
+    assert got.bid == expected.bid and str(got) == str(expected)
+
+
+def lands_alike_in_c(texts: list[str]) -> int:
+    """Stored documents, decoded, as warp's in-process snapshot lands them: the C rows (of
+    their BSON) are the changes the Python conversion makes of the decoded documents, and the
+    documents left to Python are the ones C declines. Returns how many C took."""
+    from cartridge_dagster.config import SchemaConfig
+    from cartridge_dagster.warp.changes import Change, Transformer
+    from cartridge_dagster.warp.sink import COPY_HEADER, COPY_TRAILER, CopyRows, copy_tail
+
+    transformer = Transformer(SchemaConfig(name="s", source_database="s", target_schema="r"))
+    docs = [decode_stored_text(t) for t in texts]
+    out = transformer.copy_rows("c", docs, copy_tail(3, "snapshot", None))
+    assert out is not None
+    data, n, rest = out
+    changes = CopyRows("c", COPY_HEADER + data + COPY_TRAILER, n, 3).changes()
+    expected = []
+    for i, doc in enumerate(docs):
+        python = transformer.document("c", doc, op="snapshot", version=3, source_ts=None)
+        if i not in rest:
+            assert isinstance(python, Change), (texts[i], python)
+            expected.append(python)
+    assert changes == expected
+    return n
+
+
+def test_stored_corpus_documents_land_alike_in_c() -> None:
+    texts = []
+    for i, case in enumerate(valid_cases()):
+        if case.degenerate:
+            continue
+        try:
+            document = bson.decode(case.bson, codec_options=OPTS)
+        except (bson.errors.InvalidBSON, ValueError, OverflowError):
+            continue
+        text = stored({"_id": i, **{k: v for k, v in document.items() if k != "_id"}})
+        if text is not None:
+            texts.append(text)
+    assert len(texts) > 300
+    assert lands_alike_in_c(texts) > 150  # the rest are types C leaves to Python
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.dictionaries(KEYS, values, max_size=6), min_size=1, max_size=4))
+def test_generated_stored_documents_land_alike_in_c(documents: list[dict[str, Any]]) -> None:
+    texts = [stored({"_id": i, **d}) for i, d in enumerate(documents)]
+    lands_alike_in_c([t for t in texts if t is not None])

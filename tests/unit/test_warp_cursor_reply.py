@@ -94,3 +94,33 @@ def test_bytes_the_c_path_leaves_to_python_still_land_or_dead_letter() -> None:
     dead = transformer.document("orders", bad, op="snapshot", version=5, source_ts=None)
     assert isinstance(dead, DeadLetter)
     assert dead.raw_event == bad and dead.error_class == "UnlandableDocument"
+
+
+@pytest.mark.parametrize("with_c", [True, False])
+def test_the_batch_is_cut_alike_in_c_and_in_python(
+    with_c: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch array is cut in C (``documents.split_documents``) or, without the extension,
+    by the Python loop: the same documents either way, elements that are not documents
+    skipped."""
+    from cartridge_dagster import documents
+
+    if not with_c:
+        monkeypatch.setattr(documents, "_bsonjson", None)
+        monkeypatch.setattr(
+            "cartridge_dagster.warp.source.split_documents", documents.split_documents
+        )
+    mixed = [*DOCS, 5, "not a document", {"_id": 9, "e": {}}]
+    reply = {"cursor": {"nextBatch": mixed, "id": Int64(0), "ns": "s.o"}, "ok": 1.0}
+    docs, _, _ = _cursor_reply(RawBSONDocument(bson.encode(reply)), "nextBatch")
+    assert docs == [bson.encode(d) for d in mixed if isinstance(d, dict)]
+
+
+def test_split_documents_declines_an_array_that_does_not_frame() -> None:
+    from cartridge_dagster.documents import split_documents
+
+    array = bson.encode({"0": {"a": 1}, "1": {"b": 2}})
+    assert split_documents(array) == [bson.encode({"a": 1}), bson.encode({"b": 2})]
+    assert split_documents(array[:-3] + b"\x00") is None  # a cut-off element
+    assert split_documents(b"\x05\x00\x00") is None
+    assert split_documents(bson.encode({})) == []
