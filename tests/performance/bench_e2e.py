@@ -301,6 +301,8 @@ class WarpRun:
     cpu: float = float("nan")  # warp's CPU seconds, launch → snapshot done
     server_cpu: float = float("nan")  # the wire server's, over the same span
     pg_cpu: float = float("nan")  # warp's PostgreSQL backends', over the same span
+    most_at_once: int = 0  # the most collections being copied at the same time (its log)
+    progress_lines: int = 0  # its log's progress lines with rows/s and an ETA
 
 
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -449,7 +451,28 @@ def warp(
     run.first_read = (first - launched_wall) if first is not None else float("nan")
     run.peak_rss_mb = usage.ru_maxrss / 1024
     run.rows = copied
+    run.most_at_once, run.progress_lines = _copies(text)
     return run
+
+
+def _copies(text: str) -> tuple[int, int]:
+    """From warp's log: the most collections copied at once (between each one's
+    ``warp.snapshot.start`` and ``warp.snapshot.done``), and the progress lines that give
+    rows/s and an ETA (``warp.snapshot.progress``, every few seconds per collection)."""
+    copying: set[str] = set()
+    most = lines = 0
+    for line in text.splitlines():
+        table = next((w[6:] for w in line.split() if w.startswith("table=")), None)
+        if table is None:
+            continue
+        if "warp.snapshot.start" in line:
+            copying.add(table)
+            most = max(most, len(copying))
+        elif "warp.snapshot.done" in line:
+            copying.discard(table)
+        elif "warp.snapshot.progress" in line and "rows_per_s=" in line and "eta_s=" in line:
+            lines += 1
+    return most, lines
 
 
 def _log_time(text: str, event: str) -> float | None:
@@ -494,6 +517,8 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
         "warp_first": [],
         "warp_first_cpu": [],
         "warp_rss": [],
+        "warp_at_once": [],
+        "warp_progress_lines": [],
         "embedded": [],
         "embedded_cpu": [],
         "embedded_nogc_cpu": [],
@@ -527,6 +552,8 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
                         results["warp_first"].append(run.first_read)
                         results["warp_first_cpu"].append(run.first_read_cpu)
                         results["warp_rss"].append(run.peak_rss_mb)
+                        results["warp_at_once"].append(run.most_at_once)
+                        results["warp_progress_lines"].append(run.progress_lines)
                         results["warp_cpu"].append(run.cpu)
                         results["warp_server_cpu"].append(run.server_cpu)
                         results["warp_pg_cpu"].append(run.pg_cpu)
@@ -690,6 +717,14 @@ def report(
                 f"{many['warp']:,.0f} ({many['warp'] / big['warp']:.2f}) | |"
             )
             print(f"| … Sling docs/s | {many['sling']:,.0f} | |")
+            print(
+                f"| … the most collections warp copied at once (its log) | "
+                f"{many['warp_at_once']:.0f} | > 1 (warp.snapshot_parallel_collections: 4) |"
+            )
+        print(
+            f"| 1M: warp's progress lines with rows/s and ETA (every 5 s) | "
+            f"{big['warp_progress_lines']:.0f} | > 0 |"
+        )
 
 
 if __name__ == "__main__":
