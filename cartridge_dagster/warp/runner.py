@@ -57,6 +57,7 @@ from cartridge_dagster.errors import (
 )
 from cartridge_dagster.observability import bind_context, get_logger
 from cartridge_dagster.warp import metrics
+from cartridge_dagster.warp.readahead import ReadAhead, initial_state, read_ahead
 from cartridge_dagster.warp.sink import (
     Batch,
     BatchResult,
@@ -276,6 +277,8 @@ class WarpRunner:
         self._read_token: dict[str, Any] | None = None
         self.sink: Sink | None = None
         self.source: Source | None = None
+        #: a first start's plan and first pages, read before the fence (``warp.readahead``)
+        self._ahead: ReadAhead | None = None
         #: whole key ranges of a snapshot plan, for the range writers
         self._ranges: asyncio.Queue[Any] = asyncio.Queue(
             maxsize=max(1, schema.batching.queue_max_batches)
@@ -524,20 +527,18 @@ class WarpRunner:
         if metrics.loaded():
             metrics.QUEUE_DEPTH.labels(self.schema.name).set(size)
 
-    async def _plan(self, source: Source, *, sweep: bool) -> Batch:
-        if not sweep:
-            await source.check()
-        position = await source.position()
-        plan = {
-            name: {
-                "done": False,
-                "after": None,
-                "version": str(position.snapshot_version),  # JSON: ~80 bits for a real clock
-                "sweep": sweep,
-                "copied": 0,
-            }
-            for name in await source.collections()
-        }
+    async def _plan(self, source: Source, *, sweep: bool, ahead: ReadAhead | None = None) -> Batch:
+        """A new snapshot plan: the source's position, then its collections (``ahead``: as
+        recorded before the fence, on a first start)."""
+        if ahead is not None:
+            position, names = ahead.position, ahead.collections
+        else:
+            if not sweep:
+                await source.check()
+            position = await source.position()
+            names = await source.collections()
+        version = str(position.snapshot_version)  # JSON: ~80 bits for a real clock
+        plan = {name: initial_state(version, sweep=sweep) for name in names}
         source.seed_version(position.snapshot_version)
         log.info(
             "warp.snapshot.plan",
@@ -567,7 +568,9 @@ class WarpRunner:
                 if self.stop.is_set():
                     return
                 with bind_context(table=name):
-                    log.info("warp.snapshot.start", copied=plan[name].get("copied", 0))
+                    ahead = self._ahead
+                    if ahead is None or ahead.pages_for(name, plan[name]) is None:
+                        log.info("warp.snapshot.start", copied=plan[name].get("copied", 0))
                     await self._copy(source, queue, name, plan[name])
 
         tasks = [asyncio.create_task(one(name), name=f"warp-copy-{name}") for name in todo]
@@ -598,7 +601,11 @@ class WarpRunner:
         progress = _Progress(name, int(current.get("copied", 0)), await _estimate(source, name))
 
         async def produce() -> AsyncIterator[Batch]:
-            async for batch in source.snapshot(name, current, self.stop):
+            ahead = self._ahead.pages_for(name, current) if self._ahead is not None else None
+            batches = (
+                ahead.take() if ahead is not None else source.snapshot(name, current, self.stop)
+            )
+            async for batch in batches:
                 entry = (batch.snapshot or {}).get(name)
                 if entry is not None:
                     batch.progress = progress.update(int(entry.get("copied", 0)), entry["done"])
@@ -628,7 +635,11 @@ class WarpRunner:
         token = cp.resume_token
         source.seed_version(cp.version)
         if token is None:  # first start (an empty plan is a plan: never re-plan over a gap)
-            reset = await self._source_call(lambda: self._plan(source, sweep=False))
+            ahead = self._ahead
+            if ahead is not None:  # recorded before the fence, nothing written since
+                reset = await self._plan(source, sweep=False, ahead=ahead)
+            else:
+                reset = await self._source_call(lambda: self._plan(source, sweep=False))
             await self._put(queue, reset)
             plan, token = reset.snapshot or {}, dict(reset.token) if reset.token else None
         while not self.stop.is_set():
@@ -718,6 +729,9 @@ class WarpRunner:
                     source.known.update(sink._tables)
                     await self._pipeline(sink, source, cp)
                 finally:
+                    if self._ahead is not None:
+                        await self._ahead.close()  # copies the plan did not take
+                        self._ahead = None
                     await source.close()
                     # a failed load raises again where a metric is next used: not here,
                     # over what ended the pipeline
@@ -742,32 +756,54 @@ class WarpRunner:
         return self.summary
 
     async def _connect(self, sink: Sink) -> tuple[Checkpoint, Source]:
-        """The warehouse (control tables, fence, checkpoint) and the source, at the same time:
-        the two connections' round trips overlap (each retried on its own), and so does the
-        import of the source's driver, which runs in a worker thread while the event loop
-        awaits the warehouse's replies. The metrics are loaded after (:meth:`run`)."""
+        """The source, then the warehouse (control tables, fence, checkpoint).
 
-        async def warehouse() -> Checkpoint:
-            async for attempt in self._retrying("postgres", is_transient):
-                with attempt:
-                    await sink.setup()
-                    return await sink.acquire()
-            raise AssertionError("unreachable")  # pragma: no cover
-
-        tasks = (asyncio.create_task(warehouse()), asyncio.create_task(self._open_source()))
+        A MongoDB source is read ahead in between (:mod:`cartridge_dagster.warp.readahead`):
+        its position and collections are recorded and the first pages asked for before the
+        warehouse's driver is even imported, so the source reads them while warp connects to
+        the warehouse and takes the fence. What the checkpoint then says decides whether they
+        are used (a first start: :meth:`_read`) or dropped; reading writes nothing, and
+        nothing is written before the fence is held. The metrics are loaded after
+        (:meth:`run`)."""
+        opening = asyncio.create_task(self._open_source())
+        source: Source | None = None
         try:
-            cp = await tasks[0]
-            source = await tasks[1]
+            if self.source_side == "mongodb":
+                source = await opening
+                self._ahead = await read_ahead(
+                    source,
+                    parallel=self.schema.warp.snapshot_parallel_collections,
+                    stop=self.stop,
+                )
+                cp = await self._warehouse(sink)
+            else:  # the two connections' round trips overlap
+                cp = await self._warehouse(sink)
+                source = await opening
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    opened = await task
-                    if isinstance(opened, Source):
-                        await opened.close()
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                source = await opening
+            if source is not None:
+                await self._drop_ahead(source, "the warehouse or the fence failed")
+                await source.close()
             raise
+        if cp.resume_token is not None:  # a restart: the checkpoint's plan goes on
+            await self._drop_ahead(source, "the checkpoint holds a plan")
         return cp, source
+
+    async def _warehouse(self, sink: Sink) -> Checkpoint:
+        """Control tables, fence, checkpoint (retried when transient)."""
+        async for attempt in self._retrying("postgres", is_transient):
+            with attempt:
+                await sink.setup()
+                return await sink.acquire()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _drop_ahead(self, source: Source, reason: str) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):  # a source that failed meanwhile: closed next
+                await ahead.discard(source, reason)
 
     def _range_sinks(self, sink: Sink) -> list[Sink]:
         """The range writers' sinks: the main one's epoch and tables, their own connections

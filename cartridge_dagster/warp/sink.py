@@ -37,13 +37,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
 import orjson
 
 from cartridge_dagster.config import SchemaConfig
-from cartridge_dagster.connectors.postgres import connect
 from cartridge_dagster.documents import ConversionStats
 from cartridge_dagster.errors import TerminalError, TransientError, classify
 from cartridge_dagster.identifiers import qualified, quote_ident
@@ -55,8 +53,16 @@ from cartridge_dagster.landing import (
     raw_table_ddl,
     raw_table_name,
 )
+from cartridge_dagster.lazy import lazy_module
 from cartridge_dagster.observability import get_logger
 from cartridge_dagster.warp.changes import Change, DeadLetter, dedup_latest, event_summary
+
+if TYPE_CHECKING:
+    import asyncpg
+else:
+    # imported at first use: the runner issues its first snapshot read before it connects
+    # here (``warp.runner``), and asyncpg is ~20-30 ms of a fresh process's start-up
+    asyncpg = lazy_module("asyncpg")
 
 __all__ = [
     "POISON_MARK",
@@ -432,6 +438,8 @@ class Sink:
     async def connect(self) -> asyncpg.Connection:
         if self.conn is not None and not self.conn.is_closed():
             return self.conn
+        from cartridge_dagster.connectors.postgres import connect  # asyncpg: see the imports
+
         conn = await connect(self.url, timeout=self.timeout, command_timeout=self.command_timeout)
         await setup_jsonb_codec(conn)
         await setup_numeric_codec(conn)
@@ -919,6 +927,8 @@ class Sink:
         """The ranges of ``collection``'s plan for ``version`` not landed yet, in plan order,
         and the rows the landed ones hold. On a connection of its own (the reader asks while
         this sink's writer may be applying a batch)."""
+        from cartridge_dagster.connectors.postgres import connect
+
         conn = await connect(self.url, timeout=self.timeout, command_timeout=self.command_timeout)
         try:
             rows = await conn.fetch(

@@ -109,6 +109,7 @@ def test_job_materializes_raw_tables(tmp_path: Path, pg_url: str, mongo_db_name:
         assert progress[0]["snapshot_total"].value == 60  # type: ignore[union-attr]
         assert any(p["snapshot_done"].value for p in progress)  # type: ignore[union-attr]
         assert all(p["snapshot_rows_per_s"].value >= 0 for p in progress)  # type: ignore[union-attr]
+        assert all(p["snapshot_eta_seconds"].value >= 0 for p in progress)  # type: ignore[union-attr]
     run(assert_oracle(settings, COLLS))
     # the asset checks: lag under the threshold, no dead letters
     defs = build_warp_defs(settings)

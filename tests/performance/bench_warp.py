@@ -9,7 +9,9 @@ plain-process vs Dagster rounds: one of each per round, the order alternating; t
 the per-round ratios is the measure, as the machine's speed drifts between rounds), ``BENCH_E2E_DOCS`` (default 10000 documents
 seeded into the embedded engine for the plain-process vs Dagster rows; each of those runs is a
 process of its own, ``tests.performance.warp_child``, with warp in its main thread as in
-``cartridge warp run`` and in Dagster's run worker), ``BENCH_DLT_DOCS``
+``cartridge warp run`` and in Dagster's run worker; each round also runs the Dagster run
+without the GC setting of warp's entry points, ``CARTRIDGE_GC_TUNING=0``, for what it buys
+there: the CPU without ÷ with, median of the rounds), ``BENCH_DLT_DOCS``
 (default 30000, dlt and the landing + staging comparison; a fifth of it is the small size).
 
 Baselines: ``B_decode`` (BSON decode of all the documents into a list, as the issue measured it;
@@ -345,12 +347,15 @@ async def e2e_memory(server: str, src: str, work: Path) -> dict[str, float]:
     return results
 
 
-async def e2e_child(mode: str, server: str, src: str, work: Path) -> tuple[float, float, float]:
+async def e2e_child(
+    mode: str, server: str, src: str, work: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, float]:
     """One warp run of the seeded ``plain`` collection in a process of its own
     (``tests.performance.warp_child``): ``plain``, the runner as ``cartridge warp run`` runs
     it; ``dagster``, the ``warp_bench`` job executed in the process's main thread, as Dagster's
-    run worker executes it. Returns docs/s over the whole run, docs/s while busy (to the last
-    batch with rows) and docs per CPU second of the process over the same span."""
+    run worker executes it (``env``: added to its environment). Returns docs/s over the whole
+    run, docs/s while busy (to the last batch with rows) and docs per CPU second of the process
+    over the same span."""
     import yaml
 
     url = await fresh_db(server)
@@ -369,6 +374,7 @@ async def e2e_child(mode: str, server: str, src: str, work: Path) -> tuple[float
             mode,
             str(cfg),
             cwd=repo,
+            env={**os.environ, **(env or {})},
             stdout=asyncio.subprocess.PIPE,
             stderr=err_file,
         )
@@ -619,12 +625,17 @@ async def main() -> None:
         src = f"mongoeco://{work / 'src.sqlite'}"
         e2e_docs = orders(max(N_E2E, N_MEM * 10))
         await seed_engine(src, e2e_docs)
-        plain_runs, dagster_runs = [], []
+        plain_runs, dagster_runs, nogc_runs = [], [], []
         for r in range(E2E_ROUNDS):
             progress(f"round {r + 1}/{E2E_ROUNDS}: warp runner, plain process and Dagster run")
             # one of each per round, the order alternating: whichever runs second in a pair
             # was measurably slower here, and the machine's speed drifts between pairs
-            for mode in ("dagster", "plain") if r % 2 else ("plain", "dagster"):
+            modes = ["plain", "dagster", "dagster_nogc"]
+            for mode in reversed(modes) if r % 2 else modes:
+                if mode == "dagster_nogc":
+                    nogc = {"CARTRIDGE_GC_TUNING": "0"}
+                    nogc_runs.append(await e2e_child("dagster", server, src, work, nogc))
+                    continue
                 runs = dagster_runs if mode == "dagster" else plain_runs
                 runs.append(await e2e_child(mode, server, src, work))
         mem = await e2e_memory(server, src, work)
@@ -664,6 +675,8 @@ async def main() -> None:
     dag_busy = max(d[1] for d in dagster_runs)
     paired = sorted(d[1] / p[1] for p, d in zip(plain_runs, dagster_runs, strict=True))
     paired_cpu = [d[2] / p[2] for p, d in zip(plain_runs, dagster_runs, strict=True)]
+    # docs per CPU second with ÷ without: the CPU without ÷ with
+    gc_gain = [d[2] / n[2] for d, n in zip(dagster_runs, nogc_runs, strict=True)]
     floor = min(rate["decode"], rate["copy"])
     floor_ev = min(rate["decode_ev"], rate["copy"])
     rows_out: list[tuple[str, float, str]] = [
@@ -769,6 +782,11 @@ async def main() -> None:
             "the same per CPU second of each process, median",
             statistics.median(paired_cpu),
             "x plain (every thread counted: Dagster's own included)",
+        ),
+        (
+            "GC setting in a Dagster run: CPU without ÷ with, median",
+            statistics.median(gc_gain),
+            f"(> 1 to keep it); rounds {min(gc_gain):.2f}-{max(gc_gain):.2f}",
         ),
         ("peak Python memory, 1x backlog (MB)", mem["peak_mb_small"], ""),
         (
