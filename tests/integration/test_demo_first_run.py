@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from cartridge_dagster.connectors.mongo import mongo_session
+from cartridge_dagster.identifiers import qualified
 from tests.support.demo_env import write_demo_config
 from tests.support.services import REPO
 
@@ -47,7 +48,10 @@ async def _source_counts(url: str) -> dict[str, int]:
 async def _landed(pg_url: str, names: list[str]) -> dict[str, int]:
     conn = await asyncpg.connect(pg_url)
     try:
-        return {n: int(await conn.fetchval(f'SELECT count(*) FROM raw_shop."{n}"')) for n in names}
+        return {
+            n: int(await conn.fetchval(f"SELECT count(*) FROM {qualified('raw_shop', n)}"))
+            for n in names
+        }
     finally:
         await conn.close()
 

@@ -27,8 +27,7 @@ from cartridge_dagster.assets.keys import schema_key
 from cartridge_dagster.component import CartridgeComponent, record_state
 from cartridge_dagster.config import load_settings
 from cartridge_dagster.deploy.defs_state import RunStorageDefsStateStorage, StateTooLarge
-from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
-from tests.support.init_env import InitEnv, make_env
+from tests.support.init_env import InitEnv, asset_of, init_resources, make_env
 from tests.support.production_instance import production_config, set_dagster_pg_env, write_home
 
 pytestmark = pytest.mark.integration
@@ -74,22 +73,6 @@ def _load(config: str) -> tuple[set[str], list[dict[str, Any]]]:
     return _raw_collections(defs), [e for e in logs if e["event"].startswith("component.")]
 
 
-def _resources(env: InitEnv) -> dict[str, object]:
-    path = str(env.config)
-    return {
-        "cartridge": CartridgeResource(config_path=path),
-        "mongo": MongoResource(config_path=path),
-        "postgres": PostgresResource(config_path=path),
-    }
-
-
-def _asset(defs: dg.Definitions, key: dg.AssetKey) -> dg.AssetsDefinition:
-    for a in defs.assets or []:
-        if isinstance(a, dg.AssetsDefinition) and key in a.keys:
-            return a
-    raise AssertionError(f"no asset {key.to_user_string()}")
-
-
 @pytest.mark.slow
 def test_a_scan_run_in_one_pod_builds_the_collections_in_another(
     pod: Pod, tmp_path: Path, mongo_url: str, pg_url: str
@@ -100,8 +83,8 @@ def test_a_scan_run_in_one_pod_builds_the_collections_in_another(
     config = str(env.config)
     with pod("run") as run_pod:
         assert isinstance(run_pod.defs_state_storage, RunStorageDefsStateStorage)
-        schema_asset = _asset(build_definitions(config), schema_key("shop"))
-        result = dg.materialize([schema_asset], resources=_resources(env), instance=run_pod)
+        schema_asset = asset_of(build_definitions(config), schema_key("shop"))
+        result = dg.materialize([schema_asset], resources=init_resources(env), instance=run_pod)
     assert result.success
     (event,) = result.get_asset_materialization_events()
     version = event.step_materialization_data.materialization.metadata[

@@ -13,9 +13,7 @@ from cartridge_dagster.assets.init import build_init_defs, staging_key
 from cartridge_dagster.assets.init.dbt import cartridge_dbt_project
 from cartridge_dagster.assets.keys import catalog_key, dbt_models_key, raw_key, schema_key
 from cartridge_dagster.connectors.mongo import mongo_session
-from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
-from cartridge_dagster.resources.dbt import build_dbt_resource
-from tests.support.init_env import InitEnv, make_env
+from tests.support.init_env import InitEnv, asset_of, init_resources, make_env
 from tests.support.raw_fixture import land_from_mongo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,34 +26,17 @@ def env(tmp_path: Path, mongo_url: str, pg_url: str, monkeypatch: pytest.MonkeyP
     return make_env(tmp_path, mongo_url, pg_url)
 
 
-def _resources(env: InitEnv) -> dict[str, object]:
-    path = str(env.config)
-    return {
-        "cartridge": CartridgeResource(config_path=path),
-        "mongo": MongoResource(config_path=path),
-        "postgres": PostgresResource(config_path=path),
-        "dbt": build_dbt_resource(path),
-    }
-
-
-def _asset(defs: dg.Definitions, key: dg.AssetKey) -> dg.AssetsDefinition:
-    for a in defs.assets or []:
-        if isinstance(a, dg.AssetsDefinition) and key in a.keys:
-            return a
-    raise AssertionError(f"no asset {key.to_user_string()}")
-
-
 def test_schema_and_dbt_models_assets_then_dbt_assets(env: InitEnv) -> None:
     settings = env.settings()
     defs = build_init_defs(settings)
-    schema_asset = _asset(defs, schema_key("shop"))
-    models_asset = _asset(defs, dbt_models_key("shop"))
+    schema_asset = asset_of(defs, schema_key("shop"))
+    models_asset = asset_of(defs, dbt_models_key("shop"))
     assert catalog_key("shop") in schema_asset.asset_deps[schema_key("shop")]
     assert schema_key("shop") in models_asset.asset_deps[dbt_models_key("shop")]
     # nothing generated yet: no dbt assets
     assert all(staging_key("shop", "stg_shop__orders") not in a.keys for a in defs.assets or [])
 
-    result = dg.materialize([schema_asset, models_asset], resources=_resources(env))
+    result = dg.materialize([schema_asset, models_asset], resources=init_resources(env, dbt=True))
     assert result.success
     meta = {
         e.asset_key: e.step_materialization_data.materialization.metadata
@@ -71,7 +52,7 @@ def test_schema_and_dbt_models_assets_then_dbt_assets(env: InitEnv) -> None:
     assert models_meta["files_changed"].value == 7
     assert models_meta["code_location_reload"].value.startswith("skipped: webserver not reachable")
 
-    again = dg.materialize([schema_asset, models_asset], resources=_resources(env))
+    again = dg.materialize([schema_asset, models_asset], resources=init_resources(env, dbt=True))
     meta2 = {
         e.asset_key: e.step_materialization_data.materialization.metadata
         for e in again.get_asset_materialization_events()
@@ -83,7 +64,7 @@ def test_schema_and_dbt_models_assets_then_dbt_assets(env: InitEnv) -> None:
     # generation parsed the project: the models are now assets, in one lineage graph
     cartridge_dbt_project.cache_clear()
     defs = build_init_defs(settings)
-    dbt_def = _asset(defs, staging_key("shop", "stg_shop__orders"))
+    dbt_def = asset_of(defs, staging_key("shop", "stg_shop__orders"))
     orders = staging_key("shop", "stg_shop__orders")
     items = staging_key("shop", "stg_shop__orders__items")
     assert dbt_def.asset_deps[orders] >= {raw_key("shop", "orders"), dbt_models_key("shop")}
@@ -95,7 +76,7 @@ def test_schema_and_dbt_models_assets_then_dbt_assets(env: InitEnv) -> None:
     assert dbt_def.check_specs_by_output_name  # generated dbt tests are asset checks
 
     asyncio.run(land_from_mongo(env.pg_url, env.mongo_url, "shop", "raw_shop"))
-    built = dg.materialize([dbt_def], resources=_resources(env))
+    built = dg.materialize([dbt_def], resources=init_resources(env, dbt=True))
     assert built.success
     done = {e.asset_key for e in built.get_asset_materialization_events()}
     assert orders in done and items in done
@@ -108,7 +89,7 @@ def test_schema_and_dbt_models_assets_then_dbt_assets(env: InitEnv) -> None:
             await conn.database("shop").orders.update_many({}, {"$set": {"channel": "web"}})
 
     asyncio.run(drift())
-    third = dg.materialize([schema_asset, models_asset], resources=_resources(env))
+    third = dg.materialize([schema_asset, models_asset], resources=init_resources(env, dbt=True))
     meta3 = {
         e.asset_key: e.step_materialization_data.materialization.metadata
         for e in third.get_asset_materialization_events()
@@ -146,8 +127,10 @@ def test_code_location_builds_from_component_state_the_scan_recorded(
         assert storage is not None
         defs = build_definitions(config)
         assert _raw_collections(defs) == set()  # nothing scanned, nothing recorded
-        schema_asset = _asset(defs, schema_key("shop"))
-        result = dg.materialize([schema_asset], resources=_resources(env), instance=instance)
+        schema_asset = asset_of(defs, schema_key("shop"))
+        result = dg.materialize(
+            [schema_asset], resources=init_resources(env, dbt=True), instance=instance
+        )
         assert result.success
         (event,) = result.get_asset_materialization_events()
         version = event.step_materialization_data.materialization.metadata[

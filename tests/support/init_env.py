@@ -94,3 +94,30 @@ def make_env(
     path = tmp_path / "cartridge.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return InitEnv(tmp_path, path, mongo_url, pg_url, database, project)
+
+
+def init_resources(env: InitEnv, *, dbt: bool = False) -> dict[str, object]:
+    """The resources the schema and generation assets need, from ``env``'s config."""
+    from cartridge_dagster.resources import CartridgeResource, MongoResource, PostgresResource
+
+    path = str(env.config)
+    resources: dict[str, object] = {
+        "cartridge": CartridgeResource(config_path=path),
+        "mongo": MongoResource(config_path=path),
+        "postgres": PostgresResource(config_path=path),
+    }
+    if dbt:
+        from cartridge_dagster.resources.dbt import build_dbt_resource
+
+        resources["dbt"] = build_dbt_resource(path)
+    return resources
+
+
+def asset_of(defs: Any, key: Any) -> Any:
+    """The assets definition of ``defs`` that holds ``key`` (AssertionError when none does)."""
+    import dagster as dg
+
+    for a in defs.assets or []:
+        if isinstance(a, dg.AssetsDefinition) and key in a.keys:
+            return a
+    raise AssertionError(f"no asset {key.to_user_string()}")
