@@ -97,12 +97,11 @@ def _execute(job: Any, instance: Any, what: str, **kwargs: Any) -> None:
     started = time.perf_counter()
     result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
     if not result.success:
-        failures = [
-            e.event_specific_data.error.message.strip()  # type: ignore[union-attr]
-            for e in result.all_events
-            if e.is_step_failure and e.event_specific_data is not None
-        ]
-        detail = failures[0] if failures else "see the run in the UI"
+        failures = result.get_step_failure_events()
+        error = failures[0].step_failure_data.error if failures else None
+        while error is not None and error.cause is not None:  # the step's own error, unwrapped
+            error = error.cause
+        detail = error.message.strip() if error is not None else "see the run in the UI"
         raise SystemExit(f"error: {what} failed (run {result.run_id}): {detail}")
     _say(f"{what}: {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
 
