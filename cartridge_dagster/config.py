@@ -21,9 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
-from urllib.parse import quote_plus, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +35,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from cartridge_dagster.config_file import find_config_file, inject_credentials, read_file, selects
 from cartridge_dagster.errors import ConfigError, redact_url
 
 __all__ = [
@@ -85,17 +85,7 @@ class StrictModel(BaseModel):
 
 
 def _inject_credentials(url: str, username: str | None, password: SecretStr | None) -> str:
-    if username is None and password is None:
-        return url
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        raise ValueError(
-            "give credentials either inside the connection string or as username/password, not both"
-        )
-    userinfo = quote_plus(username or "")
-    if password is not None:
-        userinfo += ":" + quote_plus(password.get_secret_value())
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+    return inject_credentials(url, username, password.get_secret_value() if password else None)
 
 
 def _check_url(url: str, schemes: tuple[str, ...]) -> None:
@@ -532,11 +522,7 @@ class SchemaConfig(StrictModel):
 
     def selects(self, collection: str) -> bool:
         """Whether ``collection`` is in scope (include/exclude, system collections never)."""
-        if collection.startswith("system."):
-            return False
-        if self.include and collection not in self.include:
-            return False
-        return collection not in self.exclude
+        return selects(collection, self.include, self.exclude)
 
     def table(self, collection: str) -> TableConfig:
         """Resolved per-table settings (schema defaults applied)."""
@@ -884,40 +870,6 @@ class CartridgeSettings(StrictModel):
 # --------------------------------------------------------------------------- loading
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The config file to use: explicit → ``$CARTRIDGE_CONFIG`` → ``./cartridge.yaml``."""
-    candidate = explicit or os.environ.get("CARTRIDGE_CONFIG")
-    if candidate:
-        path = Path(candidate)
-        if not path.is_file():
-            raise ConfigError(f"configuration file not found: {path}")
-        return path
-    for name in ("cartridge.yaml", "cartridge.yml", "cartridge.json"):
-        if Path(name).is_file():
-            return Path(name)
-    raise ConfigError(
-        "no configuration file: pass --config FILE, set CARTRIDGE_CONFIG, or create cartridge.yaml",
-        hint="examples/demo.yaml is a working configuration for the embedded demo",
-    )
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = path.suffix.lstrip(".").upper() or "YAML"
-        raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
-    return data
-
-
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -954,7 +906,7 @@ def load_settings(
 ) -> CartridgeSettings:
     """Load, merge with the environment, and validate. Raises :class:`ConfigError`."""
     file = find_config_file(path)
-    data = _read_file(file)
+    data = read_file(file)
     if overrides:
         data = {**data, **overrides}
     return _validated(data, str(file))

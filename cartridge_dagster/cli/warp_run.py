@@ -120,33 +120,48 @@ def validate_schemas(
     common.console.print("[green]ok[/]" + (" (dry run: nothing written)" if dry_run else ""))
 
 
-def run(args: RunArgs) -> None:
-    """Snapshot, then stream changes into PostgreSQL until stopped (SIGTERM/Ctrl-C)."""
+def _settings(args: RunArgs) -> tuple[CartridgeSettings, list[SchemaConfig]]:
+    """The validated settings and the schemas this command runs."""
     settings = load(args.config)
     chosen_mode = args.mode or settings.mode
     if chosen_mode not in ("single", "multi"):
         raise ConfigError(f"--mode must be single or multi, not {chosen_mode!r}")
-    schemas = schemas_for(settings, args.schema, chosen_mode)
-    if args.dry_run:
-        validate_schemas(settings, schemas, dry_run=True)
-        return
-    from cartridge_dagster.observability import HealthState, MetricsServer
-    from cartridge_dagster.warp.runner import run_schemas
+    return settings, schemas_for(settings, args.schema, chosen_mode)
+
+
+def _metrics_server(schemas: list[SchemaConfig], health: Any) -> Any:
+    """The metrics and health endpoint of the first schema's port (None: no port, or busy)."""
+    from cartridge_dagster.observability import MetricsServer
 
     port = schemas[0].warp.metrics_port
-    health = HealthState()
-    server: Any = None
-    if port:
-        try:
-            host = os.environ.get("CARTRIDGE_METRICS_HOST", "127.0.0.1")
-            server = MetricsServer(port, host=host, health=health).start()
-            common.console.print(
-                f"metrics: http://127.0.0.1:{server.port}/metrics (health: /health)"
-            )
-        except OSError as exc:
-            common.console.print(
-                f"[yellow]metrics disabled: port {port} is busy ({exc.strerror})[/]"
-            )
+    if not port:
+        return None
+    try:
+        host = os.environ.get("CARTRIDGE_METRICS_HOST", "127.0.0.1")
+        server = MetricsServer(port, host=host, health=health).start()
+    except OSError as exc:
+        common.console.print(f"[yellow]metrics disabled: port {port} is busy ({exc.strerror})[/]")
+        return None
+    common.console.print(f"metrics: http://127.0.0.1:{server.port}/metrics (health: /health)")
+    return server
+
+
+def run(args: RunArgs) -> None:
+    """Snapshot, then stream changes into PostgreSQL until stopped (SIGTERM/Ctrl-C).
+
+    On a first start from a MongoDB server the first reads are asked for while the settings
+    are validated (:mod:`cartridge_dagster.warp.early`): the file is read as plain YAML for the
+    source, the client opened on the event loop, and the settings validated in a worker thread
+    meanwhile; the runner uses those reads only when the validated settings match them."""
+    from cartridge_dagster.warp import early as early_reads
+
+    plan = None if args.dry_run else early_reads.plan(args.config, args.schema)
+    ready: tuple[CartridgeSettings, list[SchemaConfig]] | None = None
+    if plan is None:
+        ready = _settings(args)
+        if args.dry_run:
+            validate_schemas(*ready, dry_run=True)
+            return
 
     from cartridge_dagster.runtime import gc_tuning_enabled, young_gc_threshold
 
@@ -155,16 +170,40 @@ def run(args: RunArgs) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await run_schemas(
-            settings, schemas, stop=stop, stop_when_idle=args.stop_when_idle, health=health
-        )
+        early = early_reads.EarlyRead(plan) if plan is not None else None
+        server: Any = None
+        try:
+            if early is not None:
+                early.start()
+                await early.opened.wait()  # PyMongo imported: the reads wait on the server now
+                settings, schemas = await asyncio.to_thread(_settings, args)
+                early.validated()
+                if all(s.name != early.plan.schema for s in schemas):
+                    await early.close()
+            else:
+                assert ready is not None
+                settings, schemas = ready
+            from cartridge_dagster.observability import HealthState
+            from cartridge_dagster.warp.runner import run_schemas
 
-    try:
-        with young_gc_threshold() if gc_tuning_enabled() else contextlib.nullcontext():
-            summaries = run_async(main())
-    finally:
-        if server is not None:
-            server.stop()
+            health = HealthState()
+            server = _metrics_server(schemas, health)
+            return await run_schemas(
+                settings,
+                schemas,
+                stop=stop,
+                stop_when_idle=args.stop_when_idle,
+                health=health,
+                early=early,
+            )
+        finally:
+            if early is not None:
+                await early.close()  # what no runner adopted
+            if server is not None:
+                server.stop()
+
+    with young_gc_threshold() if gc_tuning_enabled() else contextlib.nullcontext():
+        summaries = run_async(main())
     from rich.table import Table
 
     table = Table(title="warp", show_header=True)

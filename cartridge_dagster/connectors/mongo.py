@@ -557,6 +557,45 @@ def _ping_error(display_url: str, exc: BaseException) -> CartridgeError:
     return ConnectionFailed(f"cannot reach MongoDB at {display_url}: {detail}")
 
 
+async def stream_start(client: Any, database: str) -> tuple[Any, dict[str, Any] | None]:
+    """A server's current position, recorded before a snapshot reads: ``hello``'s operation
+    time and the resume token of a change stream opened on ``database`` (the time is None on a
+    server without change streams: a standalone one)."""
+    hello = await client.admin.command("hello")
+    op_time = hello.get("operationTime")
+    if op_time is None:
+        return None, None
+    stream = await client[database].watch([], max_await_time_ms=10)
+    try:
+        token = stream.resume_token  # the aggregate's postBatchResumeToken (MongoDB 4.0.7+)
+        if token is None:
+            await stream.try_next()
+            token = stream.resume_token
+    finally:
+        await stream.close()
+    return op_time, (dict(token) if token else None)
+
+
+def natural_find(collection: str, batch_size: int, resume_after: Any = None) -> Any:
+    """The ``find`` of a resumable natural-order scan of ``collection`` (MongoDB 4.4+):
+    ``hint: {$natural: 1}`` and ``$_requestResumeToken``, from ``resume_after`` (a
+    ``postBatchResumeToken``) when given."""
+    from bson import SON
+
+    command: Any = SON(
+        [
+            ("find", collection),
+            ("filter", {}),
+            ("hint", {"$natural": 1}),
+            ("batchSize", batch_size),
+            ("$_requestResumeToken", True),
+        ]
+    )
+    if resume_after is not None:
+        command["$_resumeAfter"] = resume_after
+    return command
+
+
 def open_mongo(
     url: str,
     *,

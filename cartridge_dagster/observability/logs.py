@@ -50,7 +50,18 @@ def _import_structlog() -> ModuleType:
     return structlog
 
 
-structlog = _import_structlog()
+_structlog: ModuleType | None = None
+
+
+def _sl() -> ModuleType:
+    """structlog, imported when first needed (:func:`_import_structlog`): a module that only
+    creates its logger at import (``log = get_logger(...)``) does not pay for it. ``warp run``
+    asks for its first reads before it configures logging (``warp.early``)."""
+    global _structlog
+    if _structlog is None:
+        _structlog = _import_structlog()
+    return _structlog
+
 
 __all__ = ["bind_context", "configure_logging", "get_logger"]
 
@@ -93,6 +104,7 @@ def configure_logging(
     global _configured
     if _configured == (fmt, level) and not force:
         return
+    structlog = _sl()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -117,15 +129,33 @@ def configure_logging(
     _configured = (fmt, level)
 
 
+class _Logger:
+    """structlog's logger ``name``, made when it is first used (structlog imported then)."""
+
+    __slots__ = ("_initial", "_name", "_proxy")
+
+    def __init__(self, name: str | None, initial: dict[str, Any]) -> None:
+        self._name, self._initial, self._proxy = name, initial, None
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        proxy = self._proxy
+        if proxy is None:
+            proxy = self._proxy = _sl().get_logger(self._name, **self._initial)
+        return getattr(proxy, attr)
+
+
 def get_logger(name: str | None = None, **initial: Any) -> Any:
-    return structlog.get_logger(name, **initial)
+    return _Logger(name, initial)
 
 
 @contextlib.contextmanager
 def bind_context(**values: Any) -> Iterator[None]:
     """Bind ``run_id``/``schema``/``table``/… for everything logged inside the block."""
-    tokens = structlog.contextvars.bind_contextvars(**values)
+    contextvars = _sl().contextvars
+    tokens = contextvars.bind_contextvars(**values)
     try:
         yield
     finally:
-        structlog.contextvars.reset_contextvars(**tokens)
+        contextvars.reset_contextvars(**tokens)

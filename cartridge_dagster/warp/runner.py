@@ -71,6 +71,7 @@ from cartridge_dagster.warp.sources import Source, open_source, source_kind
 
 if TYPE_CHECKING:
     from cartridge_dagster.observability import HealthState
+    from cartridge_dagster.warp.early import EarlyRead
 
 __all__ = ["RunObserver", "RunSummary", "RunnerHealth", "WarpRunner", "run_schemas"]
 
@@ -256,6 +257,7 @@ class WarpRunner:
         max_retries: int = 8,
         max_backoff: float = 30.0,
         run_id: str | None = None,
+        early: EarlyRead | None = None,
     ) -> None:
         self.settings = settings
         self.schema = schema
@@ -279,6 +281,8 @@ class WarpRunner:
         self.source: Source | None = None
         #: a first start's plan and first pages, read before the fence (``warp.readahead``)
         self._ahead: ReadAhead | None = None
+        #: ``warp run``'s reads made while the settings were validated (``warp.early``)
+        self.early = early
         #: whole key ranges of a snapshot plan, for the range writers
         self._ranges: asyncio.Queue[Any] = asyncio.Queue(
             maxsize=max(1, schema.batching.queue_max_batches)
@@ -327,6 +331,13 @@ class WarpRunner:
         """Connect to the source, retrying what is transient (an unreachable server, the
         embedded engine's file busy with another process's write)."""
         timeout = self.settings.source_for(self.schema).connect_timeout_seconds
+        early, self.early = self.early, None
+        if early is not None:
+            adopted, reason = await early.adopt(self.source_url, timeout, self.schema)
+            if adopted is not None:
+                log.info("warp.source.early_reads", first_page_asked_at=early.asked_at())
+                return adopted
+            log.info("warp.source.early_reads_dropped", reason=reason)
         try:
             async for attempt in self._retrying(self.source_side, _source_transient):
                 with attempt:
@@ -776,6 +787,9 @@ class WarpRunner:
                     stop=self.stop,
                 )
                 cp = await self._warehouse(sink)
+                drop = getattr(source, "drop_early", None)  # reads no copy took (warp.early)
+                if drop is not None:
+                    await drop()
             else:  # the two connections' round trips overlap
                 cp = await self._warehouse(sink)
                 source = await opening
@@ -883,11 +897,20 @@ async def run_schemas(
     stop_when_idle: float | None = None,
     observer: RunObserver | None = None,
     health: HealthState | None = None,
+    early: EarlyRead | None = None,
 ) -> list[RunSummary]:
     """Run several schemas in one process (``mode: multi``); the first terminal error stops all.
-    ``health``: each runner's probe is watched there as ``warp/<schema>``."""
+    ``health``: each runner's probe is watched there as ``warp/<schema>``; ``early``: reads
+    ``warp run`` made for one of them while it validated the settings (``warp.early``)."""
     runners = [
-        WarpRunner(settings, s, stop=stop, stop_when_idle=stop_when_idle, observer=observer)
+        WarpRunner(
+            settings,
+            s,
+            stop=stop,
+            stop_when_idle=stop_when_idle,
+            observer=observer,
+            early=early if early is not None and early.plan.schema == s.name else None,
+        )
         for s in schemas
     ]
     if health is not None:

@@ -32,7 +32,13 @@ import pymongo.errors
 from bson import Timestamp
 
 from cartridge_dagster.config import SchemaConfig
-from cartridge_dagster.connectors.mongo import ChangeStream, MongoConnection, raw_database
+from cartridge_dagster.connectors.mongo import (
+    ChangeStream,
+    MongoConnection,
+    natural_find,
+    raw_database,
+    stream_start,
+)
 from cartridge_dagster.connectors.mongoeco_log import decode_token
 from cartridge_dagster.connectors.mongoeco_store import StoreScan, decode_stored_text
 from cartridge_dagster.documents import ConversionStats, split_documents
@@ -47,6 +53,7 @@ from cartridge_dagster.warp.changes import (
     make_version,
     split_version,
 )
+from cartridge_dagster.warp.early import FIRST_PAGE, EarlyReads
 from cartridge_dagster.warp.sink import (
     COPY_HEADER,
     COPY_TRAILER,
@@ -69,8 +76,6 @@ __all__ = [
 YIELD_EVERY = 100
 #: Documents converted to COPY rows in one call to C (between two yields to the event loop).
 COPY_CHUNK = 1000
-#: The first page of a server's natural-order scan (the next ones are full pages).
-FIRST_PAGE = 1000
 
 log = get_logger("cartridge.warp.source")
 
@@ -277,6 +282,9 @@ class SchemaSource:
     #: Update events whose ``fullDocument`` was missing (``whenAvailable`` without post-images)
     #: and that were looked up instead.
     looked_up: int = 0
+    #: What ``warp run`` read while its settings were validated (``warp.early``): each read
+    #: is used once, by the first call that would have made it.
+    early: EarlyReads | None = None
 
     async def _next_event(self, stream: ChangeStream) -> tuple[ChangeStream, Any]:
         """The next whole event: fragments of a split large event are merged back into one;
@@ -334,7 +342,11 @@ class SchemaSource:
         """A first start on a database that does not exist is a typo, not an empty source:
         stop with one clear line instead of streaming nothing forever."""
         name = self.schema.source_database
-        names = await self.conn.list_database_names()
+        early = self.early
+        if early is not None and early.databases is not None:
+            names, early.databases = early.databases, None
+        else:
+            names = await self.conn.list_database_names()
         if name not in names:
             shown = ", ".join(n for n in names if n not in ("admin", "config", "local")) or "none"
             raise TerminalError(
@@ -363,7 +375,14 @@ class SchemaSource:
         except (pymongo.errors.PyMongoError, OSError, ValueError, AttributeError):
             return None
 
+    async def drop_early(self) -> None:
+        """Let go of the early reads no call took (a first page whose copy was not started)."""
+        if self.early is not None:
+            early, self.early = self.early, None
+            await early.close(self.conn)
+
     async def close(self) -> None:
+        await self.drop_early()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -381,24 +400,25 @@ class SchemaSource:
             state = self.conn.client.change_stream_state()
             last = int(state["nextToken"]) - 1
             return Position({"_data": str(max(last, 0))}, max(last, 0))
-        hello = await self.conn.client.admin.command("hello")
-        op_time = hello.get("operationTime")
+        early = self.early
+        if early is not None and early.start is not None:
+            (op_time, token), early.start = early.start, None
+        else:
+            op_time, token = await stream_start(self.conn.client, db_name)
         if op_time is None:
             raise TerminalError(
                 "MongoDB did not report an operation time: change streams need a replica set "
                 "or a sharded cluster",
                 hint="point source.connection_string at a replica set (a single-node one works)",
             )
-        stream = await self.conn.client[db_name].watch([], max_await_time_ms=10)
-        try:
-            await stream.try_next()
-            token = stream.resume_token
-        finally:
-            await stream.close()
-        return Position(dict(token) if token else None, cluster_base(op_time))
+        return Position(token, cluster_base(op_time))
 
     async def collections(self) -> list[str]:
-        names = await self.conn.list_collection_names(self.schema.source_database)
+        early = self.early
+        if early is not None and early.collections is not None:
+            names, early.collections = early.collections, None
+        else:
+            names = await self.conn.list_collection_names(self.schema.source_database)
         return [n for n in names if self.schema.selects(n)]
 
     def seed_version(self, version: int) -> None:
@@ -492,20 +512,25 @@ class SchemaSource:
         from bson import SON, Int64, json_util
 
         db = raw_database(self.conn, self.schema.source_database)
-        command: Any = SON(
-            [
-                ("find", collection),
-                ("filter", {}),
-                ("hint", {"$natural": 1}),
-                # a smaller first page: warp and PostgreSQL start on it while the server reads
-                # the next (full) one, instead of waiting for a whole page at the start
-                ("batchSize", min(size, FIRST_PAGE)),
-                ("$_requestResumeToken", True),
-            ]
+        # a smaller first page: warp and PostgreSQL start on it while the server reads the
+        # next (full) one, instead of waiting for a whole page at the start
+        first_size = min(size, FIRST_PAGE)
+        resume = json_util.loads(str(scan["token"])) if scan and scan.get("token") else None
+        early = (
+            self.early.take_first(collection, first_size, size)
+            if self.early is not None and resume is None
+            else None
         )
-        if scan and scan.get("token"):
-            command["$_resumeAfter"] = json_util.loads(str(scan["token"]))
-        async with self.conn.client.start_session() as session:
+        following: asyncio.Future[Any] | None = None
+        if early is not None:  # asked for while the settings were validated (warp.early)
+            session, asked, following = early
+        else:
+            session = self.conn.client.start_session()
+            command = natural_find(collection, first_size, resume)
+            asked = asyncio.ensure_future(
+                db.command(command, session=session, codec_options=db.codec_options)
+            )
+        async with session:
 
             def more(cursor_id: int) -> Any:
                 return db.command(
@@ -520,15 +545,24 @@ class SchemaSource:
                     codec_options=db.codec_options,
                 )
 
-            reply = await db.command(command, session=session, codec_options=db.codec_options)
+            reply = await asked
             batch, cursor_id, token = _cursor_reply(reply, "firstBatch")
-            ahead: asyncio.Task[Any] | None = None
+            ahead: asyncio.Future[Any] | None = None
             try:
                 while True:
                     state = {"kind": "natural", "token": json_util.dumps(token)}
                     # the next batch is asked for now: the server reads it while this one is
-                    # converted and written (one request in flight, as a driver's cursor would)
-                    ahead = asyncio.ensure_future(more(cursor_id)) if cursor_id else None
+                    # converted and written (one request in flight, as a driver's cursor would);
+                    # the second one was asked for early, with the first
+                    if following is not None:
+                        ahead, following = following, None
+                        if not cursor_id:  # the first page was the last: nothing was asked
+                            ahead.cancel()
+                            with contextlib.suppress(BaseException):
+                                await ahead
+                            ahead = None
+                    else:
+                        ahead = asyncio.ensure_future(more(cursor_id)) if cursor_id else None
                     if batch:
                         yield batch, state
                     if ahead is None:
@@ -536,10 +570,11 @@ class SchemaSource:
                     reply, ahead = await ahead, None
                     batch, cursor_id, token = _cursor_reply(reply, "nextBatch")
             finally:
-                if ahead is not None:
-                    ahead.cancel()
-                    with contextlib.suppress(BaseException):
-                        await ahead
+                for pending in (ahead, following):
+                    if pending is not None:
+                        pending.cancel()
+                        with contextlib.suppress(BaseException):
+                            await pending
                 if cursor_id:
                     with contextlib.suppress(pymongo.errors.PyMongoError):
                         await db.command(

@@ -111,6 +111,50 @@ def test_warp_run_path_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
     assert _offenders(modules) == []
 
 
+#: What ``warp run`` must not import before it asks for its first reads (``warp.early``): the
+#: settings are validated meanwhile (pydantic), logging is configured then (structlog), and the
+#: runner and the warehouse's driver come after.
+NOT_BEFORE_EARLY_READS = (
+    "pydantic",
+    "pydantic_core",
+    "cartridge_dagster.config",
+    "structlog",
+    "cartridge_dagster.warp.runner",
+    "cartridge_dagster.warp.source",
+    "cartridge_dagster.warp.sink",
+    "tenacity",
+    "asyncpg",
+    "typer",
+    "rich",
+    "dagster",
+)
+
+
+def test_early_reads_are_asked_for_before_the_settings_are_validated(tmp_path: Path) -> None:
+    modules = _imported_by(
+        """
+        from cartridge_dagster.cli import warp_run
+        args = warp_run.parse_run_args(["--config", {config!r}])
+        from cartridge_dagster.warp import early
+        plan = early.plan(args.config, args.schema)
+        assert plan is not None and plan.database == "shop"
+        # what EarlyRead._read does before its first request goes out
+        from cartridge_dagster.connectors.mongo import (
+            natural_find, open_mongo, raw_database, stream_start,
+        )
+        conn = open_mongo(plan.url, timeout_seconds=plan.timeout_seconds)
+        raw_database(conn, plan.database)
+        natural_find("orders", early.FIRST_PAGE)
+        """,
+        tmp_path,
+    )
+    assert "pymongo" in modules and "cartridge_dagster.warp.early" in modules
+    offenders = sorted(
+        m for m in modules if any(m == p or m.startswith(p + ".") for p in NOT_BEFORE_EARLY_READS)
+    )
+    assert offenders == []
+
+
 def test_a_lazy_module_counts_once_it_is_used(tmp_path: Path) -> None:
     """The sink names asyncpg lazily: its first use (an attribute) imports it, and then the
     check sees it."""

@@ -1,0 +1,235 @@
+"""``cartridge warp run`` asks for its first reads while it validates its settings (``warp.early``).
+
+Each test runs the command as its own process against a replica-set test server of its own,
+started with its command trace on (``CARTRIDGE_REPLSET_TRACE=1``: one line per command the
+server receives, written by the server). Two oracles do not use the code under test:
+
+- the trace: which database was read, and whether an early cursor was let go;
+- the source read back with PyMongo (``assert_oracle``).
+
+What must hold:
+
+- a first start uses what it read early: every document is copied once;
+- a guess the settings contradict is dropped, and its cursor killed;
+- an environment that overrides the file's source never reads the file's database;
+- a restart drops the early pages (the checkpoint's plan goes on);
+- a configuration error, or a database the source lacks, ends in one line with no traceback
+  or asyncio warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cartridge_dagster.connectors.mongo import mongo_session
+from tests.conftest import run
+from tests.support.replset import ReplicaSetProcess, start
+from tests.support.services import REPO
+from tests.support.warp import SCHEMA, assert_oracle, warp_settings
+
+pytestmark = pytest.mark.integration
+
+#: alpha needs three pages (1,000 then 5,000 then the rest); beta and gamma fit in the first
+SIZES = {"alpha": 7_300, "beta": 40, "gamma": 1}
+USER, PASSWORD = "app user", "p@ss:w/rd%"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaSetProcess]:
+    os.environ["CARTRIDGE_REPLSET_TRACE"] = "1"
+    try:
+        handle = start(tmp_path_factory.mktemp("early-rs"), users=(f"{USER}:{PASSWORD}",))
+    finally:
+        del os.environ["CARTRIDGE_REPLSET_TRACE"]
+    yield handle
+    handle.stop()
+
+
+def _authed(server: ReplicaSetProcess) -> str:
+    from urllib.parse import quote_plus
+
+    head, rest = server.uri.split("//", 1)
+    return f"{head}//{quote_plus(USER)}:{quote_plus(PASSWORD)}@{rest}"
+
+
+async def _seed(url: str, db: str) -> None:
+    async with mongo_session(url) as conn:
+        database = conn.database(db)
+        for name, n in SIZES.items():
+            await database[name].insert_many(
+                [{"_id": i, "name": f"{name} é{i}", "n": i * 7} for i in range(n)]
+            )
+
+
+def _config(tmp_path: Path, server: ReplicaSetProcess, pg_url: str, db: str, **schema: Any) -> Path:
+    path = tmp_path / "cartridge.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "source": {
+                    "connection_string": server.uri,
+                    "username": USER,
+                    "password": PASSWORD,
+                },
+                "destination": {"connection_string": pg_url},
+                "state_dir": str(tmp_path / "state"),
+                "schemas": [
+                    {
+                        "name": SCHEMA,
+                        "source_database": db,
+                        "target_schema": "raw_shop",
+                        "warp": {"metrics_port": 0, "idle_checkpoint_seconds": 0.5},
+                        **schema,
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def _warp(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "cartridge_dagster", "warp", "run"),
+            *("--config", str(config), "--stop-when-idle", "0.6"),
+        ],
+        cwd=REPO,
+        env={**clean, "PYTHONWARNINGS": "default", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _trace(server: ReplicaSetProcess, since: int) -> list[str]:
+    """The server's trace lines written after offset ``since`` of its log."""
+    text = (server.data / "server.log").read_text(errors="replace")[since:]
+    return [line for line in text.splitlines() if line.startswith("cmd ")]
+
+
+def _log_size(server: ReplicaSetProcess) -> int:
+    return len((server.data / "server.log").read_text(errors="replace"))
+
+
+def _oracle(server: ReplicaSetProcess, pg_url: str, db: str) -> None:
+    settings = warp_settings(_authed(server), pg_url, db)
+    run(assert_oracle(settings, sorted(SIZES)))
+
+
+def _clean(out: subprocess.CompletedProcess[str]) -> None:
+    both = out.stdout + out.stderr
+    for bad in (
+        "Traceback",
+        "was never awaited",
+        "Task was destroyed",
+        "Unclosed",
+        "ResourceWarning",
+    ):
+        assert bad not in both, both[-3000:]
+
+
+def test_a_first_start_uses_its_early_reads(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
+) -> None:
+    run(_seed(_authed(server), mongo_db_name))
+    since = _log_size(server)
+    out = _warp(_config(tmp_path, server, pg_url, mongo_db_name))
+    assert out.returncode == 0, out.stdout + out.stderr
+    _clean(out)
+    assert "warp.source.early_reads " in out.stderr, out.stderr
+    assert "early_reads_dropped" not in out.stderr
+    finds = [t for t in _trace(server, since) if f" find db={mongo_db_name} " in t]
+    _oracle(server, pg_url, mongo_db_name)
+    # one snapshot read per collection: the early one was the run's own, not read again
+    assert len(finds) == len(SIZES), finds
+    assert "'find': 'alpha'" in finds[0] and "'batchSize': 1000" in finds[0]
+
+
+def test_a_guess_the_settings_contradict_is_dropped_and_its_cursor_killed(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
+) -> None:
+    run(_seed(_authed(server), mongo_db_name))
+    since = _log_size(server)
+    # the environment changes the page size the file implies (defaults are not overrides of
+    # what is read: the early reads still happen, and the runner sees they do not fit)
+    env = {"CARTRIDGE_DEFAULTS__BATCHING__MAX_BATCH_SIZE": "700"}
+    out = _warp(_config(tmp_path, server, pg_url, mongo_db_name), env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _clean(out)
+    assert "warp.source.early_reads_dropped" in out.stderr
+    assert "other page sizes" in out.stderr
+    _oracle(server, pg_url, mongo_db_name)
+    trace = _trace(server, since)
+    early_find = next(i for i, t in enumerate(trace) if "'find': 'alpha'" in t)
+    killed = [t for t in trace[early_find:] if "killCursors" in t and "'alpha'" in t]
+    assert killed, "the early cursor on alpha was not killed"
+
+
+def test_an_overridden_source_is_never_read_from_the_file(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
+) -> None:
+    run(_seed(_authed(server), mongo_db_name))
+    since = _log_size(server)
+    config = _config(tmp_path, server, pg_url, "file_only_db")
+    out = _warp(config, {"CARTRIDGE_SCHEMAS__0__SOURCE_DATABASE": mongo_db_name})
+    assert out.returncode == 0, out.stdout + out.stderr
+    _clean(out)
+    assert "early_reads" not in out.stderr
+    _oracle(server, pg_url, mongo_db_name)
+    assert not [t for t in _trace(server, since) if "file_only_db" in t]
+
+
+def test_a_restart_drops_its_early_pages(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
+) -> None:
+    run(_seed(_authed(server), mongo_db_name))
+    config = _config(tmp_path, server, pg_url, mongo_db_name)
+    assert _warp(config).returncode == 0
+
+    async def more() -> None:
+        async with mongo_session(_authed(server)) as conn:
+            await conn.database(mongo_db_name)["alpha"].insert_many(
+                [{"_id": 100_000 + i, "name": "later"} for i in range(50)]
+            )
+            await conn.database(mongo_db_name)["beta"].delete_one({"_id": 3})
+
+    run(more())
+    out = _warp(config)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _clean(out)
+    assert "warp.snapshot.read_ahead_dropped" in out.stderr
+    assert re.search(r"warp\.snapshot\.plan ", out.stderr) is None  # no new snapshot plan
+    _oracle(server, pg_url, mongo_db_name)
+
+
+def test_a_bad_setting_is_one_line(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
+) -> None:
+    run(_seed(_authed(server), mongo_db_name))
+    out = _warp(_config(tmp_path, server, pg_url, mongo_db_name, batching={"max_batch_sise": 5}))
+    assert out.returncode == 2, out.stdout + out.stderr
+    _clean(out)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert any("max_batch_sise" in line and "unknown key" in line for line in lines), lines
+    assert len(lines) <= 3, lines
+
+
+def test_a_database_the_source_lacks_is_one_line(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str
+) -> None:
+    out = _warp(_config(tmp_path, server, pg_url, "no_such_db"))
+    assert out.returncode != 0
+    _clean(out)
+    both = out.stdout + out.stderr
+    assert "the source has no database 'no_such_db'" in both, both
