@@ -98,7 +98,11 @@ def _config(tmp_path: Path, server: ReplicaSetProcess, pg_url: str, db: str, **s
 
 
 def _warp(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CARTRIDGE_") and k not in ("COLUMNS", "LINES")  # output to a pipe
+    }
     return subprocess.run(
         [
             *(sys.executable, "-m", "cartridge_dagster", "warp", "run"),
