@@ -545,10 +545,11 @@ class SchemaSource:
                     codec_options=db.codec_options,
                 )
 
-            reply = await asked
-            batch, cursor_id, token = _cursor_reply(reply, "firstBatch")
             ahead: asyncio.Future[Any] | None = None
+            cursor_id = 0
             try:
+                reply = await asked
+                batch, cursor_id, token = _cursor_reply(reply, "firstBatch")
                 while True:
                     state = {"kind": "natural", "token": json_util.dumps(token)}
                     # the next batch is asked for now: the server reads it while this one is

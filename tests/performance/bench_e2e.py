@@ -27,6 +27,9 @@ over TCP on 127.0.0.1 — into the same PostgreSQL, in interleaved rounds:
   (one core or less free) warp's share of the ceiling tends to server ÷ (server + warp +
   PostgreSQL), whatever the overlap.
 
+Each tool starts once the server's CPU has been still for 0.2 s (:func:`server_idle`), so no
+tool is timed through the last one's cursors and garbage.
+
 Sizes: ``BENCH_E2E_SIZES`` (default ``10000,50000,100000,1000000``), rounds
 ``BENCH_E2E_ROUNDS`` (3; one round for a million), and ``BENCH_E2E_MANY`` collections of 10,000
 (100; 0 skips). Seeded sources are cached in ``.cartridge/bench/seed/`` (10,000 documents
@@ -228,6 +231,20 @@ class Source:
 
 
 # --------------------------------------------------------------------------- the tools
+
+
+def server_idle(pid: int | None, quiet: float = 0.2, limit: float = 15.0) -> None:
+    """Wait until the server's CPU has not moved for ``quiet`` seconds (at most ``limit``):
+    each tool starts on a server done with the last one's reads (cursors closed, garbage
+    collected), so no tool's start is timed through another's leftovers."""
+    deadline = time.monotonic() + limit
+    last = cpu_seconds(pid)
+    while pid is not None and time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < 0.01:
+            return
+        last = now
 
 
 def plain_read(uri: str, collections: list[str]) -> float:
@@ -575,6 +592,7 @@ def measure(pg_server: str, n: int, collections: int, rounds: int, tmp: Path) ->
             if r % 2:
                 order.reverse()
             for tool in order:
+                server_idle(src.pid)
                 url = asyncio.run(fresh_db(pg_server))
                 try:
                     work = tmp / f"{tool}-{collections}x{n}-{r}"
