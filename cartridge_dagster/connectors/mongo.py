@@ -473,7 +473,7 @@ class MongoConnection:
             else:
                 await self.client.server_info()
         except Exception as exc:  # noqa: BLE001 - mapped to one clear error
-            raise _ping_error(self.display_url, exc) from None
+            raise first_contact_error(self.display_url, exc) from None
 
     async def list_collection_names(self, database: str) -> list[str]:
         names = await self.client[database].list_collection_names()
@@ -542,7 +542,7 @@ class MongoConnection:
 _AUTH_CODES = frozenset({13, 18, 8000})
 
 
-def _ping_error(display_url: str, exc: BaseException) -> CartridgeError:
+def first_contact_error(display_url: str, exc: BaseException) -> CartridgeError:
     """The one error a failed first contact maps onto: terminal for credentials, transient
     (retried) for a busy embedded file, "cannot reach" otherwise."""
     detail = f"{type(exc).__name__}: {redact_url(str(exc))[:300]}"

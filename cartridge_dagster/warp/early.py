@@ -227,6 +227,8 @@ class EarlyRead:
     reads: EarlyReads = field(default_factory=EarlyReads)
     #: set once the client exists (PyMongo imported): the settings are validated from then on
     opened: asyncio.Event = field(default_factory=asyncio.Event)
+    #: what the early reads failed with (None: they did not fail, or have not ended)
+    failure: BaseException | None = None
     _task: asyncio.Task[None] | None = None
     _switch: float | None = None
 
@@ -322,6 +324,7 @@ class EarlyRead:
             with contextlib.suppress(Exception):
                 await task
             if task.cancelled() or task.exception() is not None:
+                self.failure = None if task.cancelled() else task.exception()
                 reason = "the early reads failed (the runner's own reads say why)"
         if reason or task is None or self.conn is None:
             await self.close(task)

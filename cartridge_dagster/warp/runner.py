@@ -241,6 +241,11 @@ def _source_transient(exc: BaseException) -> bool:
     return classify(exc) is TransientError
 
 
+class _Stopped(BaseException):
+    """A stop asked for while a retry paused: nothing more is tried, the run ends as stopped.
+    (A BaseException: the handlers of the errors being retried must not take it for one.)"""
+
+
 class WarpRunner:
     """Runs warp for one schema until stopped."""
 
@@ -292,6 +297,8 @@ class WarpRunner:
 
     def _retrying(self, side: str, predicate: Callable[[BaseException], bool]) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
+            if self.stop.is_set():
+                return  # no retry follows (_pause)
             exc = state.outcome.exception() if state.outcome else None
             self.summary.retries += 1
             self.health.retrying(f"{side}: {type(exc).__name__}")
@@ -309,8 +316,19 @@ class WarpRunner:
             wait=wait_exponential_jitter(initial=0.2, max=self.max_backoff, jitter=0.5),
             stop=stop_after_attempt(self.max_retries),
             before_sleep=before_sleep,
+            sleep=self._pause,
             reraise=True,
         )
+
+    async def _pause(self, seconds: float) -> None:
+        """The pause before a retry, cut short by a stop (SIGTERM, Ctrl-C, Dagster): then no
+        retry follows and the run ends as stopped (:class:`_Stopped`), instead of waiting out
+        every attempt against a source or warehouse that does not answer."""
+        if not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), seconds)
+        if self.stop.is_set():
+            raise _Stopped
 
     def _source_down(self, exc: BaseException) -> ConnectionFailed:
         """The error a runner stops with when the source stays unreachable."""
@@ -332,15 +350,25 @@ class WarpRunner:
         embedded engine's file busy with another process's write)."""
         timeout = self.settings.source_for(self.schema).connect_timeout_seconds
         early, self.early = self.early, None
-        if early is not None:
-            adopted, reason = await early.adopt(self.source_url, timeout, self.schema)
-            if adopted is not None:
-                log.info("warp.source.early_reads", first_page_asked_at=early.asked_at())
-                return adopted
-            log.info("warp.source.early_reads_dropped", reason=reason)
         try:
             async for attempt in self._retrying(self.source_side, _source_transient):
                 with attempt:
+                    if early is not None:
+                        taken, early = early, None
+                        adopted, reason = await taken.adopt(self.source_url, timeout, self.schema)
+                        if adopted is not None:
+                            log.info(
+                                "warp.source.early_reads", first_page_asked_at=taken.asked_at()
+                            )
+                            return adopted
+                        log.info("warp.source.early_reads_dropped", reason=reason)
+                        if taken.failure is not None and _source_transient(taken.failure):
+                            # the early reads could not reach the source: that was this run's
+                            # first attempt (retried after a pause, not at once)
+                            from cartridge_dagster.connectors.mongo import first_contact_error
+
+                            shown = redact_url(self.source_url)
+                            raise first_contact_error(shown, taken.failure)
                     return await open_source(self.source_url, self.schema, timeout_seconds=timeout)
         except Exception as exc:
             if _source_transient(exc):
@@ -749,6 +777,9 @@ class WarpRunner:
                     with contextlib.suppress(Exception):
                         await loading
                 self.summary.checkpoint = await sink.checkpoint()
+            except _Stopped:  # stopped while a retry paused: what was applied stays, no error
+                self.summary.stop_reason = self.summary.stop_reason or "stopped"
+                log.info("warp.stopped_while_retrying", retries=self.summary.retries)
             except BaseException as exc:
                 self.health.stopped = type(exc).__name__
                 raise
@@ -863,6 +894,8 @@ class WarpRunner:
                     task.result()
                 return
             exc = reader.exception()
+            if isinstance(exc, _Stopped):  # stopped while the source was retried: what was
+                exc = None  # read is queued, and applied below as at any stop
             if exc is not None:
                 self.stop.set()
                 self.summary.stop_reason = f"error: {type(exc).__name__}"

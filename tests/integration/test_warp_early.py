@@ -237,3 +237,72 @@ def test_a_database_the_source_lacks_is_one_line(
     _clean(out)
     both = out.stdout + out.stderr
     assert "the source has no database 'no_such_db'" in both, both
+
+
+def test_an_unreachable_source_is_retried_after_one_timeout_and_stops_on_sigterm(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The early reads' failed contact counts as the run's first attempt: the first retry
+    comes one connect timeout after the start, not two (early reads, then the runner's own).
+    SIGTERM while it retries ends the run as stopped (exit 0) within one attempt, not after
+    every attempt has failed (the code before took 46 s here, then exited 3 with an error)."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    timeout = 3.0
+    config = tmp_path / "cartridge.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "source": {
+                    "connection_string": f"mongodb://127.0.0.1:{port}/?replicaSet=rs0",
+                    "connect_timeout_seconds": timeout,
+                },
+                "destination": {"connection_string": pg_url},
+                "state_dir": str(tmp_path / "state"),
+                "schemas": [
+                    {"name": SCHEMA, "source_database": "shop", "warp": {"metrics_port": 0}}
+                ],
+            }
+        )
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cartridge_dagster", "warp", "run", "--config", str(config)],
+        cwd=REPO,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "warp.retry" in line:
+                break
+        first_retry = time.monotonic() - started
+        proc.send_signal(signal.SIGTERM)
+        signaled = time.monotonic()
+        lines += proc.stdout.readlines()
+        code = proc.wait(60)
+        stopped_in = time.monotonic() - signaled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = "".join(lines)
+    assert "warp.source.early_reads_dropped" in text, text
+    assert "attempt=1" in text and f"cannot reach MongoDB at mongodb://127.0.0.1:{port}" in text
+    assert first_retry < timeout * 1.7, f"first retry after {first_retry:.1f} s: {text}"
+    assert code == 0, text
+    # at once in a pause, at the latest when the attempt under way times out
+    assert stopped_in < timeout + 2.0, f"stopped {stopped_in:.1f} s after SIGTERM: {text}"
+    assert "warp.stopped_while_retrying" in text and "error:" not in text, text
+    assert "Traceback" not in text
