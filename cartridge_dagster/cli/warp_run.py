@@ -175,7 +175,7 @@ def run(args: RunArgs) -> None:
         try:
             if early is not None:
                 early.start()
-                await early.opened.wait()  # PyMongo imported: the reads wait on the server now
+                await early.under_way()  # the server reads the first page meanwhile
                 settings, schemas = await asyncio.to_thread(_settings, args)
                 early.validated()
                 if all(s.name != early.plan.schema for s in schemas):

@@ -65,6 +65,8 @@ _OVERRIDES = (
     "cartridge_warp_source",
     "cartridge_warp_schemas",
 )
+#: How long validating the settings waits for the first page to be asked for (seconds).
+_AT_MOST = 0.2
 #: How often the interpreter switches threads while both run: the event loop's replies get the
 #: GIL from the validating thread within this many seconds (the default is 5 ms per switch).
 _SWITCH_INTERVAL = 0.0005
@@ -225,8 +227,8 @@ class EarlyRead:
     plan: EarlyPlan
     conn: MongoConnection | None = None
     reads: EarlyReads = field(default_factory=EarlyReads)
-    #: set once the client exists (PyMongo imported): the settings are validated from then on
-    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set once the first page is asked for, or the early reads ended without asking for it
+    asked: asyncio.Event = field(default_factory=asyncio.Event)
     #: what the early reads failed with (None: they did not fail, or have not ended)
     failure: BaseException | None = None
     _task: asyncio.Task[None] | None = None
@@ -236,6 +238,14 @@ class EarlyRead:
         self._switch = sys.getswitchinterval()
         sys.setswitchinterval(_SWITCH_INTERVAL)
         self._task = asyncio.ensure_future(self._read())
+
+    async def under_way(self, limit: float = _AT_MOST) -> None:
+        """Wait until the first page is asked for (or the early reads ended), for at most
+        ``limit`` seconds: the settings are validated after, while the server reads the page,
+        so the round trips before it do not wait on the validating thread for the GIL. A slow
+        or unreachable server waits ``limit`` at most."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.asked.wait(), limit)
 
     def asked_at(self) -> str | None:
         """When the first page was asked for (ISO 8601, UTC), if it was."""
@@ -253,6 +263,12 @@ class EarlyRead:
             self._switch = None
 
     async def _read(self) -> None:
+        try:
+            await self._ask()
+        finally:
+            self.asked.set()
+
+    async def _ask(self) -> None:
         from cartridge_dagster.connectors.mongo import (
             natural_find,
             open_mongo,
@@ -261,10 +277,7 @@ class EarlyRead:
         )
 
         p = self.plan
-        try:
-            conn = self.conn = open_mongo(p.url, timeout_seconds=p.timeout_seconds)
-        finally:
-            self.opened.set()
+        conn = self.conn = open_mongo(p.url, timeout_seconds=p.timeout_seconds)
         databases = asyncio.ensure_future(conn.list_database_names())
         try:
             start = await stream_start(conn.client, p.database)
