@@ -425,6 +425,23 @@ async def warp_snapshot(
     return took
 
 
+async def snapshot_reader(conn: WireServer, *, expect: int) -> float:
+    """The snapshot's reader alone: :meth:`SchemaSource.snapshot` over ``conn``'s pages, each
+    batch dropped as it comes (no sink): cutting the replies and the C COPY rows."""
+    cfg = schema_cfg()
+    conn.served = 0
+    source = SchemaSource(conn, cfg, Transformer(cfg))  # type: ignore[arg-type]
+    state = initial_state(str(SNAPSHOT_VERSION))
+    rows = 0
+    gc.collect()
+    t = time.perf_counter()
+    async for batch in source.snapshot("orders", state):
+        rows += batch.copy.rows if batch.copy is not None else 0
+    took = time.perf_counter() - t
+    assert rows == expect, (rows, expect)  # every document as C COPY rows
+    return took
+
+
 async def baseline_copy_binary(url: str, pages: list[bytes]) -> float:
     """PostgreSQL's side alone: the binary COPY of the rows warp's snapshot writes (the same
     pages, built beforehand by the same C code), one COPY per page."""
@@ -804,6 +821,7 @@ async def main() -> None:
             in_fresh_db(lambda u: warp_events(u, ins_events, sink_cls=NoCheckpointSink)),
         )
         await measure("update", in_fresh_db(lambda u: warp_events(u, upd_events)))
+        await measure("snapshot_reader", snapshot_reader(server_pages, expect=N))
         await measure(
             "snapshot_engine",
             in_fresh_db(lambda u: warp_snapshot(u, engine_pages, expect=N)),
@@ -899,6 +917,11 @@ async def main() -> None:
             rate["snapshot"],
             f"{rate['snapshot'] / floor:.2f} x min(B_decode,B_copy) (>= 0.7); "
             f"{rate['snapshot'] / rate['copy_binary']:.2f} x its rows' COPY alone",
+        ),
+        (
+            "the same, its reader alone: pages -> C COPY rows (docs/s)",
+            rate["snapshot_reader"],
+            f"{rate['snapshot_reader'] / rate['snapshot']:.1f} x the whole (no target)",
         ),
         (
             "warp snapshot from the embedded engine's stored documents (docs/s)",
