@@ -180,6 +180,16 @@ class EarlyReads:
     first: tuple[str, int, Any, asyncio.Future[Any], int, asyncio.Future[Any]] | None = None
     #: when the first page was asked for (``time.time()``)
     asked_at: float | None = None
+    #: the first page's collection and its ``count`` reply, asked for right after the first
+    #: page (before the second): the copy's page sizes and ETA read it
+    count: tuple[str, asyncio.Future[Any]] | None = None
+
+    def take_count(self, collection: str) -> asyncio.Future[Any] | None:
+        """The ``count`` reply asked for ``collection`` (once)."""
+        if self.count is None or self.count[0] != collection:
+            return None
+        future, self.count = self.count[1], None
+        return future
 
     def take_first(
         self, collection: str, first: int, size: int
@@ -196,6 +206,9 @@ class EarlyReads:
 
     async def close(self, conn: MongoConnection) -> None:
         """Let go of a first page no one took: its cursor and its session."""
+        count, self.count = self.count, None
+        if count is not None and not count[1].done():
+            count[1].cancel()
         first, self.first = self.first, None
         if first is None:
             return
@@ -299,6 +312,12 @@ class EarlyRead:
             db.command(command, session=session, codec_options=db.codec_options)
         )
         self.reads.asked_at = time.time()
+        from bson import SON
+
+        self.reads.count = (
+            name,
+            asyncio.ensure_future(conn.client[p.database].command(SON([("count", name)]))),
+        )
 
         async def following() -> Any:
             """The next page, asked for as soon as the first arrives (as the snapshot does)."""

@@ -3,9 +3,10 @@
 On a first start warp records the source's position, lists its collections and copies them.
 None of that writes anything, and nothing is written before the fence is held, so the runner
 (:meth:`~cartridge_dagster.warp.runner.WarpRunner.run`) does it first: it connects to the source,
-records the position and the collections (:func:`read_ahead`) and asks for the first page of
-each collection the snapshot starts with, and only then imports the warehouse's driver,
-connects, takes the fence and reads the checkpoint, while the source reads those pages.
+records the position and the collections (:func:`read_ahead`) and starts the copy of each
+collection the snapshot starts with (its first pages: :data:`AHEAD_BATCHES` at most, converted,
+and one more asked for), and only then imports the warehouse's driver, connects, takes the
+fence and reads the checkpoint, while the source reads those pages.
 
 The checkpoint decides: with no resume token (a first start) the plan recorded here is the
 plan, committed by the writer before any row, exactly as a plan recorded after the fence, and
@@ -35,30 +36,57 @@ __all__ = ["FirstPages", "ReadAhead", "read_ahead"]
 log = get_logger("cartridge.warp.readahead")
 
 
+#: Batches a started copy keeps converted before the run takes it (one page more is asked for
+#: meanwhile): the source goes on reading while warp takes the fence and commits the plan,
+#: instead of stopping after the first page until the copy is taken.
+AHEAD_BATCHES = 2
+
+_END = object()
+
+
 @dataclass
 class FirstPages:
-    """One collection's copy, started: its batches, the first of them already asked for."""
+    """One collection's copy, started: its batches read (at most :data:`AHEAD_BATCHES`
+    converted, one more page asked for) by a task of their own until the copy is taken."""
 
     state: dict[str, Any]
     batches: AsyncIterator[Batch]
-    first: asyncio.Task[Batch]
+    buffered: asyncio.Queue[Any] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=AHEAD_BATCHES)
+    )
+    pump: asyncio.Task[None] | None = None
     taken: bool = False
 
-    async def take(self) -> AsyncIterator[Batch]:
-        """The copy's batches from its first on (once: a retry reads from the source again)."""
-        self.taken = True
+    def start(self) -> None:
+        self.pump = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
         try:
-            yield await self.first
-        except StopAsyncIteration:
-            return
-        async for batch in self.batches:
-            yield batch
+            async for batch in self.batches:
+                await self.buffered.put(batch)
+        except Exception as exc:  # noqa: BLE001  # raised where the copy meets it (take)
+            await self.buffered.put(exc)
+        else:
+            await self.buffered.put(_END)
+
+    async def take(self) -> AsyncIterator[Batch]:
+        """The copy's batches from its first on (once: a retry reads from the source again),
+        in the order the source gave them, its error where it met one."""
+        self.taken = True
+        while True:
+            item = await self.buffered.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
     async def close(self) -> None:
-        if not self.first.done():
-            self.first.cancel()
-        with contextlib.suppress(BaseException):
-            await self.first
+        if self.pump is not None and not self.pump.done():
+            self.pump.cancel()
+        if self.pump is not None:
+            with contextlib.suppress(BaseException):
+                await self.pump
         with contextlib.suppress(Exception):
             await self.batches.aclose()  # type: ignore[attr-defined]
 
@@ -99,9 +127,9 @@ class ReadAhead:
 async def read_ahead(
     source: Source, *, parallel: int, stop: asyncio.Event | None
 ) -> ReadAhead | None:
-    """Record the position and the collections, and ask for the first page of the first
-    ``parallel`` collections (the ones the snapshot copies first); None when the source
-    cannot say (its error is met again, and handled, where the runner plans after the fence).
+    """Record the position and the collections, and start the copies of the first
+    ``parallel`` collections (the ones the snapshot copies first); None when the source cannot
+    say (its error is met again, and handled, where the runner plans after the fence).
     """
     known_before = set(source.known)
     try:
@@ -116,9 +144,8 @@ async def read_ahead(
     for name in sorted(names)[: max(1, parallel)]:
         state = initial_state(version)
         log.info("warp.snapshot.start", table=name, copied=0, read_ahead=True)
-        batches = source.snapshot(name, dict(state), stop)
-        first = asyncio.ensure_future(anext(batches))
-        ahead.copies[name] = FirstPages(state, batches, first)
+        copy = ahead.copies[name] = FirstPages(state, source.snapshot(name, dict(state), stop))
+        copy.start()
     await asyncio.sleep(0)  # let the first requests go out before the caller goes on
     return ahead
 

@@ -140,6 +140,33 @@ def _cursor_reply(reply: Any, key: str) -> tuple[list[Any], int, Any]:
     return out, cursor_id, plain
 
 
+#: The size of a copy's last page, when the estimated count says where the end is.
+LAST_PAGE = 1000
+
+
+def _answered_count(reply: asyncio.Future[Any]) -> int | None:
+    """The estimated count of a ``count`` reply, when it has arrived (else None)."""
+    if not reply.done() or reply.cancelled() or reply.exception() is not None:
+        return None
+    try:
+        return int(reply.result()["n"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def page_size(size: int, estimate: int | None, read: int) -> int:
+    """The next page's size: ``size``, but where ``estimate`` (the collection's estimated
+    count; None: unknown) says at most ``size + LAST_PAGE`` documents are left after the
+    ``read`` ones, what leaves about :data:`LAST_PAGE` for the last page; the last page is
+    asked for as a full one, so its reply also says the cursor ended (no empty page after
+    it). An estimate that is off only changes page sizes: the copy reads until the server's
+    cursor ends."""
+    left = -1 if estimate is None else estimate - read
+    if left > size + LAST_PAGE or left <= 2 * LAST_PAGE:
+        return size
+    return min(size, left - LAST_PAGE)
+
+
 def _top_level(doc: bytes) -> dict[str, tuple[int, bytes]]:
     """``doc``'s top-level elements: name → (BSON type, the value's bytes); sub-documents and
     arrays as their own BSON, skipped over by their length (never walked)."""
@@ -285,6 +312,9 @@ class SchemaSource:
     #: What ``warp run`` read while its settings were validated (``warp.early``): each read
     #: is used once, by the first call that would have made it.
     early: EarlyReads | None = None
+    #: Estimated counts asked for at a copy's start, for the second of the two that want one
+    #: (the progress's ETA, the page sizes): the future and when it was asked.
+    _counts: dict[str, tuple[asyncio.Future[Any], float]] = field(default_factory=dict)
 
     async def _next_event(self, stream: ChangeStream) -> tuple[ChangeStream, Any]:
         """The next whole event: fragments of a split large event are merged back into one;
@@ -370,10 +400,35 @@ class SchemaSource:
                     self._store = StoreScan(log_.path)
                 db = self.schema.source_database
                 return await asyncio.to_thread(self._store.count, db, collection)
-            coll = self.conn.database(self.schema.source_database)[collection]
-            return int(await coll.estimated_document_count())
-        except (pymongo.errors.PyMongoError, OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError):
             return None
+        try:
+            return int((await asyncio.shield(self._count(collection)))["n"])
+        except Exception:  # noqa: BLE001  # an estimate: without it, no ETA
+            return None
+
+    def _count(self, collection: str) -> asyncio.Future[Any]:
+        """The server's ``count`` reply for ``collection`` (``n``: its estimated count), asked
+        once for the two that want it as a copy starts (:meth:`estimate`,
+        :meth:`_natural_pages`): the first asks, the second takes that answer (when it is at
+        most a minute old). With the early reads it was asked for with the first page."""
+        pending = self._counts.pop(collection, None)
+        if pending is not None and time.monotonic() - pending[1] < 60:
+            return pending[0]
+        early = self.early.take_count(collection) if self.early is not None else None
+        if early is not None:
+            future = early
+        else:
+
+            async def ask() -> dict[str, int]:
+                coll = self.conn.database(self.schema.source_database)[collection]
+                return {"n": int(await coll.estimated_document_count())}
+
+            future = asyncio.ensure_future(ask())
+        # an error here only means no estimate: retrieved, so asyncio does not report it
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._counts[collection] = (future, time.monotonic())
+        return future
 
     async def drop_early(self) -> None:
         """Let go of the early reads no call took (a first page whose copy was not started)."""
@@ -474,7 +529,8 @@ class SchemaSource:
             return
         if kind == "natural":
             try:
-                async for page in self._natural_pages(collection, scan, size):
+                copied = int(state.get("copied", 0))
+                async for page in self._natural_pages(collection, scan, size, copied):
                     yield page
                 return
             except pymongo.errors.OperationFailure as exc:
@@ -505,10 +561,15 @@ class SchemaSource:
                 return
 
     async def _natural_pages(
-        self, collection: str, scan: Mapping[str, Any] | None, size: int
+        self, collection: str, scan: Mapping[str, Any] | None, size: int, copied: int = 0
     ) -> AsyncIterator[tuple[list[Any], dict[str, Any]]]:
         """``find`` with ``hint: {$natural: 1}`` and ``$_requestResumeToken`` (MongoDB 4.4+):
-        the storage order, no index, resumable after any batch (``$_resumeAfter``)."""
+        the storage order, no index, resumable after any batch (``$_resumeAfter``).
+
+        Pages are ``size`` documents but near the end, where the server's estimated count
+        (``copied``: the documents of the copy before ``scan``) says the next full page would
+        be the last: the last page is then asked for as about :data:`LAST_PAGE` documents, so
+        what is written after the server's last read is a small page, not a full one."""
         from bson import SON, Int64, json_util
 
         db = raw_database(self.conn, self.schema.source_database)
@@ -530,15 +591,18 @@ class SchemaSource:
             asked = asyncio.ensure_future(
                 db.command(command, session=session, codec_options=db.codec_options)
             )
+        count = self._count(collection)
+        read = copied
         async with session:
 
             def more(cursor_id: int) -> Any:
+                estimate = _answered_count(count)  # what it says now: never waited for
                 return db.command(
                     SON(
                         [
                             ("getMore", Int64(cursor_id)),
                             ("collection", collection),
-                            ("batchSize", size),
+                            ("batchSize", page_size(size, estimate, read)),
                         ]
                     ),
                     session=session,
@@ -551,6 +615,7 @@ class SchemaSource:
                 reply = await asked
                 batch, cursor_id, token = _cursor_reply(reply, "firstBatch")
                 while True:
+                    read += len(batch)
                     state = {"kind": "natural", "token": json_util.dumps(token)}
                     # the next batch is asked for now: the server reads it while this one is
                     # converted and written (one request in flight, as a driver's cursor would);

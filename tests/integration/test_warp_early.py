@@ -10,6 +10,8 @@ server receives, written by the server). Two oracles do not use the code under t
 What must hold:
 
 - a first start uses what it read early: every document is copied once;
+- the collection's count is asked for once, with the first page; the last page is small, and
+  its reply ends the cursor (no empty page is asked for after it);
 - a guess the settings contradict is dropped, and its cursor killed;
 - an environment that overrides the file's source never reads the file's database;
 - a restart drops the early pages (the checkpoint's plan goes on);
@@ -38,8 +40,9 @@ from tests.support.warp import SCHEMA, assert_oracle, warp_settings
 
 pytestmark = pytest.mark.integration
 
-#: alpha needs three pages (1,000 then 5,000 then the rest); beta and gamma fit in the first
-SIZES = {"alpha": 7_300, "beta": 40, "gamma": 1}
+#: alpha needs four pages (1,000, 5,000, then 2,300 and the last 1,000: the estimated count says
+#: where the end is); beta and gamma fit in the first
+SIZES = {"alpha": 9_300, "beta": 40, "gamma": 1}
 USER, PASSWORD = "app user", "p@ss:w/rd%"
 
 
@@ -158,6 +161,34 @@ def test_a_first_start_uses_its_early_reads(
     # one snapshot read per collection: the early one was the run's own, not read again
     assert len(finds) == len(SIZES), finds
     assert "'find': 'alpha'" in finds[0] and "'batchSize': 1000" in finds[0]
+
+
+def test_the_count_is_asked_once_and_the_last_page_is_small(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
+) -> None:
+    run(_seed(_authed(server), mongo_db_name))
+    since = _log_size(server)
+    out = _warp(_config(tmp_path, server, pg_url, mongo_db_name))
+    assert out.returncode == 0, out.stdout + out.stderr
+    _clean(out)
+    _oracle(server, pg_url, mongo_db_name)
+    trace = [t for t in _trace(server, since) if f" db={mongo_db_name} " in t]
+    for name in SIZES:  # the ETA and the page sizes share one count
+        counts = [t for t in trace if f" count db={mongo_db_name} " in t and f"'{name}'" in t]
+        assert len(counts) == 1, (name, counts)
+    more = [
+        int(m.group(1))
+        for t in trace
+        if " getMore " in t and "'collection': 'alpha'" in t
+        for m in [re.search(r"'batchSize': (\d+)", t)]
+        if m
+    ]
+    # 1,000 (find) + 5,000 + 2,300 + the last 1,000 (asked for as a full page: its reply ends
+    # the cursor, so no empty getMore follows)
+    assert more == [5_000, 2_300, 5_000], more
+    # the count was asked for before the second page (the server saw it first)
+    first_more = next(i for i, t in enumerate(trace) if " getMore " in t)
+    assert any(" count " in t and "'alpha'" in t for t in trace[:first_more]), trace[:first_more]
 
 
 def test_a_guess_the_settings_contradict_is_dropped_and_its_cursor_killed(

@@ -5,8 +5,11 @@ BSON) from the same MongoDB wire server — the replica-set test server (``tests
 over TCP on 127.0.0.1 — into the same PostgreSQL, in interleaved rounds:
 
 - **plain read ceiling**: a PyMongo client reading every document as raw BSON (no conversion,
-  no writes): what the server can serve; timed inside its process, after its imports. Also
-  timed as a whole process, from its launch to its last document (as warp's run is timed).
+  no writes): what the server can serve, timed as a whole process from its launch to its last
+  document, as warp's run is timed (the ≥ 0.8 target is judged on it). Also timed inside its
+  process, after its imports: that ratio counts warp's start-up and not the read's, so at 10k
+  it is capped near launch → first read ÷ the read itself (0.3 s allowed before the first read
+  and ~0.3 s of the server's own reading already exceed the 0.375 s that 0.8× of it allows).
 - **Sling**: ``sling run`` MongoDB → PostgreSQL, full refresh (the ``sling-linux-amd64``
   wheel's binary, called directly), from launch to exit.
 - **warp over the wire**: ``cartridge warp run`` as a process of its own, from launch until the
@@ -736,17 +739,26 @@ def report(
     print("warp's whole run, launch → snapshot done, over the wire (the replica-set test server)")
     print("| measure | " + " | ".join(f"{n:,}" for n in sizes) + " | target |")
     print("|---|" + "---|" * len(sizes) + "---|")
-    line("plain read ceiling (docs/s)", "ceiling", ",.0f")
-    line("Sling full refresh, whole run (docs/s)", "sling", ",.0f")
-    line("warp, launch → snapshot done (docs/s)", "warp", ",.0f")
-    line("warp ÷ Sling", lambda r: r["warp"] / r["sling"], ".2f", "≥ 1.0 at 10k, ≥ 1.2 at 50k")
-    line("warp ÷ plain read ceiling", lambda r: r["warp"] / r["ceiling"], ".2f", "≥ 0.8")
     line(
-        "plain read as a whole process, launch → last document (docs/s)",
+        "plain read ceiling, as a whole process: launch → last document (docs/s)",
         "ceiling_process",
         ",.0f",
     )
-    line("warp ÷ that", lambda r: r["warp"] / r["ceiling_process"], ".2f")
+    line("… timed inside its process, after its imports (docs/s)", "ceiling", ",.0f")
+    line("Sling full refresh, whole run (docs/s)", "sling", ",.0f")
+    line("warp, launch → snapshot done (docs/s)", "warp", ",.0f")
+    line("warp ÷ Sling", lambda r: r["warp"] / r["sling"], ".2f", "≥ 1.0 at 10k, ≥ 1.2 at 50k")
+    line(
+        "warp ÷ plain read ceiling (both timed from launch)",
+        lambda r: r["warp"] / r["ceiling_process"],
+        ".2f",
+        "≥ 0.8",
+    )
+    line(
+        "warp ÷ the ceiling timed inside its process (warp's start-up counted, the read's not)",
+        lambda r: r["warp"] / r["ceiling"],
+        ".2f",
+    )
     line("warp in process (mongoeco://), docs/s", "embedded", ",.0f")
     line(
         "the GC setting, in process: warp's CPU without ÷ with (CARTRIDGE_GC_TUNING=0)",
