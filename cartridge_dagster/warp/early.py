@@ -282,33 +282,40 @@ class EarlyRead:
             self.asked.set()
 
     async def _ask(self) -> None:
-        from cartridge_dagster.connectors.mongo import (
-            natural_find,
-            open_mongo,
-            raw_database,
-            stream_start,
-        )
+        from cartridge_dagster.connectors.mongo import open_mongo, stream_start
 
         p = self.plan
         conn = self.conn = open_mongo(p.url, timeout_seconds=p.timeout_seconds)
-        databases = asyncio.ensure_future(conn.list_database_names())
+        # the position must come before the first snapshot read; the collection names (none
+        # for a database that does not exist) are asked for meanwhile
+        names = asyncio.ensure_future(conn.list_collection_names(p.database))
         try:
             start = await stream_start(conn.client, p.database)
         finally:
-            names = await databases
-        self.reads.databases, self.reads.start = names, start
-        if p.database not in names or start[0] is None:
-            return  # the runner says why, from its own reads
-        collections = await conn.list_collection_names(p.database)
-        self.reads.collections = collections
+            collections = await names  # awaited either way: no task left behind
+        self.reads.start, self.reads.collections = start, collections
         chosen = sorted(n for n in collections if selects(n, p.include, p.exclude))
-        if not chosen:
-            return
+        if chosen and start[0] is not None:
+            reply = self._first(conn, chosen[0])
+            self.asked.set()  # the server reads the first page while the settings validate
+            with contextlib.suppress(Exception):  # its error is met where the page is read
+                await asyncio.shield(reply)
+        # the databases, for the runner's check of a missing one (the names alone); asked
+        # once the first page is in: a server that lists its databases slowly (the test
+        # server's time grows with its data) does not hold it up, and its connection is free
+        self.reads.databases = await conn.list_database_names()
+
+    def _first(self, conn: MongoConnection, name: str) -> asyncio.Future[Any]:
+        """Ask for the first page of ``name``, its count, and (when the first arrives) its
+        second page; the first page's reply."""
+        from cartridge_dagster.connectors.mongo import natural_find, raw_database
+
+        p = self.plan
         db = raw_database(conn, p.database)
         session = conn.client.start_session()
-        name, first = chosen[0], min(p.page, FIRST_PAGE)
+        first = min(p.page, FIRST_PAGE)
         command = natural_find(name, first)
-        reply = asyncio.ensure_future(
+        reply: asyncio.Future[Any] = asyncio.ensure_future(
             db.command(command, session=session, codec_options=db.codec_options)
         )
         self.reads.asked_at = time.time()
@@ -330,6 +337,7 @@ class EarlyRead:
             return await db.command(more, session=session, codec_options=db.codec_options)
 
         self.reads.first = (name, first, session, reply, p.page, asyncio.ensure_future(following()))
+        return reply
 
     async def adopt(
         self, url: str, timeout_seconds: float, schema: SchemaConfig

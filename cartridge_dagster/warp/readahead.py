@@ -4,9 +4,9 @@ On a first start warp records the source's position, lists its collections and c
 None of that writes anything, and nothing is written before the fence is held, so the runner
 (:meth:`~cartridge_dagster.warp.runner.WarpRunner.run`) does it first: it connects to the source,
 records the position and the collections (:func:`read_ahead`) and starts the copy of each
-collection the snapshot starts with (its first pages: :data:`AHEAD_BATCHES` at most, converted,
-and one more asked for), and only then imports the warehouse's driver, connects, takes the
-fence and reads the checkpoint, while the source reads those pages.
+collection the snapshot starts with (its first pages, a bounded few: :data:`AHEAD_BATCHES`),
+and only then imports the warehouse's driver, connects, takes the fence and reads the
+checkpoint, while the source reads those pages.
 
 The checkpoint decides: with no resume token (a first start) the plan recorded here is the
 plan, committed by the writer before any row, exactly as a plan recorded after the fence, and
@@ -36,18 +36,19 @@ __all__ = ["FirstPages", "ReadAhead", "read_ahead"]
 log = get_logger("cartridge.warp.readahead")
 
 
-#: Batches a started copy keeps converted before the run takes it (one page more is asked for
-#: meanwhile): the source goes on reading while warp takes the fence and commits the plan,
-#: instead of stopping after the first page until the copy is taken.
-AHEAD_BATCHES = 2
+#: Batches a started copy keeps queued before the run takes it (one more is converted, waiting to
+#: be queued, and the page after it asked for): the source goes on reading while warp takes the
+#: fence and commits the plan, instead of stopping after the first page until the copy is taken;
+#: bounded, so a fast source does not fill memory with pages before the fence.
+AHEAD_BATCHES = 1
 
 _END = object()
 
 
 @dataclass
 class FirstPages:
-    """One collection's copy, started: its batches read (at most :data:`AHEAD_BATCHES`
-    converted, one more page asked for) by a task of their own until the copy is taken."""
+    """One collection's copy, started: its batches read by a task of their own until the copy
+    is taken (:data:`AHEAD_BATCHES` queued, one more converted, the next page asked for)."""
 
     state: dict[str, Any]
     batches: AsyncIterator[Batch]
