@@ -193,6 +193,54 @@ class StoreScan:
                 ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def database_names(self) -> list[str]:
+        """The databases the engine lists (``mongoeco``'s ``list_database_names``: its catalog
+        tables and its documents), the documents' found by a skip scan of the primary key's
+        index, one seek per database, instead of the engine's pass over every document."""
+        with self._lock:
+            names = {
+                str(r[0])
+                for r in self._conn.execute(
+                    "SELECT db_name FROM collections UNION SELECT db_name FROM indexes "
+                    "UNION SELECT db_name FROM search_indexes"
+                )
+            }
+            names |= self._skip_scan("db_name", "", ())
+        return sorted(names)
+
+    def collection_names(self, db: str) -> list[str]:
+        """The collections of ``db`` the engine lists (``list_collection_names``: its catalog
+        tables and its documents), the documents' by a skip scan as :meth:`database_names`."""
+        with self._lock:
+            names = {
+                str(r[0])
+                for r in self._conn.execute(
+                    "SELECT coll_name FROM collections WHERE db_name = ? UNION "
+                    "SELECT coll_name FROM indexes WHERE db_name = ? UNION "
+                    "SELECT coll_name FROM search_indexes WHERE db_name = ?",
+                    (db, db, db),
+                )
+            }
+            names |= self._skip_scan("coll_name", "db_name = ? AND ", (db,))
+        return sorted(names)
+
+    def _skip_scan(self, column: str, where: str, params: tuple[str, ...]) -> set[str]:
+        """The distinct values of ``column`` (a leading column of the primary key after the
+        ``where`` ones), each found by one seek past the last."""
+        found: set[str] = set()
+        order = "db_name" if column == "db_name" else "db_name, coll_name"
+        row = self._conn.execute(
+            f"SELECT {column} FROM documents WHERE {where}1 ORDER BY {order} LIMIT 1", params
+        ).fetchone()
+        while row is not None:
+            found.add(str(row[0]))
+            row = self._conn.execute(
+                f"SELECT {column} FROM documents WHERE {where}{column} > ? "
+                f"ORDER BY {order} LIMIT 1",
+                (*params, row[0]),
+            ).fetchone()
+        return found
+
     def count(self, db: str, coll: str) -> int:
         with self._lock:
             row = self._conn.execute(

@@ -171,3 +171,51 @@ def test_a_gap_in_the_engines_log_is_lost_history_on_the_wire(tmp_path) -> None:
     finally:
         client.close()
         server.stop()
+
+
+def test_listings_are_the_engines_names_read_without_a_pass_over_the_data(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """``listCollections`` (names only) and ``listDatabases`` answer from the engine's file by
+    a skip scan of its key (MongoDB reads a catalog; the engine's own listing passes over every
+    document). Oracle: mongoeco's own listing queries on the same file, read after the writes."""
+    import sqlite3
+
+    import pymongo
+    from mongoeco.engines._sqlite_catalog import list_collection_names, list_database_names
+
+    from tests.support.replset import start
+
+    server = start(tmp_path / "rs")
+    client = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=10_000)
+    odd = ["a", "a.b", "ab", "a b", "été", "Z", "z", "日本", "a" * 100]
+    try:
+        for i, name in enumerate(odd):  # implicit creation, several per database
+            client["rs_names_1"][name].insert_many([{"_id": j, "n": i} for j in range(3)])
+        client["rs_names_2"].create_collection("empty_explicit")  # catalog only, no documents
+        client["rs_names_2"]["indexed"].create_index("k")  # an index on an empty collection
+        client["rs_names_2"]["gone"].insert_one({"_id": 1})
+        client["rs_names_2"].drop_collection("gone")
+        client["rs_names_3"]["x"].insert_one({"_id": 1})
+        client.drop_database("rs_names_3")
+        client["rs_names_4"]["big"].insert_many([{"_id": i} for i in range(2_000)])
+
+        got = {
+            db: sorted(client[db].list_collection_names()) for db in client.list_database_names()
+        }
+        engine = sqlite3.connect(server.data / "engine.sqlite")
+        try:
+            want_dbs = list_database_names(engine)
+            want = {db: list_collection_names(engine, db) for db in want_dbs}
+        finally:
+            engine.close()
+        assert sorted(got) == want_dbs
+        assert got == want
+        assert got["rs_names_1"] == sorted(odd)
+        assert "rs_names_3" not in got
+        assert "gone" not in got["rs_names_2"]
+        # a filter is the engine's to answer (not the fast path)
+        assert client["rs_names_1"].list_collection_names(filter={"name": "ab"}) == ["ab"]
+    finally:
+        client.close()
+        server.stop()
