@@ -146,14 +146,23 @@ def _clean(out: subprocess.CompletedProcess[str]) -> None:
         assert bad not in both, both[-3000:]
 
 
+def _first_start(
+    server: ReplicaSetProcess, tmp_path: Path, pg_url: str, db: str
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Seed ``db``, run warp's first start on it (clean, exit 0); its output and the trace's
+    offset before it."""
+    run(_seed(_authed(server), db))
+    since = _log_size(server)
+    out = _warp(_config(tmp_path, server, pg_url, db))
+    assert out.returncode == 0, out.stdout + out.stderr
+    _clean(out)
+    return out, since
+
+
 def test_a_first_start_uses_its_early_reads(
     server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
 ) -> None:
-    run(_seed(_authed(server), mongo_db_name))
-    since = _log_size(server)
-    out = _warp(_config(tmp_path, server, pg_url, mongo_db_name))
-    assert out.returncode == 0, out.stdout + out.stderr
-    _clean(out)
+    out, since = _first_start(server, tmp_path, pg_url, mongo_db_name)
     assert "warp.source.early_reads " in out.stderr, out.stderr
     assert "early_reads_dropped" not in out.stderr
     finds = [t for t in _trace(server, since) if f" find db={mongo_db_name} " in t]
@@ -166,11 +175,7 @@ def test_a_first_start_uses_its_early_reads(
 def test_the_count_is_asked_once_and_the_last_page_is_small(
     server: ReplicaSetProcess, tmp_path: Path, pg_url: str, mongo_db_name: str
 ) -> None:
-    run(_seed(_authed(server), mongo_db_name))
-    since = _log_size(server)
-    out = _warp(_config(tmp_path, server, pg_url, mongo_db_name))
-    assert out.returncode == 0, out.stdout + out.stderr
-    _clean(out)
+    _, since = _first_start(server, tmp_path, pg_url, mongo_db_name)
     _oracle(server, pg_url, mongo_db_name)
     trace = [t for t in _trace(server, since) if f" db={mongo_db_name} " in t]
     for name in SIZES:  # the ETA and the page sizes share one count

@@ -71,13 +71,19 @@ class _Pages:
             self.closed = True
 
 
+async def _started(pages: _Pages) -> FirstPages:
+    """A copy of ``pages`` started, and given the loop long enough to read what it may."""
+    copy = FirstPages({}, pages.gen())
+    copy.start()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    return copy
+
+
 def test_a_started_copy_reads_ahead_a_bounded_number_of_batches_then_hands_them_in_order() -> None:
     async def main() -> None:
         pages = _Pages(10)
-        copy = FirstPages({}, pages.gen())
-        copy.start()
-        for _ in range(50):
-            await asyncio.sleep(0)
+        copy = await _started(pages)
         # it did not wait for the run: the queue is full and one more batch is made
         assert pages.produced == AHEAD_BATCHES + 1
         got = [b.events async for b in copy.take()]
@@ -110,10 +116,7 @@ def test_a_source_error_reaches_the_copy_after_the_batches_before_it() -> None:
 def test_closing_a_copy_not_taken_stops_its_reads_and_closes_its_pages() -> None:
     async def main() -> None:
         pages = _Pages(10)
-        copy = FirstPages({}, pages.gen())
-        copy.start()
-        for _ in range(50):
-            await asyncio.sleep(0)
+        copy = await _started(pages)
         await copy.close()
         assert pages.closed
         produced = pages.produced
