@@ -197,49 +197,32 @@ class StoreScan:
         """The databases the engine lists (``mongoeco``'s ``list_database_names``: its catalog
         tables and its documents), the documents' found by a skip scan of the primary key's
         index, one seek per database, instead of the engine's pass over every document."""
-        with self._lock:
-            names = {
-                str(r[0])
-                for r in self._conn.execute(
-                    "SELECT db_name FROM collections UNION SELECT db_name FROM indexes "
-                    "UNION SELECT db_name FROM search_indexes"
-                )
-            }
-            names |= self._skip_scan("db_name", "", ())
-        return sorted(names)
+        return self._names("db_name", "", ())
 
     def collection_names(self, db: str) -> list[str]:
         """The collections of ``db`` the engine lists (``list_collection_names``: its catalog
         tables and its documents), the documents' by a skip scan as :meth:`database_names`."""
-        with self._lock:
-            names = {
-                str(r[0])
-                for r in self._conn.execute(
-                    "SELECT coll_name FROM collections WHERE db_name = ? UNION "
-                    "SELECT coll_name FROM indexes WHERE db_name = ? UNION "
-                    "SELECT coll_name FROM search_indexes WHERE db_name = ?",
-                    (db, db, db),
-                )
-            }
-            names |= self._skip_scan("coll_name", "db_name = ? AND ", (db,))
-        return sorted(names)
+        return self._names("coll_name", "db_name = ? AND ", (db,))
 
-    def _skip_scan(self, column: str, where: str, params: tuple[str, ...]) -> set[str]:
-        """The distinct values of ``column`` (a leading column of the primary key after the
-        ``where`` ones), each found by one seek past the last."""
-        found: set[str] = set()
+    def _names(self, column: str, where: str, params: tuple[str, ...]) -> list[str]:
+        """The distinct values of ``column`` (``db_name``, or ``coll_name`` after the
+        ``where`` on ``db_name``) in the catalog tables and the documents, sorted; the
+        documents' each found by one seek of the primary key past the last."""
+        catalog = " UNION ".join(
+            f"SELECT {column} FROM {t} WHERE {where}1"
+            for t in ("collections", "indexes", "search_indexes")
+        )
         order = "db_name" if column == "db_name" else "db_name, coll_name"
-        row = self._conn.execute(
-            f"SELECT {column} FROM documents WHERE {where}1 ORDER BY {order} LIMIT 1", params
-        ).fetchone()
-        while row is not None:
-            found.add(str(row[0]))
+        seek = f"SELECT {column} FROM documents WHERE {where}{column} > ? ORDER BY {order} LIMIT 1"
+        with self._lock:
+            names = {str(r[0]) for r in self._conn.execute(catalog, params * 3)}
             row = self._conn.execute(
-                f"SELECT {column} FROM documents WHERE {where}{column} > ? "
-                f"ORDER BY {order} LIMIT 1",
-                (*params, row[0]),
+                f"SELECT {column} FROM documents WHERE {where}1 ORDER BY {order} LIMIT 1", params
             ).fetchone()
-        return found
+            while row is not None:
+                names.add(str(row[0]))
+                row = self._conn.execute(seek, (*params, row[0])).fetchone()
+        return sorted(names)
 
     def count(self, db: str, coll: str) -> int:
         with self._lock:

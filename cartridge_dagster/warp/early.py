@@ -308,6 +308,8 @@ class EarlyRead:
     def _first(self, conn: MongoConnection, name: str) -> asyncio.Future[Any]:
         """Ask for the first page of ``name``, its count, and (when the first arrives) its
         second page; the first page's reply."""
+        from bson import SON
+
         from cartridge_dagster.connectors.mongo import natural_find, raw_database
 
         p = self.plan
@@ -319,8 +321,6 @@ class EarlyRead:
             db.command(command, session=session, codec_options=db.codec_options)
         )
         self.reads.asked_at = time.time()
-        from bson import SON
-
         self.reads.count = (
             name,
             asyncio.ensure_future(conn.client[p.database].command(SON([("count", name)]))),
@@ -328,7 +328,7 @@ class EarlyRead:
 
         async def following() -> Any:
             """The next page, asked for as soon as the first arrives (as the snapshot does)."""
-            from bson import SON, Int64
+            from bson import Int64
 
             cursor_id = int((await reply)["cursor"]["id"])
             if not cursor_id:

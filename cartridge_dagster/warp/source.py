@@ -402,10 +402,10 @@ class SchemaSource:
                 return await asyncio.to_thread(self._store.count, db, collection)
         except (OSError, ValueError, AttributeError):
             return None
-        try:
-            return int((await asyncio.shield(self._count(collection)))["n"])
-        except Exception:  # noqa: BLE001  # an estimate: without it, no ETA
-            return None
+        count = self._count(collection)
+        with contextlib.suppress(Exception):  # an estimate: without it, no ETA
+            await asyncio.shield(count)
+        return _answered_count(count)
 
     def _count(self, collection: str) -> asyncio.Future[Any]:
         """The server's ``count`` reply for ``collection`` (``n``: its estimated count), asked
